@@ -1,0 +1,216 @@
+"""The array backend: one interface for every step of backpropagation that touches array elements.
+
+``Ops`` is written against an array module ``self.xp`` and is the reference implementation (NumPy);
+``CupyOps`` overrides the elementwise methods with the fused CUDA kernels in ``kernels/``. The network calls
+only these methods and never branches on the device. Methods that take ``out=`` write into caller-owned
+buffers, so a training step allocates nothing once its buffers exist.
+
+Conventions: rows are samples; ``target`` is either a float array like the output (batch, k) or an integer
+label vector (batch,) meaning one-hot targets that are never built in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..activations import Activation
+from ..costs import LOG_EPS, Cost, CrossEntropy, LogLikelihood, Quadratic
+
+Array = Any
+
+
+class Ops:
+    """Reference backend over ``xp`` (NumPy); subclasses fuse the elementwise steps."""
+
+    name = "numpy"
+    xp: Any = np
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self._scratch: dict[tuple, Array] = {}
+
+    # ---- memory -------------------------------------------------------------------------------------
+    def asarray(self, x: Any, dtype: Any = None) -> Array:
+        """``x`` as an array of this device (no copy when it already is one of that dtype)."""
+        return self.xp.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def empty(self, shape: Any, dtype: Any) -> Array:
+        return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape: Any, dtype: Any) -> Array:
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def copy(self, src: Array, out: Array) -> Array:
+        """out[...] = src."""
+        self.xp.copyto(out, src)
+        return out
+
+    def scratch(self, like: Array, slot: int = 0) -> Array:
+        """A reusable buffer shaped like ``like`` (one per shape, dtype and slot)."""
+        key = (like.shape, like.dtype, slot)
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = self.empty(like.shape, like.dtype)
+        return buf
+
+    def all_finite(self, x: Array) -> bool:
+        """Whether every element is finite (a host sync on a GPU)."""
+        return bool(self.xp.isfinite(x).all())
+
+    def item(self, x: Array) -> float:
+        """A one-element array as a Python float (a host sync on a GPU)."""
+        return float(x.reshape(-1)[0])
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (nothing to wait for on the CPU)."""
+
+    def activate(self) -> contextlib.AbstractContextManager:
+        """A context in which new arrays land on this backend's device."""
+        return contextlib.nullcontext()
+
+    # ---- linear algebra -----------------------------------------------------------------------------
+    def gemm(self, a: Array, b: Array, out: Array) -> Array:
+        """out = a @ b (pass transposed views for aᵀ or bᵀ)."""
+        return self.xp.matmul(a, b, out=out)
+
+    def sum_rows(self, x: Array, out: Array) -> Array:
+        """out = Σ over rows of x (BP3: ∂C/∂b = Σₓ δ)."""
+        return x.sum(axis=0, out=out)
+
+    # ---- forward ------------------------------------------------------------------------------------
+    def bias_activation(self, z: Array, b: Array, activation: Activation, a: Array) -> Array:
+        """z += b in place, then a = σ(z)."""
+        z += b
+        return activation.f(self.xp, z, a)
+
+    # ---- backward -----------------------------------------------------------------------------------
+    def backprop_activation(self, activation: Activation, z: Array, a: Array, g: Array,
+                            out: Array) -> Array:
+        """out = σ′(z) ⊙ g (BP1/BP2's Hadamard product; ``out`` may be ``g``)."""
+        if not activation.elementwise:
+            return activation.backward(self.xp, a, g, out)
+        fprime = activation.df(self.xp, z, a, self.scratch(g, 1))
+        return self.xp.multiply(fprime, g, out=out)
+
+    def output_delta(self, cost: Cost, activation: Activation, z: Array, a: Array, target: Array,
+                     out: Array, loss_sum: Array | None = None) -> Array:
+        """δᴸ per sample (BP1), and Σₓ Cₓ added into ``loss_sum`` when given.
+
+        Stable forms: sigmoid + cross_entropy and softmax + log_likelihood give δᴸ = aᴸ − y; quadratic gives
+        (aᴸ − y) ⊙ σ′(zᴸ); any other pair is ∇ₐC ⊙ σ′(zᴸ) (softmax: its Jacobian applied to ∇ₐC).
+        """
+        xp = self.xp
+        stable = (isinstance(cost, CrossEntropy) and activation.name == "sigmoid") or \
+                 (isinstance(cost, LogLikelihood) and activation.name == "softmax")
+        if loss_sum is not None:
+            loss_sum += self.cost_sum(cost, a, target)
+        if stable or isinstance(cost, Quadratic):
+            self.subtract_target(a, target, out)
+            if stable:
+                return out
+            return self.backprop_activation(activation, z, a, out, out)
+        g = cost.derivative(a, self.dense_target(target, a) if cost.needs_target else None)
+        xp.copyto(out, g)
+        return self.backprop_activation(activation, z, a, out, out)
+
+    def subtract_target(self, a: Array, target: Array, out: Array) -> Array:
+        """out = a − y, with y one-hot from integer labels gathered in place."""
+        if target.ndim == 1:
+            self.xp.copyto(out, a)
+            out[self.row_index(len(a)), target] -= 1.0
+            return out
+        return self.xp.subtract(a, target, out=out)
+
+    def row_index(self, n: int) -> Array:
+        """0, 1, …, n−1 on this device (cached)."""
+        key = ("rows", n)
+        rows = self._scratch.get(key)
+        if rows is None:
+            rows = self._scratch[key] = self.xp.arange(n)
+        return rows
+
+    def dense_target(self, target: Array, a: Array) -> Array:
+        """Float targets like ``a``: one-hot rows for integer labels (used off the fused paths only)."""
+        if target.ndim == 2:
+            return target
+        y = self.xp.zeros_like(a)
+        y[self.row_index(len(a)), target] = 1.0
+        return y
+
+    def cost_sum(self, cost: Cost, a: Array, target: Array) -> Array:
+        """Σₓ Cₓ(a, y) as a 0-d array on this device."""
+        xp = self.xp
+        if isinstance(cost, Quadratic):
+            diff = self.subtract_target(a, target, self.scratch(a, 2))
+            return 0.5 * xp.vdot(diff, diff)
+        if isinstance(cost, LogLikelihood) and target.ndim == 1:
+            eps = LOG_EPS.get(a.dtype, 1e-7)
+            picked = a[self.row_index(len(a)), target]
+            return -xp.log(xp.maximum(picked, eps)).sum()
+        y = self.dense_target(target, a) if cost.needs_target else None
+        return xp.asarray(cost.fn(a, y), dtype=a.dtype).sum()
+
+    # ---- optimizers over the flat parameter buffer ------------------------------------------------
+    # ``params`` holds all weights first (``n_weights`` of them), then all biases; L2 weight decay
+    # (C + λ/2 ‖w‖², ∇ += λw) applies to the weights only. ``grad_scale`` turns summed gradients into means.
+    def sgd_update(self, params: Array, grad: Array, lr: float, grad_scale: float,
+                   weight_decay: float, n_weights: int) -> None:
+        """w ← w − η (s·g + λw)."""
+        if weight_decay:
+            params[:n_weights] *= 1.0 - lr * weight_decay
+        grad *= lr * grad_scale
+        params -= grad
+
+    def momentum_update(self, params: Array, grad: Array, velocity: Array, lr: float,
+                        momentum: float, grad_scale: float, weight_decay: float,
+                        n_weights: int) -> None:
+        """v ← μv − η (s·g + λw); w ← w + v."""
+        grad *= grad_scale
+        if weight_decay:
+            grad[:n_weights] += weight_decay * params[:n_weights]
+        grad *= lr
+        velocity *= momentum
+        velocity -= grad
+        params += velocity
+
+    def adam_update(self, params: Array, grad: Array, m: Array, v: Array, lr: float, beta1: float,
+                    beta2: float, eps: float, step: int, grad_scale: float, weight_decay: float,
+                    n_weights: int) -> None:
+        """g ← s·g + λw; m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; w ← w − η m̂ / (√v̂ + ε)."""
+        xp = self.xp
+        grad *= grad_scale
+        if weight_decay:
+            grad[:n_weights] += weight_decay * params[:n_weights]
+        m *= beta1
+        m += (1.0 - beta1) * grad
+        v *= beta2
+        xp.multiply(grad, grad, out=grad)
+        v += (1.0 - beta2) * grad
+        step_size = lr * np.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+        eps_hat = eps * np.sqrt(1.0 - beta2 ** step)
+        xp.sqrt(v, out=grad)
+        grad += eps_hat
+        xp.divide(m, grad, out=grad)
+        grad *= step_size
+        params -= grad
+
+    # ---- data ---------------------------------------------------------------------------------------
+    def permutation(self, n: int, rng: np.random.Generator) -> Array:
+        """A random order of 0…n−1 on this device, drawn from ``rng``."""
+        return self.asarray(rng.permutation(n))
+
+    def take_rows(self, x: Array, index: Array, out: Array) -> Array:
+        """out = x[index] (gather rows into a preallocated buffer)."""
+        return self.xp.take(x, index, axis=0, out=out)
+
+    @contextlib.contextmanager
+    def errstate(self) -> Iterator[None]:
+        """Silence floating-point warnings; divergence is detected from the loss instead."""
+        with np.errstate(all="ignore"):
+            yield

@@ -1,0 +1,115 @@
+"""Checking what users pass in: shapes, dtypes, NaN/inf, labels; a clear ValueError for each problem.
+
+Nothing here writes into the caller's arrays: inputs are read, and converted copies go to the device.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .backend import Ops
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A NumPy array from a NumPy, CuPy or array-like input (copies device arrays to the host)."""
+    if hasattr(x, "__cuda_array_interface__") and hasattr(x, "get"):
+        return x.get()
+    return np.asarray(x)
+
+
+def _is_device_array(x: Any, ops: Ops) -> bool:
+    return ops.xp is not np and isinstance(x, ops.xp.ndarray)
+
+
+def _host_or_device(x: Any, ops: Ops, what: str) -> Any:
+    if _is_device_array(x, ops):
+        return x
+    try:
+        arr = to_numpy(x)
+    except Exception as exc:
+        raise ValueError(f"{what} must be an array; could not convert {type(x).__name__}: {exc}") from exc
+    return arr
+
+
+def check_inputs(X: Any, width: int, ops: Ops, dtype: np.dtype, what: str = "X") -> tuple[Any, bool]:
+    """X as a (batch, width) array of ``dtype`` on the device, and whether X was one 1-D sample."""
+    arr = _host_or_device(X, ops, what)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{what} must hold numbers; got dtype {arr.dtype}")
+    single = arr.ndim == 1
+    if single:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2 or arr.shape[1] != width:
+        raise ValueError(f"{what} must have shape (batch, {width}) (or ({width},) for one sample); "
+                         f"got {tuple(to_shape(X))}")
+    if arr.dtype.kind == "f" and not bool(ops.xp.isfinite(arr).all()):
+        raise ValueError(f"{what} contains NaN or infinite values")
+    return ops.asarray(arr, dtype=dtype), single
+
+
+def to_shape(x: Any) -> tuple:
+    return tuple(getattr(x, "shape", np.shape(x)))
+
+
+def check_targets(Y: Any, n: int, width: int, ops: Ops, dtype: np.dtype, needs_target: bool,
+                  what: str = "Y") -> Any:
+    """Targets on the device: float (n, width), or integer labels (n,) in [0, width).
+
+    A single-output network (width 1) takes 0/1 labels as the float target y itself.
+    """
+    if Y is None:
+        if needs_target:
+            raise ValueError(f"{what} is required for this cost")
+        return None
+    arr = _host_or_device(Y, ops, what)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{what} must hold numbers; got dtype {arr.dtype}")
+    if arr.ndim == 0 or len(arr) != n:
+        raise ValueError(f"len(X) != len({what}): X has {n} samples, {what} has "
+                         f"{0 if arr.ndim == 0 else len(arr)} (shape {to_shape(Y)})")
+    if arr.ndim == 1 and arr.dtype.kind in "biu":
+        lo, hi = (int(arr.min()), int(arr.max())) if n else (0, 0)
+        top = 1 if width == 1 else width - 1
+        if lo < 0 or hi > top:
+            raise ValueError(f"{what} holds class labels, which must lie in 0..{top}; "
+                             f"found {'a negative label ' + str(lo) if lo < 0 else 'label ' + str(hi)}")
+        if width == 1:
+            return ops.asarray(arr.reshape(n, 1), dtype=dtype)
+        return ops.asarray(arr, dtype=np.int64)
+    if arr.ndim == 1 and width == 1:
+        arr = arr.reshape(n, 1)
+    if arr.ndim != 2 or arr.shape[1] != width:
+        raise ValueError(f"{what} must have shape ({n}, {width}) (float targets) or ({n},) (integer "
+                         f"class labels); got {to_shape(Y)} with dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and not bool(ops.xp.isfinite(arr).all()):
+        raise ValueError(f"{what} contains NaN or infinite values")
+    return ops.asarray(arr, dtype=dtype)
+
+
+def labels_of(target: Any, ops: Ops) -> np.ndarray:
+    """Class labels (host ints) from device targets: labels as they are, one-hot/float rows by argmax,
+    a single output by thresholding at 0.5."""
+    if target.ndim == 1:
+        return ops.to_numpy(target).astype(np.int64)
+    if target.shape[1] == 1:
+        return (ops.to_numpy(target)[:, 0] > 0.5).astype(np.int64)
+    return ops.to_numpy(target.argmax(axis=1)).astype(np.int64)
+
+
+def positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def positive_float(value: Any, name: str, allow_zero: bool = False, below: float | None = None) -> float:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
+    ok = ok and (value >= 0 if allow_zero else value > 0) and (below is None or value < below)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        extra = f" and < {below}" if below is not None else ""
+        raise ValueError(f"{name} must be a finite number {bound}{extra}; got {value!r}")
+    return float(value)

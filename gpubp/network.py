@@ -1,0 +1,295 @@
+"""A feedforward network trained by the four equations of backpropagation, over mini-batches.
+
+Rows are samples. For a batch X (m, n₀), layer l has weights Wˡ (nₗ, nₗ₋₁) and biases bˡ (nₗ,):
+
+    forward    zˡ = aˡ⁻¹ Wˡᵀ + bˡ,   aˡ = σ(zˡ),   a⁰ = X
+    BP1        δᴸ = ∇ₐC ⊙ σ′(zᴸ)
+    BP2        δˡ = (δˡ⁺¹ Wˡ⁺¹) ⊙ σ′(zˡ)
+    BP3        ∂C/∂bˡ = Σₓ δˡ
+    BP4        ∂C/∂Wˡ = δˡᵀ aˡ⁻¹
+
+δ rows are per-sample errors ∂Cₓ/∂z; the sums in BP3/BP4 are divided by m to give the gradient of the
+mean cost C = (1/m) Σₓ Cₓ. Every array operation goes through the backend ``self.ops`` (NumPy or CUDA).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from . import inputs
+from .activations import Activation, get_activation
+from .backend import get_ops
+from .costs import Cost, CrossEntropy, LogLikelihood, get_cost
+from .initializers import init_parameters
+from .optimizers import make_optimizer
+
+Array = Any
+DTYPES = ("float32", "float64")
+#: rows per chunk when forward/loss/evaluate run over a large data set
+EVAL_CHUNK = 8192
+
+
+class ParameterList(list):
+    """Per-layer views into the flat parameter buffer; ``params[l] = W`` copies W into the model."""
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        if isinstance(index, slice):
+            raise TypeError("assign one layer at a time: net.weights[l] = W (or net.weights[l][...] = W)")
+        view = self[index]
+        value = inputs.to_numpy(value) if not hasattr(value, "__cuda_array_interface__") else value
+        if tuple(value.shape) != tuple(view.shape):
+            raise ValueError(f"layer {index} has shape {tuple(view.shape)}; got {tuple(value.shape)}")
+        view[...] = value
+
+
+class Workspace:
+    """Buffers for one batch size: zˡ, aˡ and δˡ per layer (allocated once, reused every step)."""
+
+    def __init__(self, net: "Network", m: int) -> None:
+        shapes = [(m, n) for n in net.sizes[1:]]
+        self.zs = [net.ops.empty(s, net.dtype) for s in shapes]
+        self.activations = [net.ops.empty(s, net.dtype) for s in shapes]
+        self.deltas = [net.ops.empty(s, net.dtype) for s in shapes]
+
+
+class Network:
+    """A fully connected feedforward network; see the module docstring for the equations."""
+
+    def __init__(self, sizes: Sequence[int], activation: str = "sigmoid", output: str | None = None,
+                 cost: str | Cost | Any = "quadratic", device: str | None = "auto",
+                 dtype: str = "float32", seed: int | None = None) -> None:
+        self.sizes = _check_sizes(sizes)
+        self.activation = get_activation(activation)
+        self.output = get_activation(output if output is not None else activation, output=True)
+        self.cost = get_cost(cost)
+        if isinstance(self.cost, LogLikelihood) and self.output.name != "softmax":
+            raise ValueError("the log_likelihood cost needs a softmax output layer (output='softmax'); "
+                             f"got output={self.output.name!r}")
+        if isinstance(self.cost, CrossEntropy) and self.output.name not in ("sigmoid", "softmax"):
+            raise ValueError("the cross_entropy cost needs outputs in (0, 1): use output='sigmoid' or "
+                             f"'softmax'; got output={self.output.name!r}")
+        if str(dtype) not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+        self.dtype = np.dtype(str(dtype))
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise ValueError(f"seed must be an int or None; got {seed!r}")
+        self.seed = seed
+        self.ops = get_ops(device)
+        self.history: dict[str, list] = {}
+        self._load_parameters(init_parameters(self.sizes, self.layer_activations, seed))
+
+    # ---- parameters -------------------------------------------------------------------------------
+    @property
+    def layer_activations(self) -> list[Activation]:
+        """σ of each layer: the hidden activation, then the output one."""
+        return [self.activation] * (len(self.sizes) - 2) + [self.output]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.sizes) - 1
+
+    @property
+    def device(self) -> str:
+        return self.ops.device
+
+    def _load_parameters(self, flat_host: np.ndarray) -> None:
+        """Put the flat parameters (all weights, then all biases) on the device and make the views."""
+        with self.ops.activate():
+            self._params = self.ops.asarray(np.asarray(flat_host, dtype=self.dtype))
+            self._grad = self.ops.zeros(self._params.shape, self.dtype)
+        self.weights, self.biases = self._views(self._params)
+        self._nabla_w, self._nabla_b = self._views(self._grad)
+        self._workspaces: dict[int, Workspace] = {}
+
+    def _views(self, flat: Array) -> tuple[ParameterList, ParameterList]:
+        weights, biases, offset = ParameterList(), ParameterList(), 0
+        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
+            weights.append(flat[offset:offset + n_out * n_in].reshape(n_out, n_in))
+            offset += n_out * n_in
+        for n_out in self.sizes[1:]:
+            biases.append(flat[offset:offset + n_out])
+            offset += n_out
+        return weights, biases
+
+    @property
+    def n_weights(self) -> int:
+        """How many of the flat parameters are weights (they come first; biases follow)."""
+        return sum(o * i for i, o in zip(self.sizes[:-1], self.sizes[1:]))
+
+    def parameters(self) -> Array:
+        """The flat parameter buffer (weights then biases) on the device; writes change the model."""
+        return self._params
+
+    def to(self, device: str) -> "Network":
+        """Move the parameters to ``device`` (in place) and return the network."""
+        ops = get_ops(device)
+        flat = self.ops.to_numpy(self._params)
+        self.ops = ops
+        self._load_parameters(flat)
+        return self
+
+    def _workspace(self, m: int) -> Workspace:
+        ws = self._workspaces.get(m)
+        if ws is None:
+            if len(self._workspaces) >= 4:  # keep the training sizes, drop one-off evaluation sizes
+                self._workspaces.pop(next(iter(self._workspaces)))
+            with self.ops.activate():
+                ws = self._workspaces[m] = Workspace(self, m)
+        return ws
+
+    # ---- forward ----------------------------------------------------------------------------------
+    def _feedforward(self, x: Array, ws: Workspace) -> Array:
+        """zˡ = aˡ⁻¹ Wˡᵀ + bˡ and aˡ = σ(zˡ) for every layer, kept in ``ws`` for the backward pass."""
+        ops, a = self.ops, x
+        for W, b, act, z, a_out in zip(self.weights, self.biases, self.layer_activations, ws.zs,
+                                       ws.activations):
+            ops.gemm(a, W.T, out=z)
+            a = ops.bias_activation(z, b, act, a_out)
+        return a
+
+    def forward(self, X: Any) -> Array:
+        """aᴸ for X (batch, sizes[0]) -> (batch, sizes[-1]) on the net's device; a 1-D X gives 1-D aᴸ."""
+        with self.ops.activate():
+            x, single = inputs.check_inputs(X, self.sizes[0], self.ops, self.dtype)
+            out = self._forward_chunks(x)
+        return out[0] if single else out
+
+    def _forward_chunks(self, x: Array) -> Array:
+        out = self.ops.empty((len(x), self.sizes[-1]), self.dtype)
+        with self.ops.errstate():
+            for start in range(0, len(x), EVAL_CHUNK):
+                chunk = x[start:start + EVAL_CHUNK]
+                out[start:start + len(chunk)] = self._feedforward(chunk, self._workspace(len(chunk)))
+        return out
+
+    # ---- backward ---------------------------------------------------------------------------------
+    def _backprop_sum(self, x: Array, target: Array, loss_sum: Array | None = None) -> list[Array]:
+        """BP1–BP4 for one batch: fills the flat gradient with Σₓ ∂Cₓ/∂θ; returns the δˡ buffers."""
+        ops, acts = self.ops, self.layer_activations
+        ws = self._workspace(len(x))
+        self._feedforward(x, ws)
+        zs, activations, deltas = ws.zs, ws.activations, ws.deltas
+        delta = ops.output_delta(self.cost, acts[-1], zs[-1], activations[-1], target, deltas[-1],
+                                 loss_sum)                                          # BP1
+        for l in range(self.num_layers - 1, -1, -1):
+            a_prev = activations[l - 1] if l > 0 else x
+            ops.sum_rows(delta, out=self._nabla_b[l])                               # BP3
+            ops.gemm(delta.T, a_prev, out=self._nabla_w[l])                         # BP4
+            if l > 0:
+                ops.gemm(delta, self.weights[l], out=deltas[l - 1])                 # δˡ⁺¹ Wˡ⁺¹
+                delta = ops.backprop_activation(acts[l - 1], zs[l - 1], activations[l - 1],
+                                                deltas[l - 1], out=deltas[l - 1])   # BP2: ⊙ σ′(zˡ)
+        return deltas
+
+    def backprop(self, X: Any, Y: Any = None, return_deltas: bool = False) -> tuple:
+        """(nabla_w, nabla_b): the gradient of ``loss(X, Y)`` (mean over the batch) by BP1–BP4.
+
+        With ``return_deltas=True`` also the per-layer errors δˡ (batch, sizes[l+1]), rows per sample.
+        Arrays are fresh copies on the net's device.
+        """
+        with self.ops.activate():
+            x, _ = inputs.check_inputs(X, self.sizes[0], self.ops, self.dtype)
+            target = self._targets(Y, len(x))
+            if len(x) == 0:
+                raise ValueError("backprop needs at least one sample; X is empty")
+            with self.ops.errstate():
+                deltas = self._backprop_sum(x, target)
+            scale = 1.0 / len(x)
+            nabla_w = [g * scale for g in self._nabla_w]
+            nabla_b = [g * scale for g in self._nabla_b]
+            if return_deltas:
+                return nabla_w, nabla_b, [d.copy() for d in deltas]
+        return nabla_w, nabla_b
+
+    def _targets(self, Y: Any, n: int, what: str = "Y") -> Array:
+        return inputs.check_targets(Y, n, self.sizes[-1], self.ops, self.dtype, self.cost.needs_target,
+                                    what)
+
+    # ---- evaluation -------------------------------------------------------------------------------
+    def loss(self, X: Any, Y: Any = None) -> float:
+        """The mean cost C = (1/n) Σₓ Cₓ over X (no regularisation term)."""
+        with self.ops.activate():
+            x, _ = inputs.check_inputs(X, self.sizes[0], self.ops, self.dtype)
+            return self._loss(self._forward_chunks(x), self._targets(Y, len(x)))
+
+    def _loss(self, a: Array, target: Array) -> float:
+        if len(a) == 0:
+            return float("nan")
+        with self.ops.errstate():
+            return self.ops.item(self.ops.cost_sum(self.cost, a, target)) / len(a)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted classes (NumPy ints): argmax of aᴸ, or aᴸ > 0.5 for a single output."""
+        a = self.forward(X)
+        single = a.ndim == 1
+        a = a.reshape(1, -1) if single else a
+        if self.sizes[-1] == 1:
+            classes = self.ops.to_numpy(a[:, 0] > 0.5).astype(np.int64)
+        else:
+            classes = self.ops.to_numpy(a.argmax(axis=1)).astype(np.int64)
+        return classes[0] if single else classes
+
+    def evaluate(self, X: Any, Y: Any) -> dict[str, float]:
+        """{"loss": mean cost, "accuracy": fraction of samples whose predicted class is the target's}."""
+        with self.ops.activate():
+            x, _ = inputs.check_inputs(X, self.sizes[0], self.ops, self.dtype)
+            return self._evaluate(x, self._targets(Y, len(x)))
+
+    def _evaluate(self, x: Array, target: Array) -> dict[str, float]:
+        a = self._forward_chunks(x)
+        loss = self._loss(a, target)
+        if target is None or len(x) == 0:
+            return {"loss": loss, "accuracy": float("nan")}
+        pred = self.ops.to_numpy(a[:, 0] > 0.5) if self.sizes[-1] == 1 else \
+            self.ops.to_numpy(a.argmax(axis=1))
+        accuracy = float(np.mean(pred.astype(np.int64) == inputs.labels_of(target, self.ops)))
+        return {"loss": loss, "accuracy": accuracy}
+
+    # ---- training ---------------------------------------------------------------------------------
+    def fit(self, X: Any, Y: Any, epochs: int, batch_size: int, lr: float, optimizer: str = "sgd",
+            momentum: float = 0.9, weight_decay: float = 0.0,
+            validation_data: tuple[Any, Any] | None = None, shuffle: bool = True,
+            progress: bool | None = None, seed: int | None = None,
+            callbacks: Iterable[Callable[["Network", int, dict], Any]] | None = None,
+            distributed: Any = None) -> dict[str, list]:
+        """Mini-batch gradient descent; returns the history of per-epoch "loss", "val_loss", "val_accuracy".
+
+        "loss" is the mean training cost over the epoch's batches, measured in their forward passes.
+        Each epoch draws a new order of the samples (from ``seed``). On NaN/inf the parameters are put
+        back to the end of the previous epoch and FloatingPointError names the epoch. Ctrl-C finishes
+        the current batch, keeps ``self.history`` and raises KeyboardInterrupt. ``distributed`` is a
+        ``gpubp.distributed.Communicator``: each rank trains on its shard of every global batch.
+        """
+        from .training import Trainer
+
+        trainer = Trainer(self, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                          momentum=momentum, weight_decay=weight_decay, shuffle=shuffle,
+                          progress=progress, seed=seed, callbacks=callbacks, comm=distributed)
+        return trainer.run(X, Y, validation_data)
+
+    # ---- persistence ------------------------------------------------------------------------------
+    def save(self, path: str) -> None:
+        """Write the model to ``path`` (.npz, no pickle, atomic: a temp file renamed into place)."""
+        from .serialization import save
+
+        save(self, path)
+
+    def __repr__(self) -> str:
+        return (f"Network(sizes={self.sizes}, activation={self.activation.name!r}, "
+                f"output={self.output.name!r}, cost={self.cost.name!r}, device={self.device!r}, "
+                f"dtype={self.dtype.name!r})")
+
+
+def _check_sizes(sizes: Any) -> list[int]:
+    try:
+        values = list(sizes)
+    except TypeError:
+        raise ValueError(f"sizes must be a list of layer widths such as [784, 30, 10]; got {sizes!r}")
+    if len(values) < 2:
+        raise ValueError(f"sizes needs at least 2 layers (input and output); got {values!r}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"sizes must be positive integers; got {values!r}")
+    return [int(v) for v in values]

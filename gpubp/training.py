@@ -1,0 +1,196 @@
+"""The training loop behind ``Network.fit``: data on the device, shuffled there, one step per mini-batch.
+
+The data set is put on the device once. Each epoch draws a permutation, gathers the shuffled rows into two
+preallocated device buffers, and the mini-batches are slices of those buffers. A step is BP1–BP4 into the
+flat gradient (a sum over the batch) and one optimizer call; the loss is summed on the device and read once
+per epoch, so a step neither copies to the host nor waits for the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from . import inputs
+from .optimizers import make_optimizer
+
+#: progress-bar refreshes per epoch (updating on every step would cost Python time on small batches)
+PROGRESS_UPDATES = 50
+
+
+class Trainer:
+    """One call of ``Network.fit``: checks every argument before anything changes, then runs."""
+
+    def __init__(self, net: Any, *, epochs: int, batch_size: int, lr: float, optimizer: str,
+                 momentum: float, weight_decay: float, shuffle: bool, progress: bool | None,
+                 seed: int | None, callbacks: Iterable[Callable] | None, comm: Any) -> None:
+        self.net = net
+        self.epochs = inputs.positive_int(epochs, "epochs", minimum=0)
+        self.batch_size = inputs.positive_int(batch_size, "batch_size")
+        self.lr = inputs.positive_float(lr, "lr")
+        self.momentum = inputs.positive_float(momentum, "momentum", allow_zero=True, below=1.0)
+        self.weight_decay = inputs.positive_float(weight_decay, "weight_decay", allow_zero=True)
+        self.optimizer_name = optimizer
+        make_optimizer(optimizer, net.ops, net._params, 0, 1.0, 0.0, 0.0)  # validates the name early
+        self.shuffle = bool(shuffle)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise ValueError(f"seed must be an int or None; got {seed!r}")
+        self.seed = seed
+        self.callbacks = list(callbacks or [])
+        if not all(callable(cb) for cb in self.callbacks):
+            raise ValueError("callbacks must be callables cb(net, epoch, logs)")
+        self.comm = comm
+        if comm is not None and self.batch_size < comm.size:
+            raise ValueError(f"batch_size {self.batch_size} is smaller than the world size {comm.size}: "
+                             "every rank needs at least one sample of each mini-batch")
+        main_rank = comm is None or comm.rank == 0
+        self.progress = main_rank and (sys.stderr.isatty() if progress is None else bool(progress))
+
+    def run(self, X: Any, Y: Any, validation_data: Any) -> dict[str, list]:
+        net, ops = self.net, self.net.ops
+        with ops.activate():
+            x, _ = inputs.check_inputs(X, net.sizes[0], ops, net.dtype)
+            target = net._targets(Y, len(x))
+            if len(x) == 0:
+                raise ValueError("fit needs at least one training sample; X is empty")
+            validation = self._validation(validation_data)
+            optimizer = make_optimizer(self.optimizer_name, ops, net._params, net.n_weights, self.lr,
+                                       self.momentum, self.weight_decay)
+            history: dict[str, list] = {"loss": []}
+            if validation is not None:
+                history.update(val_loss=[], val_accuracy=[])
+            net.history = history
+            rng = np.random.default_rng(self._shared_seed())
+            if self.comm is not None:
+                self.comm.broadcast(net._params, root=0)
+                self.comm.check_same(net._params, "initial parameters")
+            with ops.errstate(), _deferred_interrupt() as interrupt:
+                self._epochs(x, target, validation, optimizer, rng, history, interrupt)
+        return history
+
+    def _validation(self, validation_data: Any) -> tuple[Any, Any] | None:
+        if validation_data is None:
+            return None
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("validation_data must be a pair (X_val, Y_val)")
+        xv, _ = inputs.check_inputs(validation_data[0], self.net.sizes[0], self.net.ops, self.net.dtype,
+                                    what="validation X")
+        return xv, self.net._targets(validation_data[1], len(xv), what="validation Y")
+
+    def _shared_seed(self) -> int | None:
+        """The shuffle seed; under ``distributed`` every rank must draw the same order, so rank 0's wins."""
+        if self.comm is None:
+            return self.seed
+        seed = np.array([self.seed if self.seed is not None else np.random.SeedSequence().entropy % 2**62],
+                        dtype=np.int64)
+        self.comm.broadcast(seed, root=0)
+        return int(seed[0])
+
+    def _epochs(self, x, target, validation, optimizer, rng, history, interrupt) -> None:
+        net, ops, n, bs, comm = self.net, self.net.ops, len(x), self.batch_size, self.comm
+        xs, ts = x, target
+        if self.shuffle:
+            xs = ops.empty(x.shape, x.dtype)
+            ts = None if target is None else ops.empty(target.shape, target.dtype)
+        loss_sum = ops.zeros((1,), net.dtype)
+        snapshot = ops.empty(net._params.shape, net.dtype)
+        batches = [(start, min(start + bs, n)) for start in range(0, n, bs)]
+        every = max(1, len(batches) // PROGRESS_UPDATES)
+        for epoch in range(1, self.epochs + 1):
+            ops.copy(net._params, out=snapshot)
+            if self.shuffle:
+                order = ops.permutation(n, rng)
+                ops.take_rows(x, order, out=xs)
+                if ts is not None:
+                    ops.take_rows(target, order, out=ts)
+            loss_sum.fill(0)
+            with _progress_bar(self.progress, n, epoch, self.epochs) as bar:
+                for i, (start, stop) in enumerate(batches):
+                    lo, hi = (start, stop) if comm is None else _shard(comm, start, stop)
+                    net._backprop_sum(xs[lo:hi], None if ts is None else ts[lo:hi], loss_sum)
+                    if comm is not None:
+                        comm.allreduce_sum(net._grad)
+                    optimizer.step(net._grad, 1.0 / (stop - start))
+                    if bar is not None and (i % every == 0 or stop == n):
+                        bar.update(stop - bar.n)
+                    if interrupt["hit"]:
+                        break
+                if comm is not None:
+                    comm.allreduce_sum(loss_sum)
+                done = stop
+                logs = {"loss": ops.item(loss_sum) / done}
+                self._check_finite(epoch, logs["loss"], snapshot)
+                if validation is not None:
+                    result = net._evaluate(*validation)
+                    logs.update(val_loss=result["loss"], val_accuracy=result["accuracy"])
+                if bar is not None:
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
+            for key, value in logs.items():
+                history[key].append(value)
+            if bar is None:
+                self._print_epoch(epoch, logs)
+            if interrupt["hit"]:
+                raise KeyboardInterrupt(f"training interrupted in epoch {epoch} after {done} of {n} samples")
+            if any(cb(net, epoch, dict(logs)) is False for cb in self.callbacks):
+                break
+
+    def _check_finite(self, epoch: int, loss: float, snapshot: Any) -> None:
+        ops, net = self.net.ops, self.net
+        if np.isfinite(loss) and ops.all_finite(net._params):
+            return
+        ops.copy(snapshot, out=net._params)
+        raise FloatingPointError(
+            f"training diverged in epoch {epoch}: the loss became {loss} (NaN or infinite); the "
+            f"parameters were restored to their values at the end of epoch {epoch - 1}. Try a smaller lr.")
+
+    def _print_epoch(self, epoch: int, logs: dict) -> None:
+        if self.progress:
+            text = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
+            print(f"epoch {epoch}/{self.epochs}  {text}", file=sys.stderr, flush=True)
+
+
+def _shard(comm: Any, start: int, stop: int) -> tuple[int, int]:
+    """This rank's rows of the global batch [start, stop)."""
+    lo, hi = comm.shard(stop - start)
+    return start + lo, start + hi
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, total: int, epoch: int, epochs: int) -> Iterator[Any]:
+    """A tqdm bar over the epoch's samples (None when disabled or tqdm is not installed)."""
+    if not enabled:
+        yield None
+        return
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        yield None
+        return
+    with tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="samples", unit_scale=True,
+              leave=True, file=sys.stderr) as bar:
+        yield bar
+
+
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[dict]:
+    """Turn the first Ctrl-C into a flag checked between batches; a second one interrupts at once."""
+    state = {"hit": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum, frame):
+        if state["hit"]:
+            raise KeyboardInterrupt
+        state["hit"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
