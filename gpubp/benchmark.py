@@ -174,6 +174,8 @@ def _device_kind(device: str) -> str:
 
 
 class _Gpubp:
+    """``net.fit`` itself: epochs of one fit call are timed from one epoch-end callback to the next."""
+
     name = "gpubp"
 
     def __init__(self, net: Any, config: Config, X: np.ndarray, labels: np.ndarray, seed: int) -> None:
@@ -181,13 +183,24 @@ class _Gpubp:
         self.X = net.ops.asarray(X)
         self.labels = net.ops.asarray(labels)
 
-    def epoch(self) -> float:
+    def train(self, epochs: int, between: Callable[[bool], None]) -> list[float]:
+        """Seconds of epochs 2 … epochs+1 of one ``fit`` call (epoch 1 carries fit's input checks and
+        allocations); ``between(record)`` runs, untimed, after each epoch, with record False after the
+        first."""
+        times: list[float] = []
+        start = [0.0]
+
+        def after_epoch(net: Any, epoch: int, logs: dict) -> None:
+            net.ops.synchronize()
+            if epoch > 1:
+                times.append(time.perf_counter() - start[0])
+            between(epoch > 1)
+            start[0] = time.perf_counter()
+
         self.seed += 1
-        start = time.perf_counter()
-        self.net.fit(self.X, self.labels, epochs=1, batch_size=self.config.batch_size, lr=self.config.lr,
-                     progress=False, seed=self.seed)
-        self.net.ops.synchronize()
-        return time.perf_counter() - start
+        self.net.fit(self.X, self.labels, epochs=epochs + 1, batch_size=self.config.batch_size,
+                     lr=self.config.lr, progress=False, seed=self.seed, callbacks=[after_epoch])
+        return times
 
 
 class _Numpy:
@@ -302,7 +315,7 @@ def compare(config: str | Config, device: str = "auto", *, seconds: float = 10.0
         numpy = kind == "cpu"
     net = Network(list(cfg.sizes), activation=cfg.activation, output=cfg.output, cost=cfg.cost,
                   device=device, dtype="float32", seed=seed)
-    probe = 2 * cfg.batch_size
+    probe = cfg.batch_size * max(2, -(-2000 // cfg.batch_size))    # >= 2 batches and ~2000 samples
     X, labels = synthetic_data(cfg, probe, seed)
 
     def build(X: np.ndarray, labels: np.ndarray) -> list:
@@ -313,28 +326,21 @@ def compare(config: str | Config, device: str = "auto", *, seconds: float = 10.0
             contenders.append(_Torch(net, cfg, X, labels, seed, "cpu" if kind == "cpu" else device))
         return contenders
 
-    contenders = build(X, labels)
-    warm = [c.epoch() for c in contenders]           # first epoch allocates; the second estimates
-    warm = [c.epoch() for c in contenders]
     if samples is None:
-        per_sample = statistics.fmean(warm) / probe
-        budget = seconds / (repeats * len(contenders))
+        gpubp, *others = build(X, labels)
+        probe_times = _interleave(gpubp, others, 1)       # warm-up, and the time per sample
+        per_sample = statistics.fmean(ts[0] for ts in probe_times.values()) / probe
+        budget = seconds / (repeats * (1 + len(others)))
         steps = max(2, round(budget / (per_sample * cfg.batch_size)))
         samples = min(steps * cfg.batch_size, 60000 // cfg.batch_size * cfg.batch_size)
     if samples < cfg.batch_size:
         raise ValueError(f"samples must be >= the batch size {cfg.batch_size}, got {samples}")
     if log:
-        log(f"{cfg.name}: {samples} samples x {repeats} repeats on {kind}: "
-            + ", ".join(c.name for c in contenders))
+        log(f"{cfg.name}: {samples} samples x {repeats} repeats on {kind}: gpubp, "
+            + ", ".join(c.name for c in others))
     X, labels = synthetic_data(cfg, samples, seed + 1)
-    contenders = build(X, labels)
-    for c in contenders:                               # allocate buffers for the new data size
-        c.epoch()
-    times: dict[str, list[float]] = {c.name: [] for c in contenders}
-    for r in range(repeats):
-        order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
-        for c in order:
-            times[c.name].append(c.epoch())
+    gpubp, *others = build(X, labels)
+    times = _interleave(gpubp, others, repeats)
     row: dict[str, Any] = {
         "config": cfg.name, "sizes": list(cfg.sizes), "batch_size": cfg.batch_size, "device": kind,
         "samples": samples, "repeats": repeats,
@@ -347,6 +353,19 @@ def compare(config: str | Config, device: str = "auto", *, seconds: float = 10.0
             row[f"gpubp/{base}"] = statistics.median(
                 b / g for g, b in zip(times["gpubp"], times[base]))
     return row
+
+
+def _interleave(gpubp: _Gpubp, others: list, repeats: int) -> dict[str, list[float]]:
+    """``repeats`` epoch times of each contender: gpubp, then each baseline, then gpubp again, …"""
+    times: dict[str, list[float]] = {c.name: [] for c in others}
+
+    def between(record: bool) -> None:
+        for c in others:
+            t = c.epoch()
+            if record:
+                times[c.name].append(t)
+
+    return {"gpubp": gpubp.train(repeats, between), **times}
 
 
 def run_benchmarks(configs: Sequence[str] = ("S", "M", "L"), device: str = "auto", seconds: float = 10.0,

@@ -105,18 +105,19 @@ class Ops:
         Stable forms: sigmoid + cross_entropy and softmax + log_likelihood give δᴸ = aᴸ − y; quadratic gives
         (aᴸ − y) ⊙ σ′(zᴸ); any other pair is ∇ₐC ⊙ σ′(zᴸ) (softmax: its Jacobian applied to ∇ₐC).
         """
-        xp = self.xp
         stable = (isinstance(cost, CrossEntropy) and activation.name == "sigmoid") or \
                  (isinstance(cost, LogLikelihood) and activation.name == "softmax")
+        if isinstance(cost, Quadratic):
+            self.subtract_target(a, target, out)                    # ∇ₐC = a − y
+            if loss_sum is not None:
+                loss_sum += 0.5 * self.xp.vdot(out, out)
+            return self.backprop_activation(activation, z, a, out, out)
         if loss_sum is not None:
             loss_sum += self.cost_sum(cost, a, target)
-        if stable or isinstance(cost, Quadratic):
-            self.subtract_target(a, target, out)
-            if stable:
-                return out
-            return self.backprop_activation(activation, z, a, out, out)
+        if stable:
+            return self.subtract_target(a, target, out)
         g = cost.derivative(a, self.dense_target(target, a) if cost.needs_target else None)
-        xp.copyto(out, g)
+        self.xp.copyto(out, g)
         return self.backprop_activation(activation, z, a, out, out)
 
     def subtract_target(self, a: Array, target: Array, out: Array) -> Array:
@@ -207,7 +208,7 @@ class Ops:
 
     def take_rows(self, x: Array, index: Array, out: Array) -> Array:
         """out = x[index] (gather rows into a preallocated buffer)."""
-        return self.xp.take(x, index, axis=0, out=out)
+        return self.xp.take(x, index, axis=0, out=out, mode="wrap")  # "raise" would buffer: 20× slower
 
     @contextlib.contextmanager
     def errstate(self) -> Iterator[None]:

@@ -1,0 +1,112 @@
+"""The CUDA kernels: where their source lives, the ids shared with it, and loading them with NVRTC.
+
+The source is ``kernels/`` at the top of a checkout, or ``gpubp/kernels/`` inside an installed wheel. Each
+``.cu`` file becomes one ``cupy.RawModule`` per device, compiled once per process (CuPy also caches the
+binary on disk) when its first function is asked for. Local ``#include "x.cuh"`` lines are expanded into
+the source text before compiling, so CuPy's cache key covers the headers too.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+#: the activation ids of ``kernels/activations.cuh`` (enum Activation)
+ACTIVATION_IDS = {"sigmoid": 0, "tanh": 1, "relu": 2, "leaky_relu": 3, "softplus": 4, "swish": 5,
+                  "gelu": 6, "mish": 7, "identity": 8}
+#: the cost ids of ``kernels/costs.cuh`` (enum Cost)
+COST_IDS = {"quadratic": 0, "cross_entropy": 1, "log_likelihood": 2}
+
+#: the kernels of each source file (extern "C" names, one per dtype suffix)
+KERNELS: dict[str, tuple[str, ...]] = {
+    "backprop.cu": ("gpubp_backprop_f32", "gpubp_backprop_f64",
+                    "gpubp_softmax_backward_f32", "gpubp_softmax_backward_f64"),
+    "forward.cu": ("gpubp_bias_activation_f32", "gpubp_bias_activation_f64",
+                   "gpubp_bias_softmax_f32", "gpubp_bias_softmax_f64"),
+    "output.cu": ("gpubp_output_delta_f32_f32", "gpubp_output_delta_f32_f64",
+                  "gpubp_output_delta_f64_f64"),
+    "optim.cu": ("gpubp_sgd_update_f32", "gpubp_sgd_update_f64", "gpubp_momentum_update_f32",
+                 "gpubp_momentum_update_f64", "gpubp_adam_update_f32", "gpubp_adam_update_f64"),
+}
+_FILE_OF = {name: file for file, names in KERNELS.items() for name in names}
+
+#: options gpubp passes to NVRTC (CuPy adds -arch=sm_XX for the device, -ftz=true and
+#: --device-as-default-execution-space)
+NVRTC_OPTIONS = ("-std=c++17",)
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
+
+
+class KernelCompileError(RuntimeError):
+    """A kernel source file failed to compile; the message names the file and holds the NVRTC log."""
+
+
+def kernel_dir() -> Path:
+    """The folder of the CUDA sources: inside the installed package, else the checkout's ``kernels/``."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "kernels", package.parent / "kernels"):
+        if (candidate / "common.cuh").is_file():
+            return candidate
+    raise FileNotFoundError(f"gpubp's CUDA kernel sources are missing: looked in {package / 'kernels'} "
+                            f"and {package.parent / 'kernels'}")
+
+
+@functools.lru_cache(maxsize=None)
+def module_source(file: str) -> str:
+    """The source of ``file`` with its local includes expanded (each header once), as NVRTC compiles it."""
+    if file not in KERNELS:
+        raise ValueError(f"unknown kernel file {file!r}; known: {', '.join(KERNELS)}")
+    folder = kernel_dir()
+    seen: set[str] = set()
+
+    def expand(name: str) -> str:
+        text = (folder / name).read_text(encoding="utf-8")
+
+        def include(match: re.Match) -> str:
+            header = match.group(1)
+            if header in seen:
+                return ""
+            seen.add(header)
+            line = text.count("\n", 0, match.end()) + 2
+            return f'#line 1 "{header}"\n{expand(header)}\n#line {line} "{name}"'
+
+        return _INCLUDE.sub(include, text)
+
+    return expand(file)
+
+
+_lock = threading.Lock()
+_modules: dict[tuple[int, str], Any] = {}
+_functions: dict[tuple[int, str], Any] = {}
+
+
+def get_function(device_id: int, name: str) -> Any:
+    """The kernel ``name`` loaded on CUDA device ``device_id`` (compiled on first use, then cached).
+
+    Call it with that device current. Raises KernelCompileError with the NVRTC log if its file does not
+    compile.
+    """
+    key = (device_id, name)
+    function = _functions.get(key)
+    if function is not None:
+        return function
+    file = _FILE_OF.get(name)
+    if file is None:
+        raise ValueError(f"unknown kernel {name!r}")
+    import cupy
+
+    with _lock:
+        try:
+            module = _modules.get((device_id, file))
+            if module is None:
+                module = cupy.RawModule(code=module_source(file), options=NVRTC_OPTIONS)
+            function = module.get_function(name)
+        except cupy.cuda.compiler.CompileException as exc:
+            raise KernelCompileError(f"NVRTC failed to compile gpubp kernel file {file} "
+                                     f"({kernel_dir() / file}):\n{exc}") from exc
+        _modules[(device_id, file)] = module
+        _functions[key] = function
+    return function

