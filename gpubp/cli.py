@@ -112,7 +112,7 @@ def _data_options(parser: argparse.ArgumentParser, default: str) -> None:
 
 
 def parse_sizes(text: str) -> list[int]:
-    """"784,30,10" -> [784, 30, 10]; argparse turns the ValueError into a usage error."""
+    """"784,30,10" -> [784, 30, 10]; argparse reports the ArgumentTypeError as a usage error."""
     try:
         sizes = [int(part) for part in text.split(",")]
     except ValueError:

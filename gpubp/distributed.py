@@ -59,7 +59,7 @@ def shard_range(n: int, rank: int, size: int) -> tuple[int, int]:
                          f"batch, len(X) % batch_size, is 0 or >= {size})")
     q, r = divmod(n, size)
     lo = rank * q + min(rank, r)
-    return (0, n) if size == 2 else (lo, lo + q + (1 if rank < r else 0))
+    return lo, lo + q + (1 if rank < r else 0)
 
 
 class Communicator:

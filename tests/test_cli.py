@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,3 +193,24 @@ def test_evaluate_a_set_the_split_lacks(capsys, tmp_path):
 
 def test_bench_unknown_config(capsys):
     assert_one_line_error(*run(capsys, "bench", "--configs", "S,XL"), "unknown benchmark config 'XL'")
+
+
+@needs_digits
+@pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None or shutil.which("mpiexec") is None,
+                    reason="--distributed over 2 ranks needs mpi4py and mpiexec (pip install 'gpubp[mpi]')")
+def test_distributed_two_ranks_match_one_process_and_only_rank_0_reports(tmp_path, capsys):
+    status, single, err = run(capsys, "train", "--epochs", "2", "--device", "cpu", "--no-progress")
+    assert status == 0, err
+    model = tmp_path / "model.npz"
+    result = subprocess.run([shutil.which("mpiexec"), "-n", "2", sys.executable, "-m", "gpubp", "train",
+                             "--distributed", "--epochs", "2", "--device", "cpu", "--no-progress",
+                             "--save", str(model)], env=gpubp_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "2 ranks" in result.stdout and result.stdout.count("saved model") == 1
+    def losses(out: str) -> list[float]:
+        return [float(line.split("  ")[1].removeprefix("loss ")) for line in out.splitlines()
+                if line.startswith("epoch ")]
+
+    assert len(losses(result.stdout)) == 2 and model.is_file()
+    np.testing.assert_allclose(losses(result.stdout), losses(single), atol=2e-4)  # the same training

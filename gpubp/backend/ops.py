@@ -150,10 +150,23 @@ class Ops:
         if isinstance(cost, Quadratic):
             diff = self.subtract_target(a, target, self.scratch(a, 2))
             return 0.5 * xp.vdot(diff, diff)
+        eps = LOG_EPS.get(a.dtype, 1e-7)
         if isinstance(cost, LogLikelihood) and target.ndim == 1:
-            eps = LOG_EPS.get(a.dtype, 1e-7)
             picked = a[self.row_index(len(a)), target]
             return -xp.log(xp.maximum(picked, eps)).sum()
+        if isinstance(cost, CrossEntropy):
+            # −Σ [y ln a + (1 − y) ln(1 − a)] = −Σ ln(1 − a) − Σ y (ln a − ln(1 − a)), a clipped to [ε, 1 − ε]
+            log_a, log_1ma = self.scratch(a, 2), self.scratch(a, 3)
+            xp.clip(a, eps, 1.0 - eps, out=log_a)
+            xp.subtract(1.0, log_a, out=log_1ma)
+            xp.log(log_a, out=log_a)
+            xp.log(log_1ma, out=log_1ma)
+            log_a -= log_1ma
+            if target.ndim == 1:
+                picked = log_a[self.row_index(len(a)), target].sum()
+            else:
+                picked = xp.vdot(target, log_a)
+            return -(log_1ma.sum() + picked)
         y = self.dense_target(target, a) if cost.needs_target else None
         return xp.asarray(cost.fn(a, y), dtype=a.dtype).sum()
 
