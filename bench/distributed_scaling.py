@@ -12,16 +12,19 @@ slower rank: imbalance and noise from other load on the machine), and "allreduce
 "compute" is the time between one allreduce's end and the next barrier (optimizer update, batch slicing,
 forward and BP1–BP4 on this rank's shard). Medians over the steps, seen from rank 0.
 
-Model (weak scaling: each GPU keeps the config's batch, so the global batch grows with N): a ring allreduce
-of B bytes over N GPUs takes
+Model (weak scaling: each GPU keeps the config's batch, so the global batch grows with N and the efficiency
+is E(N) = t_c / t_step(N)). A ring allreduce of B bytes over N GPUs takes
 
     t_ar(N) = 2(N−1)/N · B / β + 2(N−1) · α
 
-with β the NCCL bus bandwidth and α the per-hop latency of the link; these are ASSUMPTIONS (defaults below,
-override with --link), not measurements. A step without overlap takes t_c + t_ar, so its efficiency is
-E = t_c / (t_c + t_ar); overlapping the allreduce with the backward pass (bucketed gradients, backward ≈ 2/3 of
-the step) hides up to (2/3)·t_c of it. This machine has no GPU: the single-GPU step time t_c is an input
-(--gpu-step-ms, from the GPU benchmarks); without it the script prints the break-even t_c for 90%.
+with β the NCCL bus bandwidth and α the per-hop latency of the link; these are ASSUMPTIONS (defaults in
+LINKS, override with --link), not measurements. "one allreduce" is what fit does now: t_step = t_c + t_ar
+after BP1–BP4. "per-layer buckets" is the schedule gradient bucketing would give: the single-GPU step time
+t_c is split over the forward GEMMs and, in backward order, each layer's BP4 and BP2 GEMMs in proportion to
+their flops; layer l's gradient (Wˡ and bˡ) is allreduced as soon as its BP3/BP4 are done, one bucket after
+another on one NCCL stream, overlapping the rest of the backward pass (BP2 into the layer below, and so on). This machine has no GPU:
+t_c is an input (--gpu-step-ms, from the GPU benchmarks); without it the script prints the break-even t_c
+(and the GEMM throughput it implies) at which 8 GPUs reach 90%.
 """
 
 from __future__ import annotations
@@ -43,7 +46,6 @@ LINKS = {
     "infiniband": (40.0, 6.0),  # 8 nodes × 1 GPU, one NDR 400 Gb/s (50 GB/s) HCA per GPU
 }
 EFFICIENCY_TARGET = 0.9
-BACKWARD_SHARE = 2.0 / 3.0  # of a step's GEMM work: BP2 and BP4 against the forward pass's one GEMM per layer
 
 
 # ---- measurement (runs inside every rank) ------------------------------------------------------------
@@ -84,7 +86,7 @@ def measure(config_name: str, steps: int, comm) -> dict:
     wait = [synced - start for start, synced, _ in marks[1:]]
     allreduce = [end - synced for _, synced, end in marks[1:]]
     c_ms, w_ms, a_ms = (1e3 * statistics.median(t) for t in (compute, wait, allreduce))
-    return {"config": cfg.name, "procs": comm.size, "threads": int(os.environ.get("OMP_NUM_THREADS", 0)),
+    return {"config": cfg.name, "sizes": list(cfg.sizes), "procs": comm.size, "threads": int(os.environ.get("OMP_NUM_THREADS", 0)),
             "params": int(net.parameters().size), "bytes": int(net.parameters().nbytes),
             "batch": cfg.batch_size, "steps": len(allreduce), "compute_ms": c_ms, "wait_ms": w_ms,
             "allreduce_ms": a_ms, "step_ms": c_ms + w_ms + a_ms,
@@ -109,12 +111,12 @@ def worker(configs: list[str], steps: dict[str, int]) -> None:
 
 
 # ---- driver -------------------------------------------------------------------------------------------
-def run_procs(procs: int, configs: list[str], steps: dict[str, int], cores: int) -> list[dict]:
+def run_procs(procs: int, configs: list[str], steps: dict[str, int], threads: int) -> list[dict]:
     mpiexec = Path(sys.executable).parent / "mpiexec"
     mpiexec = str(mpiexec) if mpiexec.exists() else shutil.which("mpiexec")
     if mpiexec is None:
         raise SystemExit("mpiexec not found: pip install 'gpubp[mpi]'")
-    threads = str(max(1, cores // procs))
+    threads = str(threads)
     env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     cmd = [mpiexec, "-n", str(procs), sys.executable, __file__, "--worker", "--configs", *configs,
@@ -141,34 +143,59 @@ def combine(runs: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: ("SML".find(r["config"]), r["procs"]))
 
 
-def ring_allreduce_s(nbytes: int, n: int, bandwidth_gbs: float, latency_us: float) -> float:
+def ring_allreduce_s(nbytes: float, n: int, bandwidth_gbs: float, latency_us: float) -> float:
     """2(N−1)/N · B / β + 2(N−1) · α, in seconds (0 for one GPU)."""
     return 2 * (n - 1) / n * nbytes / (bandwidth_gbs * 1e9) + 2 * (n - 1) * latency_us * 1e-6
 
 
-def efficiency(t_c: float, t_ar: float, overlap: bool) -> float:
-    exposed = max(0.0, t_ar - BACKWARD_SHARE * t_c) if overlap else t_ar
-    return t_c / (t_c + exposed)
+def modelled_step_s(t_c: float, sizes, batch: int, itemsize: int, n: int, link: tuple[float, float],
+                    buckets: bool) -> float:
+    """Step time on N GPUs for single-GPU step time t_c: one allreduce after backprop, or per-layer buckets."""
+    macs = [n_in * n_out for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+    nbytes = [itemsize * (m + n_out) for m, n_out in zip(macs, sizes[1:])]
+    if not buckets:
+        return t_c + ring_allreduce_s(sum(nbytes), n, *link)
+    per_flop = t_c / step_flops(sizes, batch)
+    now = per_flop * 2 * batch * sum(macs)  # the forward pass
+    comm_free = 0.0
+    for l in range(len(macs) - 1, -1, -1):  # backward order, as in Network._backprop_sum
+        now += per_flop * 2 * batch * macs[l]  # BP3/BP4: layer l's gradient is complete
+        comm_free = max(now, comm_free) + ring_allreduce_s(nbytes[l], n, *link)
+        if l > 0:
+            now += per_flop * 2 * batch * macs[l]  # BP2's δˡ⁺¹Wˡ⁺¹ GEMM, overlapping that allreduce
+    return max(now, comm_free)
+
+
+def break_even_s(sizes, batch: int, itemsize: int, n: int, link: tuple[float, float], buckets: bool) -> float:
+    """The smallest single-GPU step time for which N GPUs reach EFFICIENCY_TARGET (bisection in log t)."""
+    lo, hi = 1e-8, 10.0
+    for _ in range(100):
+        mid = (lo * hi) ** 0.5
+        eff = mid / modelled_step_s(mid, sizes, batch, itemsize, n, link, buckets)
+        lo, hi = (lo, mid) if eff >= EFFICIENCY_TARGET else (mid, hi)
+    return hi
 
 
 def model_table(results: list[dict], gpu_step_ms: dict[str, float], gpus: list[int]) -> list[str]:
-    sizes = {r["config"]: (r["bytes"], r["flops_per_step"]) for r in results}
-    lines = ["| config | grad MB | link | t_ar(8) ms | break-even t_c for 90%, no overlap / overlap (ms) | "
-             "GPU t_c ms (input) | " + " | ".join(f"E({n}) no overlap / overlap" for n in gpus) + " |",
+    lines = ["| config | grad MB | link (β, α assumed) | one allreduce, 8 GPUs | break-even t_c for 90% at 8 "
+             "GPUs: one allreduce / per-layer buckets | GPU t_c (input) | "
+             + " | ".join(f"E({n}) one / buckets" for n in gpus) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(gpus)]
-    for name, (nbytes, flops) in sizes.items():
-        for link, (bw, lat) in LINKS.items():
-            t8 = ring_allreduce_s(nbytes, 8, bw, lat)
-            plain = EFFICIENCY_TARGET / (1 - EFFICIENCY_TARGET) * t8
-            hidden = t8 / (BACKWARD_SHARE + (1 - EFFICIENCY_TARGET) / EFFICIENCY_TARGET)
+    for r in {r["config"]: r for r in results}.values():
+        name, sizes, batch, nbytes = r["config"], r["sizes"], r["batch"], r["bytes"]
+        itemsize = nbytes // r["params"]
+        flops = step_flops(sizes, batch)
+        for link_name, link in LINKS.items():
+            one, bucketed = (break_even_s(sizes, batch, itemsize, 8, link, b) for b in (False, True))
             t_c = gpu_step_ms.get(name)
             cells = ["n/a"] * len(gpus) if t_c is None else [
-                f"{efficiency(t_c / 1e3, ring_allreduce_s(nbytes, n, bw, lat), False):.0%} / "
-                f"{efficiency(t_c / 1e3, ring_allreduce_s(nbytes, n, bw, lat), True):.0%}" for n in gpus]
-            lines.append(f"| {name} | {nbytes / 1e6:.2f} | {link} (β={bw:g} GB/s, α={lat:g} µs) | "
-                         f"{t8 * 1e3:.3f} | {plain * 1e3:.3f} / {hidden * 1e3:.3f} "
-                         f"(≤ {flops / plain / 1e12:.3g} / {flops / hidden / 1e12:.3g} TFLOP/s) | "
-                         f"{'n/a' if t_c is None else f'{t_c:g}'} | " + " | ".join(cells) + " |")
+                " / ".join(f"{t_c / 1e3 / modelled_step_s(t_c / 1e3, sizes, batch, itemsize, n, link, b):.0%}"
+                           for b in (False, True)) for n in gpus]
+            lines.append(f"| {name} | {nbytes / 1e6:.2f} | {link_name} ({link[0]:g} GB/s, {link[1]:g} µs) | "
+                         f"{ring_allreduce_s(nbytes, 8, *link) * 1e3:.3f} ms | "
+                         f"{one * 1e3:.3f} ms / {bucketed * 1e3:.3f} ms (GEMMs at ≤ {flops / one / 1e12:.3g} / "
+                         f"{flops / bucketed / 1e12:.3g} TFLOP/s) | {'n/a' if t_c is None else f'{t_c:g} ms'} | "
+                         + " | ".join(cells) + " |")
     return lines
 
 
@@ -188,6 +215,8 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["S", "M", "L"])
     parser.add_argument("--procs", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--steps", default="S=200,M=30,L=6", help="timed steps per config")
+    parser.add_argument("--threads", type=int, default=0, help="BLAS threads per process "
+                        "(default: cores // processes)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per process count")
     parser.add_argument("--gpu-step-ms", default="", help="measured single-GPU step times, e.g. M=0.4,L=4")
     parser.add_argument("--link", action="append", default=[], metavar="NAME=GBS:US",
@@ -205,10 +234,11 @@ def main() -> None:
         LINKS[name] = (float(bw), float(lat or 0))
     cores = os.cpu_count() or 1
     load_before = os.getloadavg()[0]
-    runs = [r for _ in range(args.repeats) for p in args.procs for r in run_procs(p, args.configs, steps, cores)]
+    runs = [r for _ in range(args.repeats) for p in args.procs
+            for r in run_procs(p, args.configs, steps, args.threads or max(1, cores // p))]
     results = combine(runs)
     print(f"CPU: {cores} cores, load average {load_before:.2f} before and {os.getloadavg()[0]:.2f} after; "
-          f"BLAS threads per process = cores // processes; rank 0's medians, median of {args.repeats} "
+          f"BLAS threads per process = {args.threads or 'cores // processes'}; rank 0's medians, median of {args.repeats} "
           "interleaved runs\n")
     print("| config | processes × threads | params | compute ms | wait ms | allreduce ms | step ms | "
           "samples/s |")

@@ -1,4 +1,4 @@
-"""Training-step benchmarks: gpubp against a plain NumPy backprop and PyTorch eager, on the same data and init.
+"""Training-step benchmarks: gpubp against plain NumPy backprop and PyTorch eager, same data and init.
 
 Configs (fp32), from the core issue:
 
@@ -9,9 +9,10 @@ Configs (fp32), from the core issue:
 Every contender trains one epoch of mini-batch SGD over the same synthetic data set (shuffled each epoch,
 mini-batches gathered by index), starting from the same weights: the plain NumPy and PyTorch models copy
 gpubp's freshly initialised ``net.weights`` and ``net.biases``. Runs are interleaved (gpubp, NumPy, PyTorch,
-gpubp, …) so that drift of the machine hits each alike; the medians are reported, and each ratio is the
-median of the per-repeat ratios. ``PlainNumpyNet`` is the baseline a user writes from the book: forward,
-BP1–BP4, SGD update, allocating fresh arrays as it goes.
+gpubp, …) so that drift of the machine hits each alike: gpubp's epochs are timed inside one ``fit`` call, as
+a user trains, and the baselines run their epochs in its epoch-end callback, outside gpubp's timings. The
+medians are reported, and each ratio is the median of the per-repeat ratios. ``PlainNumpyNet`` is the
+baseline a user writes from the book: forward, BP1–BP4, SGD update, allocating fresh arrays as it goes.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class PlainNumpyNet:
     """Mini-batch backpropagation written out by hand in NumPy: the baseline gpubp must beat.
 
     Rows are samples, so zˡ = aˡ⁻¹ Wˡᵀ + bˡ. Supports the benchmark pairs only: sigmoid + quadratic
-    (δᴸ = (aᴸ − y) ⊙ σ′(zᴸ)) and relu hidden layers with softmax + log-likelihood (δᴸ = aᴸ − y).
+    (δᴸ = (aᴸ − y) ⊙ σ′(zᴸ)), and relu hidden layers with softmax + log-likelihood (δᴸ = aᴸ − y).
     """
 
     def __init__(self, weights: Sequence[Any], biases: Sequence[Any], activation: str, output: str,
@@ -133,7 +134,7 @@ class PlainNumpyNet:
         return zs, activations
 
     def backprop(self, X: np.ndarray, Y: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Σₓ ∂Cₓ/∂W and Σₓ ∂Cₓ/∂b over the batch by BP1–BP4 (Y: one-hot float targets)."""
+        """Σₓ ∂Cₓ/∂W and Σₓ ∂Cₓ/∂b over the batch by BP1–BP4 (Y: one-hot targets)."""
         zs, activations = self.feedforward(X)
         if self.cost == "quadratic":
             delta = (activations[-1] - Y) * _sigmoid_prime(zs[-1])   # BP1
@@ -165,7 +166,7 @@ class PlainNumpyNet:
             self.step(X[index], Y[index], lr)
 
 
-# ---- contenders: each trains one epoch on the data it was built with, returning seconds ------------
+# ---- contenders: each trains on the data it was built with and reports seconds -------------------
 def _device_kind(device: str) -> str:
     kind, _ = parse_device(device)
     if kind == "auto":
@@ -173,8 +174,8 @@ def _device_kind(device: str) -> str:
     return kind
 
 
-class _Gpubp:
-    """``net.fit`` itself: epochs of one fit call are timed from one epoch-end callback to the next."""
+class GpubpTrainer:
+    """gpubp's real training loop, ``net.fit`` (SGD, shuffled every epoch), data on the net's device."""
 
     name = "gpubp"
 
@@ -183,10 +184,22 @@ class _Gpubp:
         self.X = net.ops.asarray(X)
         self.labels = net.ops.asarray(labels)
 
-    def train(self, epochs: int, between: Callable[[bool], None]) -> list[float]:
-        """Seconds of epochs 2 … epochs+1 of one ``fit`` call (epoch 1 carries fit's input checks and
-        allocations); ``between(record)`` runs, untimed, after each epoch, with record False after the
-        first."""
+    def _fit(self, epochs: int, callbacks: list | None = None) -> None:
+        self.seed += 1
+        self.net.fit(self.X, self.labels, epochs=epochs, batch_size=self.config.batch_size,
+                     lr=self.config.lr, progress=False, seed=self.seed, callbacks=callbacks)
+
+    def run(self, epochs: int = 1) -> float:
+        """Seconds for one ``fit`` call of ``epochs`` epochs (input checks and allocation included)."""
+        start = time.perf_counter()
+        self._fit(epochs)
+        self.net.ops.synchronize()
+        return time.perf_counter() - start
+
+    def interleaved(self, epochs: int, between: Callable[[bool], None]) -> list[float]:
+        """Seconds of epochs 2 … epochs+1 of one ``fit`` call, each timed from the end of the epoch before
+        (epoch 1 carries fit's input checks and allocations); ``between(record)`` runs, untimed, after
+        every epoch, with ``record`` False after the first."""
         times: list[float] = []
         start = [0.0]
 
@@ -197,13 +210,13 @@ class _Gpubp:
             between(epoch > 1)
             start[0] = time.perf_counter()
 
-        self.seed += 1
-        self.net.fit(self.X, self.labels, epochs=epochs + 1, batch_size=self.config.batch_size,
-                     lr=self.config.lr, progress=False, seed=self.seed, callbacks=[after_epoch])
+        self._fit(epochs + 1, [after_epoch])
         return times
 
 
-class _Numpy:
+class NumpyTrainer:
+    """``PlainNumpyNet`` from the net's initial parameters, on one-hot targets."""
+
     name = "numpy"
 
     def __init__(self, net: Any, config: Config, X: np.ndarray, labels: np.ndarray, seed: int) -> None:
@@ -213,14 +226,16 @@ class _Numpy:
         self.Y = one_hot(labels, config.sizes[-1], X.dtype)
         self.rng = np.random.default_rng(seed)
 
-    def epoch(self) -> float:
+    def run(self, epochs: int = 1) -> float:
         start = time.perf_counter()
-        self.model.train_epoch(self.X, self.Y, self.config.batch_size, self.config.lr, self.rng)
+        for _ in range(epochs):
+            self.model.train_epoch(self.X, self.Y, self.config.batch_size, self.config.lr, self.rng)
         return time.perf_counter() - start
 
 
-class _Torch:
-    """PyTorch eager: nn.Linear layers, autograd, torch.optim.SGD; CUDA timed with events."""
+class TorchTrainer:
+    """PyTorch eager from the net's initial parameters: nn.Linear layers, autograd, torch.optim.SGD,
+    mini-batches gathered by a ``randperm`` each epoch; CUDA time from events after a synchronise."""
 
     name = "torch"
 
@@ -260,23 +275,27 @@ class _Torch:
         loss.backward()
         self.optimizer.step()
 
-    def epoch(self) -> float:
-        torch, n, batch = self.torch, len(self.X), self.config.batch_size
-        cuda = self.device.type == "cuda"
-        if cuda:
-            torch.cuda.synchronize(self.device)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-        else:
-            t0 = time.perf_counter()
-        order = torch.randperm(n, device=self.device, generator=self.generator)
+    def _epoch(self) -> None:
+        n, batch = len(self.X), self.config.batch_size
+        order = self.torch.randperm(n, device=self.device, generator=self.generator)
         for k in range(0, n, batch):
             self._step(order[k:k + batch])
-        if cuda:
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1000.0
-        return time.perf_counter() - t0
+
+    def run(self, epochs: int = 1) -> float:
+        torch = self.torch
+        if self.device.type != "cuda":
+            start = time.perf_counter()
+            for _ in range(epochs):
+                self._epoch()
+            return time.perf_counter() - start
+        torch.cuda.synchronize(self.device)
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(epochs):
+            self._epoch()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / 1000.0
 
 
 def _host(net: Any, arrays: Sequence[Any]) -> list[np.ndarray]:
@@ -319,11 +338,11 @@ def compare(config: str | Config, device: str = "auto", *, seconds: float = 10.0
     X, labels = synthetic_data(cfg, probe, seed)
 
     def build(X: np.ndarray, labels: np.ndarray) -> list:
-        contenders: list = [_Gpubp(net, cfg, X, labels, seed)]
+        contenders: list = [GpubpTrainer(net, cfg, X, labels, seed)]
         if numpy:
-            contenders.append(_Numpy(net, cfg, X, labels, seed))
+            contenders.append(NumpyTrainer(net, cfg, X, labels, seed))
         if torch and torch_available():
-            contenders.append(_Torch(net, cfg, X, labels, seed, "cpu" if kind == "cpu" else device))
+            contenders.append(TorchTrainer(net, cfg, X, labels, seed, "cpu" if kind == "cpu" else device))
         return contenders
 
     if samples is None:
@@ -335,11 +354,11 @@ def compare(config: str | Config, device: str = "auto", *, seconds: float = 10.0
         samples = min(steps * cfg.batch_size, 60000 // cfg.batch_size * cfg.batch_size)
     if samples < cfg.batch_size:
         raise ValueError(f"samples must be >= the batch size {cfg.batch_size}, got {samples}")
-    if log:
-        log(f"{cfg.name}: {samples} samples x {repeats} repeats on {kind}: gpubp, "
-            + ", ".join(c.name for c in others))
     X, labels = synthetic_data(cfg, samples, seed + 1)
     gpubp, *others = build(X, labels)
+    if log:
+        log(f"{cfg.name}: {samples} samples x {repeats} repeats on {kind}: "
+            + ", ".join(c.name for c in (gpubp, *others)))
     times = _interleave(gpubp, others, repeats)
     row: dict[str, Any] = {
         "config": cfg.name, "sizes": list(cfg.sizes), "batch_size": cfg.batch_size, "device": kind,
@@ -355,17 +374,17 @@ def compare(config: str | Config, device: str = "auto", *, seconds: float = 10.0
     return row
 
 
-def _interleave(gpubp: _Gpubp, others: list, repeats: int) -> dict[str, list[float]]:
+def _interleave(gpubp: GpubpTrainer, others: list, repeats: int) -> dict[str, list[float]]:
     """``repeats`` epoch times of each contender: gpubp, then each baseline, then gpubp again, …"""
     times: dict[str, list[float]] = {c.name: [] for c in others}
 
     def between(record: bool) -> None:
         for c in others:
-            t = c.epoch()
+            t = c.run()
             if record:
                 times[c.name].append(t)
 
-    return {"gpubp": gpubp.train(repeats, between), **times}
+    return {"gpubp": gpubp.interleaved(repeats, between), **times}
 
 
 def run_benchmarks(configs: Sequence[str] = ("S", "M", "L"), device: str = "auto", seconds: float = 10.0,
@@ -404,11 +423,12 @@ def format_table(rows: Sequence[dict]) -> str:
 
 
 def machine_info() -> dict:
-    """What the figures were measured on: CPU, cores, NumPy and its BLAS, PyTorch, GPU."""
+    """What the figures were measured on: CPU, cores, load, NumPy and its BLAS, PyTorch, GPU."""
     info: dict[str, Any] = {
         "python": platform.python_version(), "platform": platform.platform(),
         "processor": _cpu_model(), "cpu_count": os.cpu_count(), "numpy": np.__version__,
         "openblas_env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")},
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     try:
         from threadpoolctl import threadpool_info

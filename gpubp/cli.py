@@ -25,6 +25,8 @@ USAGE_ERROR = 2
 INTERRUPTED = 130
 #: training samples whose mean gradient gives the per-layer learning speed in --plot
 SPEED_SAMPLES = 1000
+#: the data set ``gpubp evaluate`` picks for a model of this input width when --data is not given
+INPUT_WIDTHS = {784: "mnist", 64: "digits"}
 
 
 class CliError(Exception):
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a network and report validation accuracy per epoch")
-    _data_options(train, default="digits")
+    _data_options(train, default="digits", default_help="digits, which needs no download")
     train.add_argument("--sizes", type=parse_sizes, default=None,
                        help="every layer width, input first, e.g. 784,30,10 (default: FEATURES,30,CLASSES "
                             "of the data; the first and last must match the data)")
@@ -80,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="loss, accuracy and confusion matrix of a saved model")
     evaluate.add_argument("model", help="a model written by gpubp train --save (.npz)")
-    _data_options(evaluate, default="mnist")
+    _data_options(evaluate, default=None, default_help="from the model's input width: 784 mnist, 64 digits")
     evaluate.add_argument("--set", dest="subset", choices=("test", "validation", "train"), default="test",
                           help="which part of the data to evaluate on (default test)")
     evaluate.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
@@ -100,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _data_options(parser: argparse.ArgumentParser, default: str) -> None:
+def _data_options(parser: argparse.ArgumentParser, default: str | None, default_help: str) -> None:
     parser.add_argument("--data", choices=datasets.NAMES, default=default,
-                        help=f"data set (default {default}; digits needs no download)")
+                        help=f"data set (default: {default_help})")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="folder whose mnist/ holds the MNIST IDX files (default: env GPUBP_DATA, "
                              "else ~/.cache/gpubp)")
@@ -266,19 +268,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .serialization import load
 
     net = load(args.model, device=args.device)
-    data = datasets.load(args.data, args.data_dir, split=args.split, dtype=net.dtype.name,
-                         device=args.device)
+    name = args.data or INPUT_WIDTHS.get(net.sizes[0])
+    if name is None:
+        raise CliError(f"{args.model} takes {net.sizes[0]} inputs, which matches no built-in data set "
+                       f"({', '.join(f'{d} {w}' for w, d in INPUT_WIDTHS.items())})")
+    data = datasets.load(name, args.data_dir, split=args.split, dtype=net.dtype.name, device=args.device)
     part = getattr(data, args.subset)
     if part is None:
         raise CliError(f"--set {args.subset}: the {args.split} split has no {args.subset} set; "
                        "use --split book")
     if net.sizes[0] != data.n_features:
-        raise CliError(f"{args.model} takes {net.sizes[0]} inputs but {args.data} has {data.n_features}")
+        raise CliError(f"{args.model} takes {net.sizes[0]} inputs but {name} has {data.n_features}")
     X, y = part
     result = net.evaluate(X, y)
     labels = net.ops.to_numpy(y)
     predicted = net.predict(X)
-    _say(f"{net!r}\n{args.data} {args.subset}: {len(labels)} samples")
+    _say(f"{net!r}\n{name} {args.subset}: {len(labels)} samples")
     _say(f"loss {result['loss']:.4f}\naccuracy {100 * result['accuracy']:.2f}% "
          f"({int((predicted == labels).sum())}/{len(labels)})")
     _say("confusion matrix (rows: true class, columns: predicted class):")

@@ -120,7 +120,7 @@ class Communicator:
             self._wait(self._mpi.Ibcast(array, root=root), "broadcast")
         else:
             ptr = self._device_pointer(array, "broadcast")
-            self._nccl.bcast(ptr, array.size, _nccl_dtype(array), root, _stream_ptr())
+            self._nccl.broadcast(ptr, ptr, array.size, _nccl_dtype(array), root, _stream_ptr())
 
     def check_same(self, array: Array, what: str) -> None:
         """ValueError naming the ranks whose ``array`` differs from rank 0's (sha256 of dtype, shape, bytes).
@@ -226,20 +226,20 @@ def init(device: str | None = None, timeout: float | None = 60.0) -> Communicato
     local_rank, local_size = node.rank, node.size
     node.Free()
     comm = Communicator(world.rank, world.size, "cpu", timeout, mpi_comm=world, local_rank=local_rank)
+    error: Exception | None = None
     try:
         device_name = _device_for(kind, index, local_rank, local_size)
-        error = ""
     except (DeviceError, ValueError) as exc:
-        device_name, error = "", str(exc)
+        device_name, error = "", exc
     # agree on the outcome before anyone goes on: a rank that failed alone would leave the others waiting
-    failed = comm._allgather(np.array([bool(error), device_name.startswith("cuda")], dtype=np.int8),
-                             "init (device check)")
-    if error:
-        raise DeviceError(f"rank {world.rank}: {error}")
-    if failed[:, 0].any():
-        bad = ", ".join(str(r) for r in np.flatnonzero(failed[:, 0]))
+    outcomes = comm._allgather(np.array([error is not None, device_name.startswith("cuda")], dtype=np.int8),
+                               "init (device check)")
+    if error is not None:
+        raise type(error)(f"rank {world.rank}: {error}")
+    if outcomes[:, 0].any():
+        bad = ", ".join(str(r) for r in np.flatnonzero(outcomes[:, 0]))
         raise DeviceError(f"rank(s) {bad} could not use device {device or 'auto'!r} (see their message)")
-    if len(set(failed[:, 1].tolist())) > 1:
+    if len(set(outcomes[:, 1].tolist())) > 1:
         raise ValueError("ranks resolved device 'auto' to different kinds (some GPU, some CPU): pass "
                          "device='cuda' or device='cpu' to gpubp.distributed.init on every rank")
     comm.device = device_name
@@ -286,13 +286,18 @@ def _device_for(kind: str, index: int | None, local_rank: int, local_size: int) 
 def _nccl_communicator(comm: Communicator, gpu: int) -> Any:
     """An NCCL communicator over all ranks, its unique id made on rank 0 and broadcast over MPI."""
     import cupy
-    from cupy.cuda import nccl
 
+    try:
+        from cupy.cuda import nccl
+    except ImportError:
+        nccl = None
     if not getattr(nccl, "available", False):
-        raise DeviceError("CuPy was built without NCCL, which multi-GPU training needs; install the NCCL "
-                          "library for your CUDA (e.g. pip install nvidia-nccl-cu12)")
+        raise DeviceError("CuPy cannot load NCCL, which GPU training under MPI needs; install the NCCL "
+                          "library for your CUDA (e.g. pip install nvidia-nccl-cu12, or python -m "
+                          "cupyx.tools.install_library --library nccl --cuda 12.x)")
     cupy.cuda.Device(gpu).use()
-    uid = np.array(nccl.get_unique_id() if comm.rank == 0 else (0,) * 128, dtype=np.int8)
+    # the id's 128 chars come as Python ints of C char's signedness: int16 carries either
+    uid = np.array(nccl.get_unique_id() if comm.rank == 0 else (0,) * 128, dtype=np.int16)
     comm._wait(comm._mpi.Ibcast(uid, root=0), "init (NCCL unique id)")
     return nccl.NcclCommunicator(comm.size, tuple(int(v) for v in uid), comm.rank)
 

@@ -34,14 +34,18 @@ EVAL_CHUNK = 8192
 class ParameterList(list):
     """Per-layer views into the flat parameter buffer; ``params[l] = W`` copies W into the model."""
 
+    def __init__(self, views: list, ops: Any) -> None:
+        super().__init__(views)
+        self._ops = ops
+
     def __setitem__(self, index: Any, value: Any) -> None:
         if isinstance(index, slice):
             raise TypeError("assign one layer at a time: net.weights[l] = W (or net.weights[l][...] = W)")
         view = self[index]
-        value = inputs.to_numpy(value) if not hasattr(value, "__cuda_array_interface__") else value
-        if tuple(value.shape) != tuple(view.shape):
-            raise ValueError(f"layer {index} has shape {tuple(view.shape)}; got {tuple(value.shape)}")
-        view[...] = value
+        if tuple(getattr(value, "shape", np.shape(value))) != tuple(view.shape):
+            raise ValueError(f"layer {index} has shape {tuple(view.shape)}; "
+                             f"got {tuple(np.shape(inputs.to_numpy(value)))}")
+        view[...] = self._ops.asarray(value, dtype=view.dtype)
 
 
 class Workspace:
@@ -104,14 +108,14 @@ class Network:
         self._workspaces: dict[int, Workspace] = {}
 
     def _views(self, flat: Array) -> tuple[ParameterList, ParameterList]:
-        weights, biases, offset = ParameterList(), ParameterList(), 0
+        weights, biases, offset = [], [], 0
         for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
             weights.append(flat[offset:offset + n_out * n_in].reshape(n_out, n_in))
             offset += n_out * n_in
         for n_out in self.sizes[1:]:
             biases.append(flat[offset:offset + n_out])
             offset += n_out
-        return weights, biases
+        return ParameterList(weights, self.ops), ParameterList(biases, self.ops)
 
     @property
     def n_weights(self) -> int:

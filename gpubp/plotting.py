@@ -1,4 +1,4 @@
-"""Training curves as a PNG: loss, accuracy, and each layer's learning speed ‖∂C/∂bˡ‖ per epoch.
+"""Training curves as a PNG: loss, accuracy, and each layer's learning speed ‖∂C/∂bˡ‖ by epoch.
 
 ‖∂C/∂bˡ‖ = ‖δˡ averaged over a fixed batch‖ (BP3) is the book's measure of how fast layer l learns
 (chapter 5: in deep sigmoid networks the early layers learn much more slowly). Drawn with matplotlib's
@@ -23,8 +23,8 @@ def require_matplotlib() -> None:
 def plot_training(history: Mapping[str, Sequence[float]], path: str | Path,
                   grad_norms: Sequence[tuple[int, Sequence[float]]] = (), title: str = "",
                   monitor: str = "validation") -> None:
-    """Write a PNG to ``path``: the loss ("loss", "val_loss"), the accuracy ("val_accuracy") and, when given,
-    ``grad_norms`` as (epoch, [‖∂C/∂b¹‖, …, ‖∂C/∂bᴸ‖]) pairs on a log scale. ``monitor`` names the
+    """Write a PNG to ``path``: the loss ("loss", "val_loss"), the accuracy ("val_accuracy") and, when
+    given, ``grad_norms`` as (epoch, [‖∂C/∂b¹‖, …, ‖∂C/∂bᴸ‖]) pairs on a log scale. ``monitor`` names the
     held-out set behind the val_ entries."""
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg

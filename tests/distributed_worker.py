@@ -115,8 +115,9 @@ def fail(name: str, comm: distributed.Communicator) -> None:
 
 def main() -> None:
     scenario, out_dir = sys.argv[1], sys.argv[2]
-    comm = distributed.init(device="cuda" if scenario == "gpu" else "cpu",
-                            timeout=float(sys.argv[3]) if len(sys.argv) > 3 else 30.0)
+    # "no-gpu" and "one-gpu-for-two" fail in init (no usable GPU; two ranks of a node asking for cuda:0)
+    device = {"gpu": "cuda", "no-gpu": "cuda", "one-gpu-for-two": "cuda:0"}.get(scenario, "cpu")
+    comm = distributed.init(device=device, timeout=float(sys.argv[3]) if len(sys.argv) > 3 else 30.0)
     if scenario == "gpu":
         print(comm, flush=True)
         train("uneven", comm, out_dir)

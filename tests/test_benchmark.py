@@ -6,8 +6,8 @@ No timing is asserted here; ``bench/`` measures speed.
 import numpy as np
 import pytest
 
-from gpubp import benchmark
-from gpubp.benchmark import CONFIGS, Config, PlainNumpyNet, compare, format_table, one_hot, synthetic_data
+from gpubp.benchmark import (CONFIGS, Config, PlainNumpyNet, TorchTrainer, compare, format_table, one_hot,
+                             synthetic_data)
 from gpubp.network import Network
 
 # M's structure at a width that keeps the test fast; S is used as it is
@@ -81,8 +81,8 @@ def test_torch_epoch_matches_plain_step(cfg):
     plain = plain_copy(net, cfg)
     X, labels = synthetic_data(cfg, cfg.batch_size, seed=3)
     plain.step(X, one_hot(labels, 10), cfg.lr)
-    trainer = benchmark._Torch(net, cfg, X, labels, seed=0, device="cpu")
-    trainer.epoch()
+    trainer = TorchTrainer(net, cfg, X, labels, seed=0, device="cpu")
+    trainer.run()
     for mine, layer in zip(plain.weights, trainer.layers):
         np.testing.assert_allclose(mine, layer.weight.detach().numpy(), rtol=1e-4, atol=1e-5)
     for mine, layer in zip(plain.biases, trainer.layers):
@@ -90,12 +90,20 @@ def test_torch_epoch_matches_plain_step(cfg):
 
 
 def test_compare_gives_a_row_for_the_table():
-    row = compare("s", device="cpu", samples=40, repeats=2, torch=False)
+    lines = []
+    row = compare("s", device="cpu", samples=40, repeats=2, torch=False, log=lines.append)
+    assert lines == ["S: 40 samples x 2 repeats on cpu: gpubp, numpy"]
     assert (row["config"], row["sizes"], row["batch_size"], row["device"]) == ("S", [784, 30, 10], 10, "cpu")
     assert len(row["gpubp_seconds"]) == len(row["numpy_seconds"]) == 2
     assert row["gpubp"] > 0 and row["numpy"] > 0 and row["gpubp/numpy"] > 0
     assert "torch" not in row
     assert "S" in format_table([row])
+
+
+def test_compare_sizes_the_data_set_from_the_time_budget():
+    row = compare("S", device="cpu", seconds=0.01, repeats=1, torch=False)
+    assert row["samples"] == 20  # the smallest data set: two mini-batches
+    assert len(row["gpubp_seconds"]) == len(row["numpy_seconds"]) == 1
 
 
 def test_compare_rejects_bad_arguments():

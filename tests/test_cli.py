@@ -1,4 +1,4 @@
-"""The ``gpubp`` command line: success paths on the bundled digits, and every user error as one line + exit 2."""
+"""The ``gpubp`` command line: success paths on the bundled digits; every user error is one line, exit 2."""
 
 from __future__ import annotations
 
@@ -56,9 +56,9 @@ def test_train_on_digits_saves_plots_and_evaluates(capsys, tmp_path):
     net = gpubp.load(str(model))
     assert net.sizes == [64, 30, 10]
 
-    status, out, err = run(capsys, "evaluate", str(model), "--data", "digits", "--device", "cpu")
+    status, out, err = run(capsys, "evaluate", str(model), "--device", "cpu")  # digits: 64 inputs
     assert status == 0, err
-    assert "accuracy" in out and "confusion matrix" in out
+    assert "digits test: 300 samples" in out and "confusion matrix" in out
     rows = [line.split() for line in out.splitlines()[-10:]]
     counts = np.array([[int(v) for v in row[1:]] for row in rows])
     assert counts.shape == (10, 10) and counts.sum() == 300
@@ -181,6 +181,13 @@ def test_evaluate_model_on_data_of_another_width(capsys, tmp_path):
     gpubp.Network([10, 3, 10], device="cpu", seed=0).save(str(path))
     assert_one_line_error(*run(capsys, "evaluate", str(path), "--data", "digits", "--device", "cpu"),
                           "takes 10 inputs", "has 64")
+
+
+def test_evaluate_model_of_a_width_no_data_set_has(capsys, tmp_path):
+    path = tmp_path / "m.npz"
+    gpubp.Network([10, 3, 10], device="cpu", seed=0).save(str(path))
+    assert_one_line_error(*run(capsys, "evaluate", str(path), "--device", "cpu"),
+                          "takes 10 inputs", "mnist 784", "digits 64")
 
 
 @needs_digits

@@ -165,6 +165,8 @@ def test_bad_arguments(tmp_path):
     write_fake_mnist(tmp_path / "mnist")
     with pytest.raises(ValueError, match="dtype must be"):
         load_mnist(tmp_path, dtype="int8", verify=False)
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        load_mnist(tmp_path, device="tpu", verify=False)
 
 
 # ---- real MNIST ---------------------------------------------------------------------------------------

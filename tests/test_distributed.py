@@ -22,6 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gpubp import distributed
+from gpubp.backend import cuda_unavailable_reason
 
 import distributed_worker as worker
 
@@ -55,8 +56,8 @@ def launch(scenario: str, out_dir: Path, ranks: int = 2, timeout_s: float | None
     if timeout_s is not None:
         cmd.append(str(timeout_s))
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=LAUNCH_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -155,6 +156,16 @@ def test_an_error_on_any_rank_stops_every_rank_at_once(scenario, message, tmp_pa
 
 
 @needs_mpi
+def test_device_errors_in_init_stop_every_rank(tmp_path):
+    rc, output, _ = launch("one-gpu-for-two", tmp_path)
+    assert rc != 0 and "device 'cuda:0' would put 2 ranks of this node on one GPU" in output, output
+    if cuda_unavailable_reason() is None:
+        return  # "no-gpu" needs a machine without a usable GPU
+    rc, output, _ = launch("no-gpu", tmp_path)
+    assert rc != 0 and "DeviceError: rank 0: local rank 0 of 2 needs cuda:0" in output, output
+
+
+@needs_mpi
 def test_a_rank_that_exits_quietly_is_caught_by_the_collective_timeout(tmp_path):
     rc, output, seconds = launch("exits", tmp_path, timeout_s=2)
     assert rc != 0, output
@@ -166,10 +177,12 @@ def test_a_rank_that_exits_quietly_is_caught_by_the_collective_timeout(tmp_path)
 @pytest.mark.gpu
 @needs_mpi
 def test_nccl_world_of_one_matches_the_cpu(tmp_path):
-    from cupy.cuda import nccl
-
+    try:
+        from cupy.cuda import nccl
+    except ImportError:
+        nccl = None
     if not getattr(nccl, "available", False):
-        pytest.skip("CuPy was built without NCCL")
+        pytest.skip("CuPy cannot load NCCL (pip install nvidia-nccl-cu12)")
     rc, output, _ = launch("gpu", tmp_path, ranks=1)
     assert rc == 0 and "MPI+NCCL" in output, output
     net, X, Y, fit = worker.problem("uneven")

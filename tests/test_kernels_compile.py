@@ -70,7 +70,9 @@ def nvrtc():
 
 
 def nvrtc_compile(nvrtc, file: str, arch: str, ptx: bool) -> bytes | str:
-    """Compile like ``cupy.RawModule(code=module_source(file), options=NVRTC_OPTIONS)`` does."""
+    """Compile like ``cupy.RawModule(code=module_source(file), options=NVRTC_OPTIONS)`` does on a device
+    of that arch: CuPy adds -ftz=true, -arch=sm_XX and --device-as-default-execution-space (and include
+    paths of its own and CUDA's headers, which gpubp's self-contained sources do not use)."""
     options = list(kernels.NVRTC_OPTIONS) + ["-ftz=true", f"-arch={arch}",
                                               "--device-as-default-execution-space"]
     prog = nvrtc.createProgram(kernels.module_source(file), file, [], [])

@@ -1,21 +1,29 @@
-"""The kernels' maths on the host: kernels/activations.cuh and kernels/costs.cuh, compiled with a C++
-compiler into tests/cpp/kernels_host.cpp, give the same σ, σ′, cost terms and cost gradients as the NumPy
-backend, in float64 and float32, and use the same ids as gpubp/backend/kernels.py.
+"""The kernels on the host, no GPU needed.
+
+1. Their maths: kernels/activations.cuh and kernels/costs.cuh, compiled with a C++ compiler into
+   tests/cpp/kernels_host.cpp, give the same σ, σ′, cost terms and cost gradients as the NumPy backend, in
+   float64 and float32, and use the same ids as gpubp/backend/kernels.py.
+2. The kernels themselves and CupyOps: the .cu sources run on CPU threads under tests/cpp/emulated_cupy.py
+   (a stand-in for CuPy) and match NumpyOps, up to whole ``Network`` training runs.
 
 Under CI (env CI set) a missing C++ compiler is a failure, not a skip.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from gpubp.activations import ACTIVATIONS
+import gpubp
+from gpubp.activations import ACTIVATIONS, SOFTMAX
+from gpubp.backend import device as device_module
 from gpubp.backend import kernels
 from gpubp.backend.numpy_ops import NumpyOps
 from gpubp.costs import COSTS, LOG_EPS
@@ -113,3 +121,200 @@ def test_costs_match_numpy(host_program, dtype):
         # an integer label means y = 1 in its column; Ops.cost_sum gathers that column
         np.testing.assert_allclose(got[one, 1], labelled, rtol=rtol, atol=atol,
                                    err_msg=f"{name} labelled term")
+
+
+# ---- the kernels themselves, emulated on CPU threads ---------------------------------------------------
+# tests/cpp/emulated_cupy.py stands in for CuPy: the .cu sources (as NVRTC gets them) are built with g++
+# and run on CPU threads, and every launch is checked against the kernel's C signature. So CupyOps, its
+# launch arguments and the kernels' indexing (grid-stride loops, vector path and scalar tail, row/column
+# tracking, warp-per-row softmax, the loss reduction) run here against NumpyOps; tests/test_gpu.py does the
+# same on a real GPU.
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def emulated(host_program, tmp_path_factory):
+    """(fake cupy module, CupyOps on it); ``get_ops("cuda:0")`` gives that CupyOps meanwhile."""
+    fake_cupy = _load("emulated_cupy", SOURCE.parent / "emulated_cupy.py")
+    with pytest.MonkeyPatch.context() as mp:
+        fake_cupy.BUILD_DIR = tmp_path_factory.mktemp("emulated_kernels")
+        mp.setitem(sys.modules, "cupy", fake_cupy)
+        mp.setattr(kernels, "_modules", {})
+        mp.setattr(kernels, "_functions", {})
+        spec = importlib.util.find_spec("gpubp.backend.cupy_ops")
+        cupy_ops = importlib.util.module_from_spec(spec)  # a private copy bound to the fake CuPy
+        spec.loader.exec_module(cupy_ops)
+        # at most 3 blocks of 64 threads: the grid-stride loops go round several times
+        mp.setattr(cupy_ops, "BLOCK", 64)
+        mp.setattr(cupy_ops, "BLOCKS_PER_SM", 3)
+        ops = cupy_ops.CupyOps(0)
+        mp.setattr(device_module, "_cupy_ops", lambda index: ops)
+        yield fake_cupy, ops
+
+
+def _dev(fake_cupy, host: np.ndarray, offset: int = 0):
+    """``host`` as an emulated device array starting ``offset`` elements into a buffer (unaligned if > 0)."""
+    buf = fake_cupy.empty(host.size + offset, dtype=host.dtype)
+    view = buf[offset:].reshape(host.shape)
+    view[...] = host
+    return view
+
+
+EMU_OUTPUTS = list(ACTIVATIONS.values()) + [SOFTMAX]
+
+
+@pytest.mark.parametrize("shape, offset", [((0, 5), 0), ((1, 1), 1), ((3, 7), 1), ((37, 33), 0)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("act", EMU_OUTPUTS, ids=str)
+def test_emulated_bias_activation(emulated, rng, act, dtype, shape, offset):
+    fake_cupy, ops = emulated
+    z = (rng.standard_normal(shape) * 4).astype(dtype)
+    b = rng.standard_normal(shape[1]).astype(dtype)
+    z_ref, a_ref = z.copy(), np.empty_like(z)
+    NumpyOps().bias_activation(z_ref, b, act, a_ref)
+    z_dev, a_dev = _dev(fake_cupy, z, offset), _dev(fake_cupy, np.zeros_like(z), offset)
+    assert ops.bias_activation(z_dev, _dev(fake_cupy, b, offset), act, a_dev) is a_dev
+    rtol, atol = TOLERANCE[dtype]
+    np.testing.assert_allclose(z_dev.get(), z_ref, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(a_dev.get(), a_ref, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 1027])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("act", list(ACTIVATIONS.values()), ids=str)
+def test_emulated_backprop_activation(emulated, rng, act, dtype, n):
+    fake_cupy, ops = emulated
+    z = (rng.standard_normal(n) * 4).astype(dtype)
+    a = act.f(np, z, np.empty_like(z))
+    g = rng.standard_normal(n).astype(dtype)
+    expected = NumpyOps().backprop_activation(act, z, a, g.copy(), np.empty_like(g))
+    rtol, atol = TOLERANCE[dtype]
+    for offset, in_place in ((0, False), (0, True), (1, False)):  # vector path, in place, scalar path
+        g_dev = _dev(fake_cupy, g, offset)
+        out = g_dev if in_place else _dev(fake_cupy, np.zeros_like(g), offset)
+        ops.backprop_activation(act, _dev(fake_cupy, z, offset), _dev(fake_cupy, a, offset), g_dev, out)
+        np.testing.assert_allclose(out.get(), expected, rtol=rtol, atol=atol,
+                                   err_msg=f"offset {offset}, in place {in_place}")
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (5, 7), (9, 70)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_emulated_softmax_backward(emulated, rng, dtype, shape):
+    fake_cupy, ops = emulated
+    a = SOFTMAX.f(np, rng.standard_normal(shape).astype(dtype), np.empty(shape, dtype))
+    g = rng.standard_normal(shape).astype(dtype)
+    expected = NumpyOps().backprop_activation(SOFTMAX, None, a, g.copy(), np.empty_like(g))
+    g_dev = _dev(fake_cupy, g)
+    ops.backprop_activation(SOFTMAX, None, _dev(fake_cupy, a), g_dev, g_dev)
+    np.testing.assert_allclose(g_dev.get(), expected, *TOLERANCE[dtype])
+
+
+def assert_delta_close(got, expected, cost, a, y, rtol, atol):
+    """δᴸ within rtol, and atol scaled by |∇ₐC|: σ′'s own rounding (GELU′ cancels near z ≈ −0.75) is
+    multiplied by ∇ₐC, up to 1/ε where cross-entropy clips a to ε."""
+    if y.ndim == 1:
+        y = np.eye(a.shape[1], dtype=a.dtype)[y]
+    with np.errstate(all="ignore"):
+        grad = np.abs(cost.derivative(a, y))
+    excess = np.abs(got - expected) - (rtol * np.abs(expected) + atol * (1 + grad))
+    assert not (excess > 0).any(), f"δᴸ differs at {np.argwhere(excess > 0)[:5].tolist()}:\n{got}\n{expected}"
+
+
+@pytest.mark.parametrize("labels", [False, True], ids=["dense", "labels"])
+@pytest.mark.parametrize("dtype, acc", [(np.float32, np.float32), (np.float32, np.float64),
+                                        (np.float64, np.float64)], ids=["f32", "f32-f64sum", "f64"])
+@pytest.mark.parametrize("cost", list(COSTS.values()), ids=str)
+@pytest.mark.parametrize("act", EMU_OUTPUTS, ids=str)
+def test_emulated_output_delta_and_loss(emulated, rng, act, cost, dtype, acc, labels):
+    fake_cupy, ops = emulated
+    shape = (13, 5)
+    z = (rng.standard_normal(shape) * 3).astype(dtype)
+    a = act.f(np, z, np.empty_like(z))
+    y = rng.integers(0, shape[1], size=shape[0]) if labels else rng.random(shape).astype(dtype)
+    delta, loss = np.empty_like(a), np.zeros((1,), dtype)
+    with np.errstate(all="ignore"):
+        NumpyOps().output_delta(cost, act, z, a, y, delta, loss)
+    out, loss_dev = _dev(fake_cupy, np.zeros_like(a)), fake_cupy.zeros((1,), acc)
+    a_dev, y_dev = _dev(fake_cupy, a), _dev(fake_cupy, y)
+    ops.output_delta(cost, act, _dev(fake_cupy, z), a_dev, y_dev, out, loss_dev)
+    rtol, atol = TOLERANCE[dtype]
+    assert_delta_close(out.get(), delta, cost, a, y, rtol, atol)
+    np.testing.assert_allclose(loss_dev.get(), loss, rtol=rtol + 65 * np.finfo(dtype).eps, atol=65 * atol,
+                               err_msg="summed loss")
+    total = ops.cost_sum(cost, a_dev, y_dev)
+    np.testing.assert_allclose(total.get(), loss[0], rtol=rtol + 65 * np.finfo(dtype).eps, atol=65 * atol)
+
+
+@pytest.mark.parametrize("n", [0, 7, 1001])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("method", ["sgd", "momentum", "adam"])
+def test_emulated_optimizer_updates(emulated, rng, method, dtype, weight_decay, n):
+    fake_cupy, ops = emulated
+    host = [rng.standard_normal(n).astype(dtype) for _ in range(4)]
+    host[3] = np.abs(host[3])  # Adam's v ≥ 0
+    dev = [_dev(fake_cupy, x) for x in host]
+    hyper = dict(lr=0.05, grad_scale=0.25, weight_decay=weight_decay, n_weights=(2 * n) // 3)
+    for backend, (p, g, s1, s2) in ((NumpyOps(), host), (ops, dev)):
+        if method == "sgd":
+            backend.sgd_update(p, g, **hyper)
+        elif method == "momentum":
+            backend.momentum_update(p, g, s1, momentum=0.9, **hyper)
+        else:
+            for step in (1, 2):
+                backend.adam_update(p, g.copy(), s1, s2, beta1=0.9, beta2=0.999, eps=1e-8, step=step, **hyper)
+    rtol, atol = TOLERANCE[dtype]
+    for i in (0, 2, 3):  # params and optimizer state (the reference scales grad in place; kernels don't)
+        np.testing.assert_allclose(dev[i].get(), host[i], rtol=rtol, atol=atol)
+
+
+def test_emulated_launch_checks_the_signature(emulated):
+    fake_cupy, _ = emulated
+    function = kernels.get_function(0, "gpubp_sgd_update_f32")
+    p = fake_cupy.zeros(4, np.float32)
+    with pytest.raises(TypeError, match="size_t"):  # a Python int would be packed as 8-byte long long
+        function((1,), (32,), (p, p, 4, np.uint64(0), np.float32(1), np.float32(1)))
+    with pytest.raises(TypeError, match="float"):
+        function((1,), (32,), (p, p.astype(np.float64), np.uint64(4), np.uint64(0), np.float32(1),
+                               np.float32(1)))
+
+
+CONFIGS = [  # (sizes, activation, output, cost, labels)
+    ([6, 9, 7, 4], "sigmoid", None, "quadratic", True),
+    ([6, 9, 4], "relu", "sigmoid", "cross_entropy", True),
+    ([6, 9, 4], "tanh", "softmax", "log_likelihood", True),
+    ([6, 9, 4], "gelu", "softmax", "quadratic", False),
+]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c[1]}-{c[2]}-{c[3]}")
+def test_emulated_network_trains_like_numpy(emulated, rng, config, optimizer):
+    """Network on "cuda:0" (the emulated CupyOps) vs "cpu": same batches (no shuffle), same parameters."""
+    sizes, activation, output, cost, labels = config
+    X = rng.standard_normal((40, sizes[0]))
+    Y = rng.integers(0, sizes[-1], 40) if labels else rng.random((40, sizes[-1]))
+    nets = [gpubp.Network(sizes, activation=activation, output=output, cost=cost, device=device,
+                          dtype="float64", seed=3) for device in ("cpu", "cuda:0")]
+    assert nets[1].ops is emulated[1]
+    grads = [net.backprop(X, Y, return_deltas=True) for net in nets]
+    for host, dev in zip(*grads):
+        for h, d in zip(host, dev):
+            np.testing.assert_allclose(np.asarray(d), h, rtol=1e-10, atol=1e-12)
+    histories = [net.fit(X, Y, epochs=3, batch_size=16, lr=0.05, optimizer=optimizer, weight_decay=0.01,
+                         shuffle=False, progress=False) for net in nets]
+    np.testing.assert_allclose(histories[1]["loss"], histories[0]["loss"], rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(nets[1].parameters()), nets[0].parameters(), rtol=1e-9,
+                               atol=1e-12)
+    assert nets[1].evaluate(X, Y)["loss"] == pytest.approx(nets[0].evaluate(X, Y)["loss"], rel=1e-10)
+
+
+def test_emulated_permutation(emulated):
+    fake_cupy, ops = emulated
+    order = ops.permutation(50, np.random.default_rng(1))
+    assert isinstance(order, fake_cupy.ndarray)
+    np.testing.assert_array_equal(np.sort(order.get()), np.arange(50))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import Dataset, MissingDataError, data_root, finish
+from .dataset import DATA_ENV, Dataset, MissingDataError, data_root, finish
 from .idx import decompress, parse_idx
 
 FILES = {
@@ -104,9 +104,9 @@ def load_mnist(data_dir: str | os.PathLike | None = None, split: str = "book", d
     missing = [f"{stem}.gz" for stem in FILES.values() if _find(folder, stem) is None]
     if missing:
         raise MissingDataError(
-            f"MNIST files missing from {folder}: {', '.join(missing)}. Put the four standard MNIST files "
-            f"({', '.join(f'{s}.gz' for s in FILES.values())}; gzipped or not) in {folder}, or point "
-            f"--data-dir / env GPUBP_DATA at a folder whose mnist/ subfolder holds them")
+            f"MNIST files missing from {folder}: {', '.join(missing)}. Put the four standard MNIST IDX files "
+            f"there (gzipped or not; any genuine copy passes the SHA-256 check), or point --data-dir / env "
+            f"{DATA_ENV} at a folder whose mnist/ subfolder holds them")
     train = _pair(folder, "train_images", "train_labels", verify)
     test = _pair(folder, "test_images", "test_labels", verify)
     validation = None
