@@ -2,7 +2,7 @@
 model of 8 GPUs.
 
     python bench/distributed_scaling.py                       # measure S, M, L on 1 and 2 processes
-    python bench/distributed_scaling.py --gpu-step-ms M=0.4,L=4.1   # add 1..8-GPU efficiency from GPU step times
+    python bench/distributed_scaling.py --gpu-step-ms M=0.4,L=4.1   # + efficiency from GPU step times
 
 Measurement: for each process count P the script relaunches itself under ``mpiexec -n P`` (BLAS threads per
 process = cores // P, so every run uses the same cores) and runs ``Network.fit(..., distributed=comm)`` for
@@ -22,9 +22,9 @@ LINKS, override with --link), not measurements. "one allreduce" is what fit does
 after BP1–BP4. "per-layer buckets" is the schedule gradient bucketing would give: the single-GPU step time
 t_c is split over the forward GEMMs and, in backward order, each layer's BP4 and BP2 GEMMs in proportion to
 their flops; layer l's gradient (Wˡ and bˡ) is allreduced as soon as its BP3/BP4 are done, one bucket after
-another on one NCCL stream, overlapping the rest of the backward pass (BP2 into the layer below, and so on). This machine has no GPU:
-t_c is an input (--gpu-step-ms, from the GPU benchmarks); without it the script prints the break-even t_c
-(and the GEMM throughput it implies) at which 8 GPUs reach 90%.
+another on one NCCL stream, overlapping the rest of the backward pass (BP2 into the layer below, and so
+on). This machine has no GPU: t_c is an input (--gpu-step-ms, from the GPU benchmarks); without it the
+script prints the break-even t_c (and the GEMM throughput it implies) at which 8 GPUs reach 90%.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def measure(config_name: str, steps: int, comm) -> dict:
     wait = [synced - start for start, synced, _ in marks[1:]]
     allreduce = [end - synced for _, synced, end in marks[1:]]
     c_ms, w_ms, a_ms = (1e3 * statistics.median(t) for t in (compute, wait, allreduce))
-    return {"config": cfg.name, "sizes": list(cfg.sizes), "procs": comm.size, "threads": int(os.environ.get("OMP_NUM_THREADS", 0)),
+    return {"config": cfg.name, "sizes": list(cfg.sizes), "procs": comm.size,
+            "threads": int(os.environ.get("OMP_NUM_THREADS", 0)),
             "params": int(net.parameters().size), "bytes": int(net.parameters().nbytes),
             "batch": cfg.batch_size, "steps": len(allreduce), "compute_ms": c_ms, "wait_ms": w_ms,
             "allreduce_ms": a_ms, "step_ms": c_ms + w_ms + a_ms,
@@ -150,7 +151,7 @@ def ring_allreduce_s(nbytes: float, n: int, bandwidth_gbs: float, latency_us: fl
 
 def modelled_step_s(t_c: float, sizes, batch: int, itemsize: int, n: int, link: tuple[float, float],
                     buckets: bool) -> float:
-    """Step time on N GPUs for single-GPU step time t_c: one allreduce after backprop, or per-layer buckets."""
+    """Step time on N GPUs given the single-GPU one: one allreduce after backprop, or per-layer buckets."""
     macs = [n_in * n_out for n_in, n_out in zip(sizes[:-1], sizes[1:])]
     nbytes = [itemsize * (m + n_out) for m, n_out in zip(macs, sizes[1:])]
     if not buckets:
@@ -191,11 +192,11 @@ def model_table(results: list[dict], gpu_step_ms: dict[str, float], gpus: list[i
             cells = ["n/a"] * len(gpus) if t_c is None else [
                 " / ".join(f"{t_c / 1e3 / modelled_step_s(t_c / 1e3, sizes, batch, itemsize, n, link, b):.0%}"
                            for b in (False, True)) for n in gpus]
+            rates = f"GEMMs at ≤ {flops / one / 1e12:.3g} / {flops / bucketed / 1e12:.3g} TFLOP/s"
             lines.append(f"| {name} | {nbytes / 1e6:.2f} | {link_name} ({link[0]:g} GB/s, {link[1]:g} µs) | "
                          f"{ring_allreduce_s(nbytes, 8, *link) * 1e3:.3f} ms | "
-                         f"{one * 1e3:.3f} ms / {bucketed * 1e3:.3f} ms (GEMMs at ≤ {flops / one / 1e12:.3g} / "
-                         f"{flops / bucketed / 1e12:.3g} TFLOP/s) | {'n/a' if t_c is None else f'{t_c:g} ms'} | "
-                         + " | ".join(cells) + " |")
+                         f"{one * 1e3:.3f} ms / {bucketed * 1e3:.3f} ms ({rates}) | "
+                         f"{'n/a' if t_c is None else f'{t_c:g} ms'} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -238,8 +239,8 @@ def main() -> None:
             for r in run_procs(p, args.configs, steps, args.threads or max(1, cores // p))]
     results = combine(runs)
     print(f"CPU: {cores} cores, load average {load_before:.2f} before and {os.getloadavg()[0]:.2f} after; "
-          f"BLAS threads per process = {args.threads or 'cores // processes'}; rank 0's medians, median of {args.repeats} "
-          "interleaved runs\n")
+          f"BLAS threads per process = {args.threads or 'cores // processes'}; rank 0's medians, median of "
+          f"{args.repeats} interleaved runs\n")
     print("| config | processes × threads | params | compute ms | wait ms | allreduce ms | step ms | "
           "samples/s |")
     print("|---|---|---|---|---|---|---|---|")

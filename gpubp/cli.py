@@ -163,7 +163,7 @@ class EpochReport:
             if "val_loss" in logs:
                 parts += [f"{self.monitor} loss {logs['val_loss']:.4f}",
                           f"{self.monitor} accuracy {100 * logs['val_accuracy']:.2f}%"]
-            parts.append(f"{self.seconds[-1]:.2f} s ({self.n_train / self.seconds[-1]:,.0f} samples/s)")
+            parts.append(f"{self.seconds[-1]:.3g} s ({self.n_train / self.seconds[-1]:,.0f} samples/s)")
             _say("  ".join(parts))
         if self.speed_data is not None:
             _, nabla_b = net.backprop(*self.speed_data)
@@ -238,7 +238,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = net.evaluate(*data.test)
         _say(f"test (final model): loss {result['loss']:.4f}  accuracy {100 * result['accuracy']:.2f}%")
     if report.seconds:
-        _say(f"time per epoch: {np.median(report.seconds):.2f} s (median of {len(report.seconds)})")
+        _say(f"time per epoch: {np.median(report.seconds):.3g} s (median of {len(report.seconds)})")
     if save is not None:
         net.save(str(save))
         _say(f"saved model to {save}")
@@ -365,6 +365,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # ---- entry point ------------------------------------------------------------------------------------
+def _distributed_world():
+    """The communicator of gpubp.distributed.init(), if this process made one."""
+    module = sys.modules.get("gpubp.distributed")
+    return None if module is None else getattr(module, "_world", None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
     try:
@@ -372,5 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except (CliError, ValueError, OSError, ImportError, RuntimeError, FloatingPointError) as exc:
         # RuntimeError: DeviceError, KernelCompileError, gpubp.distributed's launch errors
+        world = _distributed_world()
+        if world is not None and world.size > 1:  # the other ranks would wait for this one until timeout
+            world.abort(f"gpubp: error: {exc}", USAGE_ERROR)
         _say(f"gpubp: error: {exc}", err=True)
         return USAGE_ERROR

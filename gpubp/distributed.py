@@ -46,6 +46,8 @@ SIZE_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 #: how long a wait spins before it starts sleeping between polls, and the poll interval after that
 SPIN_SECONDS = 1.0
 POLL_SECONDS = 0.01
+#: pause between printing why a rank aborts and MPI_Abort, so mpiexec forwards the message before it kills
+ABORT_GRACE_SECONDS = 0.2
 _DIGEST_BYTES = 32 + 8 + 8  # sha256, float64 sum, element count
 
 _world: Communicator | None = None
@@ -159,9 +161,7 @@ class Communicator:
         sys.stderr.flush()
         if self._mpi is None:
             raise SystemExit(code)
-        from mpi4py import MPI
-
-        MPI.COMM_WORLD.Abort(code)
+        _abort_world(code)
         raise SystemExit(code)  # not reached: Abort does not return
 
     # ---- helpers ------------------------------------------------------------------------------------
@@ -278,8 +278,8 @@ def _device_for(kind: str, index: int | None, local_rank: int, local_size: int) 
         local_rank = index
     reason = cuda_unavailable_reason(local_rank)
     if reason is not None:
-        raise DeviceError(f"local rank {local_rank} of {local_size} needs cuda:{local_rank}: {reason} "
-                          "(start at most one rank per GPU on each node)")
+        hint = " (start at most one rank per GPU on each node)" if cuda_unavailable_reason() is None else ""
+        raise DeviceError(f"local rank {local_rank} of {local_size} needs cuda:{local_rank}: {reason}{hint}")
     return f"cuda:{local_rank}"
 
 
@@ -292,9 +292,9 @@ def _nccl_communicator(comm: Communicator, gpu: int) -> Any:
     except ImportError:
         nccl = None
     if not getattr(nccl, "available", False):
-        raise DeviceError("CuPy cannot load NCCL, which GPU training under MPI needs; install the NCCL "
-                          "library for your CUDA (e.g. pip install nvidia-nccl-cu12, or python -m "
-                          "cupyx.tools.install_library --library nccl --cuda 12.x)")
+        raise DeviceError("CuPy cannot load NCCL (cupy.cuda.nccl.available is False), which GPU training "
+                          "under MPI needs; install the NCCL library for your CUDA version as CuPy's "
+                          "installation guide describes")
     cupy.cuda.Device(gpu).use()
     # the id's 128 chars come as Python ints of C char's signedness: int16 carries either
     uid = np.array(nccl.get_unique_id() if comm.rank == 0 else (0,) * 128, dtype=np.int16)
@@ -336,12 +336,20 @@ def _install_excepthook(rank: int, size: int) -> None:
     previous = sys.excepthook
 
     def hook(exc_type, exc, tb):
+        # the one-line reason first: mpiexec may cut the traceback when another rank aborts
         sys.stderr.write(f"gpubp.distributed: rank {rank} of {size} failed with an uncaught "
-                         f"{exc_type.__name__}; aborting all ranks\n")
+                         f"{exc_type.__name__}: {exc}; aborting all ranks\n")
+        sys.stderr.flush()
         previous(exc_type, exc, tb)
         sys.stderr.flush()
-        from mpi4py import MPI
-
-        MPI.COMM_WORLD.Abort(1)
+        _abort_world(1)
 
     sys.excepthook = hook
+
+
+def _abort_world(code: int) -> None:
+    """MPI_Abort on COMM_WORLD after a short grace period for the output to reach mpiexec."""
+    from mpi4py import MPI
+
+    time.sleep(ABORT_GRACE_SECONDS)
+    MPI.COMM_WORLD.Abort(code)

@@ -68,6 +68,8 @@ class Network:
         self.activation = get_activation(activation)
         self.output = get_activation(output if output is not None else activation, output=True)
         self.cost = get_cost(cost)
+        #: σ of each layer: the hidden activation, then the output one
+        self.layer_activations = (self.activation,) * (len(self.sizes) - 2) + (self.output,)
         if isinstance(self.cost, LogLikelihood) and self.output.name != "softmax":
             raise ValueError("the log_likelihood cost needs a softmax output layer (output='softmax'); "
                              f"got output={self.output.name!r}")
@@ -85,11 +87,6 @@ class Network:
         self._load_parameters(init_parameters(self.sizes, self.layer_activations, seed))
 
     # ---- parameters -------------------------------------------------------------------------------
-    @property
-    def layer_activations(self) -> list[Activation]:
-        """σ of each layer: the hidden activation, then the output one."""
-        return [self.activation] * (len(self.sizes) - 2) + [self.output]
-
     @property
     def num_layers(self) -> int:
         return len(self.sizes) - 1

@@ -67,11 +67,27 @@ class Trainer:
             net.history = history
             rng = np.random.default_rng(self._shared_seed())
             if self.comm is not None:
-                self.comm.broadcast(net._params, root=0)
-                self.comm.check_same(net._params, "initial parameters")
-            with ops.errstate(), _deferred_interrupt() as interrupt:
+                self._agree_across_ranks(len(x))
+            # under MPI every rank must take the same branch: there Ctrl-C ends the job at once
+            deferred = _deferred_interrupt() if self.comm is None else contextlib.nullcontext({"hit": False})
+            with ops.errstate(), deferred as interrupt:
                 self._epochs(x, target, validation, optimizer, rng, history, interrupt)
         return history
+
+    def _agree_across_ranks(self, n: int) -> None:
+        """Check that every rank trains the same model on equally long data, then start from rank 0's
+        parameters."""
+        net, comm = self.net, self.comm
+        tail = n % self.batch_size
+        if 0 < tail < comm.size:
+            raise ValueError(f"the last mini-batch has {tail} samples (len(X) % batch_size), fewer than the "
+                             f"world size {comm.size}: every rank needs at least one sample of each batch")
+        settings = np.array([n, self.batch_size, self.epochs, self.shuffle], dtype=np.int64)
+        comm.check_same(settings, "data size and fit arguments")
+        config = f"{net.sizes} {net.activation.name} {net.output.name} {net.cost.name} {net.dtype.name}"
+        comm.check_same(np.frombuffer(config.encode(), np.uint8), "model configuration")
+        comm.broadcast(net._params, root=0)
+        comm.check_same(net._params, "initial parameters")
 
     def _validation(self, validation_data: Any) -> tuple[Any, Any] | None:
         if validation_data is None:

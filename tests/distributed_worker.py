@@ -2,8 +2,9 @@
 
     mpiexec -n 2 python tests/distributed_worker.py SCENARIO OUT_DIR [TIMEOUT_S]
 
-Scenario "gpu" trains "uneven" on ``cuda:<local rank>`` over NCCL. Training scenarios save rank 0's final parameters and history to OUT_DIR/result.npz; the test compares them
-with a single-process ``fit`` of the same problem (built by ``problem`` below, imported by the test).
+Scenario "gpu" trains on ``cuda:<local rank>`` over NCCL. Training scenarios save rank 0's final
+parameters and history to OUT_DIR/result.npz; the test compares them with a single-process ``fit`` of the
+same problem (built by ``problem`` below, imported by the test).
 Failure scenarios end in an exception or an exit on one rank; the test checks that the whole job stops.
 """
 
@@ -28,6 +29,9 @@ PROBLEMS = {
     # batches of 7, 7, 7 and 2 rows: shards of 4/3 and 1/1 on 2 ranks
     "uneven": (dict(sizes=[6, 8, 5, 3], activation="relu", output="softmax", cost="log_likelihood"), 23,
                dict(epochs=2, batch_size=7, lr=0.01, optimizer="adam", weight_decay=1e-3, seed=5), True),
+    # for NCCL on 1 to 16 GPUs: every batch has 16 rows
+    "gpu": (dict(sizes=[6, 8, 5, 3], activation="tanh", output="softmax", cost="log_likelihood"), 64,
+            dict(epochs=2, batch_size=16, lr=0.01, optimizer="adam", weight_decay=1e-3, seed=7), True),
 }
 
 
@@ -118,12 +122,10 @@ def main() -> None:
     # "no-gpu" and "one-gpu-for-two" fail in init (no usable GPU; two ranks of a node asking for cuda:0)
     device = {"gpu": "cuda", "no-gpu": "cuda", "one-gpu-for-two": "cuda:0"}.get(scenario, "cpu")
     comm = distributed.init(device=device, timeout=float(sys.argv[3]) if len(sys.argv) > 3 else 30.0)
-    if scenario == "gpu":
-        print(comm, flush=True)
-        train("uneven", comm, out_dir)
-    elif scenario == "collectives":
+    if scenario == "collectives":
         collectives(comm, out_dir)
     elif scenario in PROBLEMS:
+        print(comm, flush=True)
         train(scenario, comm, out_dir)
     else:
         fail(scenario, comm)
