@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from delta_checks import assert_delta_close
 
 import gpubp
 from gpubp.activations import ACTIVATIONS, SOFTMAX
@@ -129,17 +130,6 @@ def test_backprop_beyond_2_to_31_elements(cupy, gpu):
         gpu.backprop_activation(relu, None, a, out, out)
         np.testing.assert_array_equal(out[cupy.asarray(probe)].get(), np.where(probe % 3 == 2, 2.0, 0.0))
         assert int(cupy.count_nonzero(out)) == len(range(2, n, 3))
-
-
-def assert_delta_close(got, expected, cost, a, y, rtol, atol):
-    """δᴸ within rtol, and atol scaled by |∇ₐC|: σ′'s own rounding (GELU′ near its zero, σ = ½ tanh(z/2) + ½
-    for z ≪ 0) is multiplied by ∇ₐC, up to 1/ε where cross-entropy clips a to ε."""
-    if y.ndim == 1:
-        y = np.eye(a.shape[1], dtype=a.dtype)[y]
-    with np.errstate(all="ignore"):
-        grad = np.abs(cost.derivative(a, y))
-    excess = np.abs(got - expected) - (rtol * np.abs(expected) + atol * (1 + grad))
-    assert not (excess > 0).any(), f"δᴸ differs at {np.argwhere(excess > 0)[:5].tolist()}"
 
 
 # ---- output layer ---------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from delta_checks import assert_delta_close
 
 import gpubp
 from gpubp.activations import ACTIVATIONS, SOFTMAX
@@ -211,17 +212,6 @@ def test_emulated_softmax_backward(emulated, rng, dtype, shape):
     g_dev = _dev(fake_cupy, g)
     ops.backprop_activation(SOFTMAX, None, _dev(fake_cupy, a), g_dev, g_dev)
     np.testing.assert_allclose(g_dev.get(), expected, *TOLERANCE[dtype])
-
-
-def assert_delta_close(got, expected, cost, a, y, rtol, atol):
-    """δᴸ within rtol, and atol scaled by |∇ₐC|: σ′'s own rounding (GELU′ cancels near z ≈ −0.75) is
-    multiplied by ∇ₐC, up to 1/ε where cross-entropy clips a to ε."""
-    if y.ndim == 1:
-        y = np.eye(a.shape[1], dtype=a.dtype)[y]
-    with np.errstate(all="ignore"):
-        grad = np.abs(cost.derivative(a, y))
-    excess = np.abs(got - expected) - (rtol * np.abs(expected) + atol * (1 + grad))
-    assert not (excess > 0).any(), f"δᴸ differs at {np.argwhere(excess > 0)[:5].tolist()}:\n{got}\n{expected}"
 
 
 @pytest.mark.parametrize("labels", [False, True], ids=["dense", "labels"])
