@@ -332,6 +332,7 @@ def compare(config: str | Config, device: str = "auto", *, seconds: float = 10.0
     kind = _device_kind(device)
     if numpy is None:
         numpy = kind == "cpu"
+    settle = SETTLE_SECONDS if kind == "cpu" else 0.0
     net = Network(list(cfg.sizes), activation=cfg.activation, output=cfg.output, cost=cfg.cost,
                   device=device, dtype="float32", seed=seed)
     probe = cfg.batch_size * max(2, -(-2000 // cfg.batch_size))    # >= 2 batches and ~2000 samples
@@ -347,7 +348,7 @@ def compare(config: str | Config, device: str = "auto", *, seconds: float = 10.0
 
     if samples is None:
         gpubp, *others = build(X, labels)
-        probe_times = _interleave(gpubp, others, 1)       # warm-up, and the time per sample
+        probe_times = _interleave(gpubp, others, 1, settle)   # warm-up, and the time per sample
         per_sample = statistics.fmean(ts[0] for ts in probe_times.values()) / probe
         budget = seconds / (repeats * (1 + len(others)))
         steps = max(2, round(budget / (per_sample * cfg.batch_size)))
@@ -359,7 +360,7 @@ def compare(config: str | Config, device: str = "auto", *, seconds: float = 10.0
     if log:
         log(f"{cfg.name}: {samples} samples x {repeats} repeats on {kind}: "
             + ", ".join(c.name for c in (gpubp, *others)))
-    times = _interleave(gpubp, others, repeats)
+    times = _interleave(gpubp, others, repeats, settle)
     row: dict[str, Any] = {
         "config": cfg.name, "sizes": list(cfg.sizes), "batch_size": cfg.batch_size, "device": kind,
         "samples": samples, "repeats": repeats,
@@ -374,15 +375,24 @@ def compare(config: str | Config, device: str = "auto", *, seconds: float = 10.0
     return row
 
 
-def _interleave(gpubp: GpubpTrainer, others: list, repeats: int) -> dict[str, list[float]]:
-    """``repeats`` epoch times of each contender: gpubp, then each baseline, then gpubp again, …"""
+#: untimed pause between contenders on a CPU: the thread pools of BLAS and PyTorch keep spinning for a while
+#: after their last call (measured: M ran 1.03x after PyTorch's epoch without a pause, 1.07-1.08x with 0.05 s)
+SETTLE_SECONDS = 0.1
+
+
+def _interleave(gpubp: GpubpTrainer, others: list, repeats: int,
+                settle: float = 0.0) -> dict[str, list[float]]:
+    """``repeats`` epoch times of each contender: gpubp, then each baseline, then gpubp again, …, with
+    ``settle`` seconds of rest before each."""
     times: dict[str, list[float]] = {c.name: [] for c in others}
 
     def between(record: bool) -> None:
         for c in others:
+            time.sleep(settle)
             t = c.run()
             if record:
                 times[c.name].append(t)
+        time.sleep(settle)
 
     return {"gpubp": gpubp.interleaved(repeats, between), **times}
 

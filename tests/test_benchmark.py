@@ -3,12 +3,17 @@
 No timing is asserted here; ``bench/`` measures speed.
 """
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from gpubp.benchmark import (CONFIGS, Config, PlainNumpyNet, TorchTrainer, compare, format_table, one_hot,
                              synthetic_data)
 from gpubp.network import Network
+
+NIELSEN = Path(__file__).resolve().parents[1] / "bench" / "nielsen" / "network.py"
 
 # M's structure at a width that keeps the test fast; S is used as it is
 M_SMALL = Config("M-small", (784, 64, 48, 10), "relu", "softmax", "log_likelihood", 32, 0.1)
@@ -101,7 +106,7 @@ def test_compare_gives_a_row_for_the_table():
 
 
 def test_compare_sizes_the_data_set_from_the_time_budget():
-    row = compare("S", device="cpu", seconds=0.01, repeats=1, torch=False)
+    row = compare("S", device="cpu", seconds=1e-6, repeats=1, torch=False)
     assert row["samples"] == 20  # the smallest data set: two mini-batches
     assert len(row["gpubp_seconds"]) == len(row["numpy_seconds"]) == 1
 
@@ -140,3 +145,23 @@ def test_synthetic_data_and_one_hot():
     Y = one_hot(labels, 10)
     np.testing.assert_array_equal(Y.argmax(axis=1), labels)
     np.testing.assert_array_equal(Y.sum(axis=1), 1.0)
+
+
+@pytest.mark.skipif(not NIELSEN.exists(), reason="bench/ is not beside tests/ (installed package)")
+def test_nielsen_port_takes_the_same_step_as_gpubp():
+    """The book's per-sample loop (bench/nielsen/network.py) and gpubp agree on one mini-batch, in float64."""
+    spec = importlib.util.spec_from_file_location("nielsen_network", NIELSEN)
+    nielsen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nielsen)
+    cfg = CONFIGS["S"]
+    net = make_net(cfg, "float64")
+    book = nielsen.Network(list(cfg.sizes))
+    book.weights = [np.array(w) for w in net.weights]
+    book.biases = [np.array(b).reshape(-1, 1) for b in net.biases]
+    X, labels = synthetic_data(cfg, cfg.batch_size, seed=5)
+    X = X.astype(np.float64)
+    Y = one_hot(labels, 10, np.float64)
+    book.update_mini_batch([(x.reshape(-1, 1), y.reshape(-1, 1)) for x, y in zip(X, Y)], cfg.lr)
+    net.fit(X, labels, epochs=1, batch_size=cfg.batch_size, lr=cfg.lr, shuffle=False, progress=False)
+    for mine, theirs in zip(book.weights + book.biases, list(net.weights) + list(net.biases)):
+        np.testing.assert_allclose(mine.reshape(theirs.shape), theirs, rtol=1e-10, atol=1e-12)

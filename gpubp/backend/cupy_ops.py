@@ -257,6 +257,11 @@ class CupyOps(Ops):
                       t(step_size), t(eps_hat)))
 
     # ---- data ---------------------------------------------------------------------------------------
+    def take_rows(self, x: Array, index: Array, out: Array) -> Array:
+        """out = x[index] on the device (cupy.take has no ``mode``; its indices wrap, as NumPy's "wrap")."""
+        with self._on_device():
+            return cupy.take(x, index, axis=0, out=out)
+
     def permutation(self, n: int, rng: np.random.Generator) -> Array:
         """A random order of 0…n−1 drawn on the device, seeded from ``rng`` (no host transfer)."""
         seed = int(rng.integers(2 ** 63))
