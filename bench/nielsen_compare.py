@@ -2,7 +2,7 @@
 
 [784, 30, 10], sigmoid, quadratic cost, η = 3.0, mini-batch 10, the book's split (train on the first
 50,000 training images, report accuracy on the 10,000 test images). By default both networks start from
-the same initial parameters (gpubp's, copied into ``nielsen.network.Network``); ``--init own`` keeps the
+the same initial parameters (gpubp's, copied into ``book.per_sample.Network``); ``--init own`` keeps the
 book's N(0, 1) draw instead. Prints seconds per epoch, samples/s, the speed-up and test accuracy.
 
     GPUBP_DATA=../shared/data python bench/nielsen_compare.py [--epochs 1] [--device cpu]
@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nielsen.network import Network as NielsenNetwork  # noqa: E402
+from book.per_sample import Network as NielsenNetwork  # noqa: E402
 
 import gpubp  # noqa: E402
 from gpubp.datasets import load_mnist  # noqa: E402

@@ -167,11 +167,12 @@ class PlainNumpyNet:
 
 
 # ---- contenders: each trains on the data it was built with and reports seconds -------------------
-def _device_kind(device: str) -> str:
-    kind, _ = parse_device(device)
+def _resolve_device(device: str) -> str:
+    """What ``device`` (possibly "auto") means on this machine: "cpu", "cuda" or "cuda:N"."""
+    kind, index = parse_device(device)
     if kind == "auto":
         kind = "cpu" if cuda_unavailable_reason() is not None else "cuda"
-    return kind
+    return kind if index is None else f"{kind}:{index}"
 
 
 class GpubpTrainer:
@@ -288,13 +289,14 @@ class TorchTrainer:
             for _ in range(epochs):
                 self._epoch()
             return time.perf_counter() - start
-        torch.cuda.synchronize(self.device)
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        for _ in range(epochs):
-            self._epoch()
-        end.record()
-        end.synchronize()
+        with torch.cuda.device(self.device):
+            torch.cuda.synchronize()
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            for _ in range(epochs):
+                self._epoch()
+            end.record()
+            end.synchronize()
         return begin.elapsed_time(end) / 1000.0
 
 
@@ -329,12 +331,13 @@ def compare(config: str | Config, device: str = "auto", *, seconds: float = 10.0
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if seconds <= 0:
         raise ValueError(f"seconds must be > 0, got {seconds}")
-    kind = _device_kind(device)
+    resolved = _resolve_device(device)
+    kind = resolved.split(":")[0]
     if numpy is None:
         numpy = kind == "cpu"
     settle = SETTLE_SECONDS if kind == "cpu" else 0.0
     net = Network(list(cfg.sizes), activation=cfg.activation, output=cfg.output, cost=cfg.cost,
-                  device=device, dtype="float32", seed=seed)
+                  device=resolved, dtype="float32", seed=seed)
     probe = cfg.batch_size * max(2, -(-2000 // cfg.batch_size))    # >= 2 batches and ~2000 samples
     X, labels = synthetic_data(cfg, probe, seed)
 
@@ -343,7 +346,7 @@ def compare(config: str | Config, device: str = "auto", *, seconds: float = 10.0
         if numpy:
             contenders.append(NumpyTrainer(net, cfg, X, labels, seed))
         if torch and torch_available():
-            contenders.append(TorchTrainer(net, cfg, X, labels, seed, "cpu" if kind == "cpu" else device))
+            contenders.append(TorchTrainer(net, cfg, X, labels, seed, resolved))
         return contenders
 
     if samples is None:

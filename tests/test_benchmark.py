@@ -13,7 +13,7 @@ from gpubp.benchmark import (CONFIGS, Config, PlainNumpyNet, TorchTrainer, compa
                              synthetic_data)
 from gpubp.network import Network
 
-NIELSEN = Path(__file__).resolve().parents[1] / "bench" / "nielsen" / "network.py"
+NIELSEN = Path(__file__).resolve().parents[1] / "bench" / "book" / "per_sample.py"
 
 # M's structure at a width that keeps the test fast; S is used as it is
 M_SMALL = Config("M-small", (784, 64, 48, 10), "relu", "softmax", "log_likelihood", 32, 0.1)
@@ -149,7 +149,7 @@ def test_synthetic_data_and_one_hot():
 
 @pytest.mark.skipif(not NIELSEN.exists(), reason="bench/ is not beside tests/ (installed package)")
 def test_nielsen_port_takes_the_same_step_as_gpubp():
-    """The book's per-sample loop (bench/nielsen/network.py) and gpubp agree on one mini-batch, in float64."""
+    """The book's per-sample loop (bench/book/per_sample.py) and gpubp agree on one mini-batch, in float64."""
     spec = importlib.util.spec_from_file_location("nielsen_network", NIELSEN)
     nielsen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(nielsen)
