@@ -20,6 +20,13 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def _all_finite(arr: Any, ops: Ops) -> bool:
+    """Whether no element is NaN or ±inf: a sum is finite when every element is (NaN and inf propagate),
+    so only a sum that overflows needs the elementwise check."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(ops.xp.isfinite(arr.sum())) or bool(ops.xp.isfinite(arr).all())
+
+
 def _is_device_array(x: Any, ops: Ops) -> bool:
     return ops.xp is not np and isinstance(x, ops.xp.ndarray)
 
@@ -45,7 +52,7 @@ def check_inputs(X: Any, width: int, ops: Ops, dtype: np.dtype, what: str = "X")
     if arr.ndim != 2 or arr.shape[1] != width:
         raise ValueError(f"{what} must have shape (batch, {width}) (or ({width},) for one sample); "
                          f"got {tuple(to_shape(X))}")
-    if arr.dtype.kind == "f" and not bool(ops.xp.isfinite(arr).all()):
+    if arr.dtype.kind == "f" and not _all_finite(arr, ops):
         raise ValueError(f"{what} contains NaN or infinite values")
     return ops.asarray(arr, dtype=dtype), single
 
@@ -84,7 +91,7 @@ def check_targets(Y: Any, n: int, width: int, ops: Ops, dtype: np.dtype, needs_t
     if arr.ndim != 2 or arr.shape[1] != width:
         raise ValueError(f"{what} must have shape ({n}, {width}) (float targets) or ({n},) (integer "
                          f"class labels); got {to_shape(Y)} with dtype {arr.dtype}")
-    if arr.dtype.kind == "f" and not bool(ops.xp.isfinite(arr).all()):
+    if arr.dtype.kind == "f" and not _all_finite(arr, ops):
         raise ValueError(f"{what} contains NaN or infinite values")
     return ops.asarray(arr, dtype=dtype)
 

@@ -93,6 +93,12 @@ def test_nan_and_inf_rejected(net, bad):
         net.fit(np.zeros((3, 4)), [0, 1, 0], 1, 1, 0.1, validation_data=(X, [0, 1, 0]))
 
 
+def test_huge_but_finite_inputs_are_accepted(net):
+    """The quick finiteness check sums X; a sum that overflows must not be mistaken for an inf."""
+    X = np.full((4, 4), 3e38, dtype=np.float32)
+    assert net.forward(X).shape == (4, 2)
+
+
 def test_labels_out_of_range(net):
     X = np.zeros((3, 4))
     with pytest.raises(ValueError, match=r"labels, which must lie in 0..1; found label 2"):
