@@ -1,7 +1,7 @@
 """The training loop behind ``Network.fit``: data on the device, shuffled there, one step per mini-batch.
 
-The data set is put on the device once. Each epoch draws a permutation on the device, and each mini-batch is
-gathered from it into preallocated device buffers. A step is BP1–BP4 into the
+The data set is put on the device once. Each epoch draws a permutation, gathers the shuffled rows into two
+preallocated device buffers, and the mini-batches are slices of those buffers. A step is BP1–BP4 into the
 flat gradient (a sum over the batch) and one optimizer call; the loss is summed on the device and read once
 per epoch, so a step neither copies to the host nor waits for the device.
 """
@@ -45,7 +45,6 @@ class Trainer:
         if not all(callable(cb) for cb in self.callbacks):
             raise ValueError("callbacks must be callables cb(net, epoch, logs)")
         self.comm = comm
-        self._buffers: dict[int, tuple[Any, Any]] = {}
         if comm is not None and self.batch_size < comm.size:
             raise ValueError(f"batch_size {self.batch_size} is smaller than the world size {comm.size}: "
                              "every rank needs at least one sample of each mini-batch")
@@ -110,18 +109,26 @@ class Trainer:
 
     def _epochs(self, x, target, validation, optimizer, rng, history, interrupt) -> None:
         net, ops, n, bs, comm = self.net, self.net.ops, len(x), self.batch_size, self.comm
+        xs, ts = x, target
+        if self.shuffle:
+            xs = ops.empty(x.shape, x.dtype)
+            ts = None if target is None else ops.empty(target.shape, target.dtype)
         loss_sum = ops.zeros((1,), net.dtype)
         snapshot = ops.empty(net._params.shape, net.dtype)
         batches = [(start, min(start + bs, n)) for start in range(0, n, bs)]
         every = max(1, len(batches) // PROGRESS_UPDATES)
         for epoch in range(1, self.epochs + 1):
             ops.copy(net._params, out=snapshot)
-            order = ops.permutation(n, rng) if self.shuffle else None
+            if self.shuffle:
+                order = ops.permutation(n, rng)
+                ops.take_rows(x, order, out=xs)
+                if ts is not None:
+                    ops.take_rows(target, order, out=ts)
             loss_sum.fill(0)
             with _progress_bar(self.progress, n, epoch, self.epochs) as bar:
                 for i, (start, stop) in enumerate(batches):
                     lo, hi = (start, stop) if comm is None else _shard(comm, start, stop)
-                    net._backprop_sum(*self._batch(x, target, order, lo, hi), loss_sum)
+                    net._backprop_sum(xs[lo:hi], None if ts is None else ts[lo:hi], loss_sum)
                     if comm is not None:
                         comm.allreduce_sum(net._grad)
                     optimizer.step(net._grad, 1.0 / (stop - start))
@@ -147,24 +154,6 @@ class Trainer:
                 raise KeyboardInterrupt(f"training interrupted in epoch {epoch} after {done} of {n} samples")
             if any(cb(net, epoch, dict(logs)) is False for cb in self.callbacks):
                 break
-
-    def _batch(self, x: Any, target: Any, order: Any, lo: int, hi: int) -> tuple[Any, Any]:
-        """Rows lo:hi of this epoch's order: views when not shuffling, else gathered on the device into
-        buffers made once per batch size."""
-        if order is None:
-            return x[lo:hi], None if target is None else target[lo:hi]
-        ops = self.net.ops
-        buffers = self._buffers.get(hi - lo)
-        if buffers is None:
-            buffers = self._buffers[hi - lo] = (
-                ops.empty((hi - lo,) + x.shape[1:], x.dtype),
-                None if target is None else ops.empty((hi - lo,) + target.shape[1:], target.dtype))
-        index = order[lo:hi]
-        xb, tb = buffers
-        ops.take_rows(x, index, out=xb)
-        if tb is not None:
-            ops.take_rows(target, index, out=tb)
-        return xb, tb
 
     def _check_finite(self, epoch: int, loss: float, snapshot: Any) -> None:
         ops, net = self.net.ops, self.net
