@@ -309,8 +309,16 @@ def kernel_check() -> str:
     except FileNotFoundError as exc:
         return f"MISSING: {exc}"
     reason = cuda_unavailable_reason()
-    if reason is not None:
-        return f"sources in {folder}; not compiled (no usable GPU)"
+    if reason is not None:  # no GPU: compile with NVRTC for sm_90 as the run time would
+        try:
+            for file in kernels.KERNELS:
+                kernels.compile_offline(file)
+        except kernels.KernelCompileError as exc:
+            return f"FAILED: {exc}"
+        except Exception as exc:  # NVRTC itself is not installed
+            return f"sources in {folder}; not compiled (no usable GPU, and NVRTC unavailable: {exc})"
+        return f"all {len(kernels.KERNELS)} source files compile with NVRTC for sm_90 (no GPU to load " \
+               f"them on; sources in {folder})"
     import cupy
 
     device = cupy.cuda.runtime.getDevice()

@@ -110,3 +110,27 @@ def get_function(device_id: int, name: str) -> Any:
         _modules[(device_id, file)] = module
         _functions[key] = function
     return function
+
+
+def compile_offline(file: str, arch: str = "compute_90", ptx: bool = True) -> bytes:
+    """Compile ``file`` with NVRTC as ``cupy.RawModule`` does on a device of ``arch``, but with no GPU.
+
+    CuPy adds -ftz=true, -arch and --device-as-default-execution-space to gpubp's options (and include
+    paths that the self-contained sources do not use); the same list is used here. Returns the PTX (or
+    CUBIN); KernelCompileError with the NVRTC log on failure; ImportError or OSError where NVRTC is not
+    installed (``pip install gpubp[nvrtc]``).
+    """
+    from cupy.cuda import nvrtc
+
+    nvrtc.getVersion()  # raises when libnvrtc cannot be loaded
+    options = [*NVRTC_OPTIONS, "-ftz=true", f"-arch={arch}", "--device-as-default-execution-space"]
+    program = nvrtc.createProgram(module_source(file), file, [], [])
+    try:
+        try:
+            nvrtc.compileProgram(program, options)
+        except nvrtc.NVRTCError as exc:
+            raise KernelCompileError(f"NVRTC failed to compile gpubp kernel file {file} for {arch} "
+                                     f"({exc}):\n{nvrtc.getProgramLog(program)}") from exc
+        return nvrtc.getPTX(program) if ptx else nvrtc.getCUBIN(program)
+    finally:
+        nvrtc.destroyProgram(program)
