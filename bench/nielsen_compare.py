@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[784, 30, 10] sigmoid quadratic, eta {ETA}, batch {BATCH}, {n} training samples, "
           f"{args.epochs} epoch(s), init {args.init}, gpubp on {net.device}")
     print(f"{'':18s}{'s/epoch':>10s}{'samples/s':>12s}{'test acc':>10s}")
-    print(f"{'network.py (book)':18s}{book_seconds:10.2f}{n / book_seconds:12,.0f}{book_accuracy:10.2%}")
+    print(f"{'per-sample (book)':18s}{book_seconds:10.2f}{n / book_seconds:12,.0f}{book_accuracy:10.2%}")
     print(f"{'gpubp':18s}{ours_seconds:10.2f}{n / ours_seconds:12,.0f}{ours_accuracy:10.2%}")
     print(f"speed-up: {book_seconds / ours_seconds:.1f}x per epoch")
     if args.epochs > 1:  # gpubp's first epoch carries fit's one-off input checks and allocations
