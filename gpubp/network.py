@@ -261,10 +261,15 @@ class Network:
         Each epoch draws a new order of the samples (from ``seed``). On NaN/inf the parameters are put
         back to the end of the previous epoch and FloatingPointError names the epoch. Ctrl-C finishes
         the current batch, keeps ``self.history`` and raises KeyboardInterrupt. ``distributed`` is a
-        ``gpubp.distributed.Communicator``: each rank trains on its shard of every global batch.
+        ``gpubp.distributed.Communicator`` (or True for ``gpubp.distributed.init()``): each rank trains on
+        its shard of every global batch.
         """
         from .training import Trainer
 
+        if distributed is True:
+            from . import distributed as _distributed
+
+            distributed = _distributed.init("cpu" if self.device == "cpu" else "cuda")
         trainer = Trainer(self, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                           momentum=momentum, weight_decay=weight_decay, shuffle=shuffle,
                           progress=progress, seed=seed, callbacks=callbacks, comm=distributed)
