@@ -72,14 +72,20 @@ class Adam(Optimizer):
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
+def optimizer_name(name: str) -> str:
+    """``name`` normalised; ValueError listing the valid names for anything else."""
+    key = name.lower() if isinstance(name, str) else name
+    if key not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}")
+    return key
+
+
 def make_optimizer(name: str, ops: Ops, params: Array, n_weights: int, lr: float, momentum: float,
                    weight_decay: float) -> Optimizer:
-    """The optimizer called ``name`` over ``params``; ValueError listing the valid names otherwise."""
-    key = name.lower() if isinstance(name, str) else name
-    if key == "sgd":
-        return SGD(ops, params, n_weights, lr, weight_decay)
+    """The optimizer called ``name`` over ``params``."""
+    key = optimizer_name(name)
     if key == "momentum":
         return Momentum(ops, params, n_weights, lr, weight_decay, momentum)
     if key == "adam":
         return Adam(ops, params, n_weights, lr, weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}")
+    return SGD(ops, params, n_weights, lr, weight_decay)

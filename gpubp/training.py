@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from . import inputs
-from .optimizers import make_optimizer
+from .optimizers import make_optimizer, optimizer_name
 
 #: progress-bar refreshes per epoch (updating on every step would cost Python time on small batches)
 PROGRESS_UPDATES = 50
@@ -35,8 +35,7 @@ class Trainer:
         self.lr = inputs.positive_float(lr, "lr")
         self.momentum = inputs.positive_float(momentum, "momentum", allow_zero=True, below=1.0)
         self.weight_decay = inputs.positive_float(weight_decay, "weight_decay", allow_zero=True)
-        self.optimizer_name = optimizer
-        make_optimizer(optimizer, net.ops, net._params, 0, 1.0, 0.0, 0.0)  # validates the name early
+        self.optimizer_name = optimizer_name(optimizer)
         self.shuffle = bool(shuffle)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise ValueError(f"seed must be an int or None; got {seed!r}")
