@@ -35,12 +35,12 @@ class Cost:
 
 
 def _xp(a: Any) -> Any:
-    try:
+    """The array module of ``a``: CuPy for CuPy arrays, else NumPy (CuPy is never imported for NumPy)."""
+    if type(a).__module__.startswith("cupy"):
         import cupy
 
-        return cupy.get_array_module(a)
-    except ImportError:
-        return np
+        return cupy
+    return np
 
 
 def _clip(a: Any) -> Any:
