@@ -191,8 +191,8 @@ class Network:
         Arrays are fresh copies on the net's device.
         """
         with self.ops.activate():
-            x, _ = inputs.check_inputs(X, self.sizes[0], self.ops, self.dtype)
-            target = self._targets(Y, len(x))
+            x, single = inputs.check_inputs(X, self.sizes[0], self.ops, self.dtype)
+            target = self._targets(Y, len(x), single=single)
             if len(x) == 0:
                 raise ValueError("backprop needs at least one sample; X is empty")
             with self.ops.errstate():
@@ -204,7 +204,11 @@ class Network:
                 return nabla_w, nabla_b, [d.copy() for d in deltas]
         return nabla_w, nabla_b
 
-    def _targets(self, Y: Any, n: int, what: str = "Y") -> Array:
+    def _targets(self, Y: Any, n: int, what: str = "Y", single: bool = False) -> Array:
+        """Y checked and on the device; for one 1-D sample X, Y is that sample's target (a label or a
+        (sizes[-1],) vector) and gains the batch axis."""
+        if single and Y is not None:
+            Y = Y[None] if hasattr(Y, "__cuda_array_interface__") else np.asarray(Y)[None]
         return inputs.check_targets(Y, n, self.sizes[-1], self.ops, self.dtype, self.cost.needs_target,
                                     what)
 
@@ -212,8 +216,8 @@ class Network:
     def loss(self, X: Any, Y: Any = None) -> float:
         """The mean cost C = (1/n) Σₓ Cₓ over X (no regularisation term)."""
         with self.ops.activate():
-            x, _ = inputs.check_inputs(X, self.sizes[0], self.ops, self.dtype)
-            return self._loss(self._forward_chunks(x), self._targets(Y, len(x)))
+            x, single = inputs.check_inputs(X, self.sizes[0], self.ops, self.dtype)
+            return self._loss(self._forward_chunks(x), self._targets(Y, len(x), single=single))
 
     def _loss(self, a: Array, target: Array) -> float:
         if len(a) == 0:
@@ -235,8 +239,8 @@ class Network:
     def evaluate(self, X: Any, Y: Any) -> dict[str, float]:
         """{"loss": mean cost, "accuracy": fraction of samples whose predicted class is the target's}."""
         with self.ops.activate():
-            x, _ = inputs.check_inputs(X, self.sizes[0], self.ops, self.dtype)
-            return self._evaluate(x, self._targets(Y, len(x)))
+            x, single = inputs.check_inputs(X, self.sizes[0], self.ops, self.dtype)
+            return self._evaluate(x, self._targets(Y, len(x), single=single))
 
     def _evaluate(self, x: Array, target: Array) -> dict[str, float]:
         a = self._forward_chunks(x)

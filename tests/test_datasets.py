@@ -209,3 +209,12 @@ def test_digits_without_sklearn_names_the_extra(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_sklearn)
     with pytest.raises(ImportError, match=r"pip install gpubp\[digits\]"):
         load_digits()
+
+
+def test_a_dataset_unpacks_into_its_splits():
+    from gpubp.datasets import Dataset
+
+    X, y = np.zeros((4, 3), np.float32), np.arange(4)
+    data = Dataset("toy", (X, y), None, (X[:2], y[:2]), n_classes=4)
+    train, validation, test = data
+    assert train[0] is X and validation is None and test[1].tolist() == [0, 1]

@@ -107,3 +107,16 @@ def test_deltas_shapes_and_gradient_is_mean(rng):
         np.testing.assert_allclose(nabla_w[l], np.mean([s[0][l] for s in singles], axis=0), atol=1e-13)
         np.testing.assert_allclose(nabla_b[l], np.mean([s[1][l] for s in singles], axis=0), atol=1e-13)
         np.testing.assert_allclose(nabla_b[l], deltas[l].mean(axis=0), atol=1e-13)
+
+
+def test_one_sample_as_1d_arrays():
+    net = gpubp.Network([3, 4, 2], activation="tanh", output="softmax", cost="log_likelihood",
+                        device="cpu", dtype="float64", seed=0)
+    x = np.array([0.5, -1.0, 2.0])
+    assert net.forward(x).shape == (2,)
+    assert net.loss(x, 1) == pytest.approx(net.loss(x[None], np.array([1])))
+    assert net.loss(x, np.array([0.0, 1.0])) == pytest.approx(net.loss(x[None], np.array([1])))
+    nabla_w, _ = net.backprop(x, 1)
+    np.testing.assert_allclose(nabla_w[0], net.backprop(x[None], [1])[0][0])
+    assert net.evaluate(x, 1)["accuracy"] in (0.0, 1.0)
+    assert net.predict(x) in (0, 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -31,6 +31,10 @@ class Dataset:
     @property
     def n_features(self) -> int:
         return int(self.train[0].shape[1])
+
+    def __iter__(self) -> Iterator[Split | None]:
+        """``train, validation, test = dataset`` (each an (X, y) pair; validation None for "full")."""
+        return iter((self.train, self.validation, self.test))
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{part} {len(split[0])}" for part, split in
