@@ -21,10 +21,11 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 def _all_finite(arr: Any, ops: Ops) -> bool:
-    """Whether no element is NaN or ±inf: a sum is finite when every element is (NaN and inf propagate),
-    so only a sum that overflows needs the elementwise check."""
+    """Whether no element of ``arr`` (host or device) is NaN or ±inf: a sum is finite when every element
+    is (NaN and inf propagate), so only a sum that overflows needs the elementwise check."""
+    xp = ops.xp if _is_device_array(arr, ops) else np
     with np.errstate(over="ignore", invalid="ignore"):
-        return bool(ops.xp.isfinite(arr.sum())) or bool(ops.xp.isfinite(arr).all())
+        return bool(xp.isfinite(arr.sum())) or bool(xp.isfinite(arr).all())
 
 
 def _is_device_array(x: Any, ops: Ops) -> bool:

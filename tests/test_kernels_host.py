@@ -308,3 +308,20 @@ def test_emulated_permutation(emulated):
     order = ops.permutation(50, np.random.default_rng(1))
     assert isinstance(order, fake_cupy.ndarray)
     np.testing.assert_array_equal(np.sort(order.get()), np.arange(50))
+
+
+def test_emulated_network_takes_host_inputs_and_shuffles_on_device(emulated, rng, tmp_path):
+    """NumPy inputs to a "cuda:0" net: checked (NaN too) and uploaded; fit shuffles and gathers on the device."""
+    net = gpubp.Network([5, 8, 3], activation="tanh", output="softmax", cost="log_likelihood",
+                        device="cuda:0", dtype="float64", seed=1)
+    X, y = rng.standard_normal((30, 5)), rng.integers(0, 3, 30)
+    bad = X.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="X contains NaN"):
+        net.forward(bad)
+    history = net.fit(X, y, epochs=3, batch_size=8, lr=0.1, seed=2, progress=False, validation_data=(X, y))
+    assert len(history["val_accuracy"]) == 3 and np.isfinite(history["loss"]).all()
+    assert isinstance(net.forward(X), emulated[0].ndarray)
+    net.save(tmp_path / "gpu.npz")
+    cpu = gpubp.load(tmp_path / "gpu.npz", device="cpu")
+    np.testing.assert_allclose(cpu.forward(X), gpubp.to_numpy(net.forward(X)), rtol=1e-12)

@@ -66,13 +66,28 @@ def get_array_module(*args):
     return np
 
 
+def _refuse_host_arrays(name: str, args, kwargs) -> None:
+    """CuPy's functions refuse NumPy arrays (host memory); so does the emulation."""
+    for x in (*args, *kwargs.values()):
+        if isinstance(x, np.ndarray) and not isinstance(x, ndarray):
+            raise TypeError(f"cupy.{name}: Unsupported type <class 'numpy.ndarray'> (a host array where "
+                            "CuPy needs a device array)")
+
+
+def take(a, indices, axis=None, out=None):
+    """cupy.take: no ``mode`` argument (out-of-range indices wrap)."""
+    _refuse_host_arrays("take", (a, indices), {} if out is None else {"out": out})
+    return _wrap(np.take(a, indices, axis=axis, out=out, mode="wrap"))
+
+
 def __getattr__(name):
-    """Everything else: NumPy's function, returning emulated arrays."""
+    """Everything else: NumPy's function, refusing host arrays as CuPy does, returning emulated arrays."""
     attr = getattr(np, name)
     if not callable(attr) or isinstance(attr, type):
         return attr
 
     def call(*args, **kwargs):
+        _refuse_host_arrays(name, args, kwargs)
         return _wrap(attr(*args, **kwargs))
 
     return call
