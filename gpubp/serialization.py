@@ -17,7 +17,8 @@ REQUIRED = ("format", "format_version", "sizes", "activation", "output", "cost",
 
 
 def save(net: Any, path: str | os.PathLike) -> None:
-    """Write ``net`` to ``path``: a temp file in the same folder, fsynced, then renamed over ``path``."""
+    """Write ``net`` to ``path`` exactly (no suffix is added): a temp file in the same folder, fsynced, then
+    renamed over ``path``."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
@@ -51,6 +52,8 @@ def load(path: str | os.PathLike, device: str | None = None, cost: Cost | Any = 
     from .network import Network
 
     path = os.fspath(path)
+    if not os.path.exists(path) and os.path.exists(path + ".npz"):
+        path += ".npz"  # as numpy.load would find what numpy.savez("name") wrote
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such model file: {path!r}")
     fields = _read(path)

@@ -107,6 +107,15 @@ def test_object_arrays_are_refused(tmp_path):
         gpubp.load(path)
 
 
+def test_path_is_used_as_given_and_load_finds_the_npz_suffix(trained, tmp_path):
+    net, X = trained
+    net.save(tmp_path / "plain")
+    assert os.listdir(tmp_path) == ["plain"]
+    np.testing.assert_array_equal(gpubp.load(tmp_path / "plain").forward(X), net.forward(X))
+    net.save(tmp_path / "other.npz")
+    np.testing.assert_array_equal(gpubp.load(str(tmp_path / "other")).forward(X), net.forward(X))
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such model file"):
         gpubp.load(tmp_path / "absent.npz")
