@@ -76,9 +76,7 @@ class Network:
         if isinstance(self.cost, CrossEntropy) and self.output.name not in ("sigmoid", "softmax"):
             raise ValueError("the cross_entropy cost needs outputs in (0, 1): use output='sigmoid' or "
                              f"'softmax'; got output={self.output.name!r}")
-        if str(dtype) not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
-        self.dtype = np.dtype(str(dtype))
+        self.dtype = _check_dtype(dtype)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise ValueError(f"seed must be an int or None; got {seed!r}")
         self.seed = seed
@@ -290,6 +288,17 @@ class Network:
         return (f"Network(sizes={self.sizes}, activation={self.activation.name!r}, "
                 f"output={self.output.name!r}, cost={self.cost.name!r}, device={self.device!r}, "
                 f"dtype={self.dtype.name!r})")
+
+
+def _check_dtype(dtype: Any) -> np.dtype:
+    """float32 or float64, given as a name or a NumPy dtype."""
+    try:
+        checked = np.dtype(dtype)
+    except TypeError:
+        checked = None
+    if dtype is None or checked is None or checked.name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    return checked
 
 
 def _check_sizes(sizes: Any) -> list[int]:

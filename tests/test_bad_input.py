@@ -42,6 +42,9 @@ def test_cost_output_pairs():
 def test_dtype_seed_device():
     with pytest.raises(ValueError, match="dtype must be one of float32, float64"):
         gpubp.Network([2, 2], dtype="int8", device="cpu")
+    with pytest.raises(ValueError, match="dtype must be one of float32, float64"):
+        gpubp.Network([2, 2], dtype="nonsense", device="cpu")
+    assert gpubp.Network([2, 2], dtype=np.float64, device="cpu").dtype == np.float64
     with pytest.raises(ValueError, match="seed must be an int"):
         gpubp.Network([2, 2], seed=1.5, device="cpu")
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
