@@ -33,7 +33,7 @@ import hashlib
 import os
 import sys
 import time
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 import numpy as np
 
@@ -77,6 +77,7 @@ class Communicator:
         self.timeout = timeout
         self._mpi = mpi_comm
         self._nccl = nccl_comm
+        self._side_stream: Any = None  # the NCCL stream of allreduce_sum_start, made on first use
 
     def __repr__(self) -> str:
         transport = "none" if self._mpi is None else ("MPI+NCCL" if self._nccl is not None else "MPI")
@@ -90,19 +91,48 @@ class Communicator:
 
     # ---- collectives --------------------------------------------------------------------------------
     def allreduce_sum(self, array: Array) -> None:
-        """array ← Σ over ranks of array, in place (the one collective per training step)."""
+        """array ← Σ over ranks of array, in place."""
+        self.allreduce_sum_start(array)()
+
+    @property
+    def overlaps_compute(self) -> bool:
+        """Whether a started allreduce runs while the rank computes on (NCCL on its own stream: yes;
+        MPI on the CPU progresses only inside MPI calls: no). fit splits the gradient into per-layer
+        buckets only where it does; an instance may set it to force either way."""
+        return self.__dict__.get("_overlaps", self._nccl is not None)
+
+    @overlaps_compute.setter
+    def overlaps_compute(self, value: bool) -> None:
+        self.__dict__["_overlaps"] = bool(value)
+
+    def allreduce_sum_start(self, array: Array) -> Callable[[], None]:
+        """Start array ← Σ over ranks of array, in place; returns ``wait``, which completes it.
+
+        MPI: a non-blocking Iallreduce, completed (with the deadline) by ``wait``. NCCL: the sum runs on a
+        side stream once the current stream's queued work is done, and ``wait`` makes the current stream
+        wait for it, so work queued in between (the rest of the backward pass) overlaps the transfer; no
+        host sync either way.
+        """
         _check_contiguous(array, "allreduce_sum")
         if self._mpi is None:
-            return
+            return _done
         if isinstance(array, np.ndarray):
             from mpi4py import MPI
 
-            self._wait(self._mpi.Iallreduce(MPI.IN_PLACE, array, op=MPI.SUM), "allreduce_sum")
-        else:
-            from cupy.cuda import nccl
+            request = self._mpi.Iallreduce(MPI.IN_PLACE, array, op=MPI.SUM)
+            return lambda: self._wait(request, "allreduce_sum")
+        import cupy
+        from cupy.cuda import nccl
 
-            ptr = self._device_pointer(array, "allreduce_sum")
-            self._nccl.allReduce(ptr, ptr, array.size, _nccl_dtype(array), nccl.NCCL_SUM, _stream_ptr())
+        ptr = self._device_pointer(array, "allreduce_sum")
+        compute = cupy.cuda.get_current_stream()
+        if self._side_stream is None:
+            self._side_stream = cupy.cuda.Stream(non_blocking=True)
+        side = self._side_stream
+        side.wait_event(compute.record())
+        self._nccl.allReduce(ptr, ptr, array.size, _nccl_dtype(array), nccl.NCCL_SUM, side.ptr)
+        finished = side.record()
+        return lambda: compute.wait_event(finished)
 
     def broadcast(self, array: Array, root: int = 0) -> None:
         """array ← rank ``root``'s array, in place (shape and dtype checked across ranks first)."""
@@ -309,6 +339,10 @@ def _nccl_dtype(array: Array) -> int:
     if array.dtype not in types:
         raise ValueError(f"NCCL collectives here take float32 or float64 arrays; got {array.dtype}")
     return types[array.dtype]
+
+
+def _done() -> None:
+    """The wait of a collective that had nothing to do (a single process)."""
 
 
 def _stream_ptr() -> int:

@@ -164,8 +164,12 @@ class Network:
         return out
 
     # ---- backward ---------------------------------------------------------------------------------
-    def _backprop_sum(self, x: Array, target: Array, loss_sum: Array | None = None) -> list[Array]:
-        """BP1–BP4 for one batch: fills the flat gradient with Σₓ ∂Cₓ/∂θ; returns the δˡ buffers."""
+    def _backprop_sum(self, x: Array, target: Array, loss_sum: Array | None = None,
+                      layer_done: Callable[[int], Any] | None = None) -> list[Array]:
+        """BP1–BP4 for one batch: fills the flat gradient with Σₓ ∂Cₓ/∂θ; returns the δˡ buffers.
+
+        ``layer_done(l)`` is called as soon as layer l's gradients are complete (distributed training
+        starts summing them across ranks there)."""
         ops, acts = self.ops, self.layer_activations
         ws = self._workspace(len(x))
         self._feedforward(x, ws)
@@ -176,6 +180,8 @@ class Network:
             a_prev = activations[l - 1] if l > 0 else x
             ops.sum_rows(delta, out=self._nabla_b[l])                               # BP3
             ops.gemm(delta.T, a_prev, out=self._nabla_w[l])                         # BP4
+            if layer_done is not None:
+                layer_done(l)
             if l > 0:
                 ops.gemm(delta, self.weights[l], out=deltas[l - 1])                 # δˡ⁺¹ Wˡ⁺¹
                 delta = ops.backprop_activation(acts[l - 1], zs[l - 1], activations[l - 1],

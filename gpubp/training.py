@@ -19,6 +19,9 @@ import numpy as np
 from . import inputs
 from .optimizers import make_optimizer, optimizer_name
 
+#: under distributed training (NCCL), weight gradients at least this large are summed across ranks as soon
+#: as their layer's BP4 is done, overlapping the rest of the backward pass
+BUCKET_BYTES = 1 << 20
 #: progress-bar refreshes per epoch (updating on every step would cost Python time on small batches)
 PROGRESS_UPDATES = 50
 
@@ -114,6 +117,7 @@ class Trainer:
             ts = None if target is None else ops.empty(target.shape, target.dtype)
         loss_sum = ops.zeros((1,), net.dtype)
         snapshot = ops.empty(net._params.shape, net.dtype)
+        buckets = None if comm is None else GradientBuckets(net, comm)
         batches = [(start, min(start + bs, n)) for start in range(0, n, bs)]
         every = max(1, len(batches) // PROGRESS_UPDATES)
         for epoch in range(1, self.epochs + 1):
@@ -127,9 +131,12 @@ class Trainer:
             with _progress_bar(self.progress, n, epoch, self.epochs) as bar:
                 for i, (start, stop) in enumerate(batches):
                     lo, hi = (start, stop) if comm is None else _shard(comm, start, stop)
-                    net._backprop_sum(xs[lo:hi], None if ts is None else ts[lo:hi], loss_sum)
-                    if comm is not None:
-                        comm.allreduce_sum(net._grad)
+                    if comm is None:
+                        net._backprop_sum(xs[lo:hi], None if ts is None else ts[lo:hi], loss_sum)
+                    else:
+                        net._backprop_sum(xs[lo:hi], None if ts is None else ts[lo:hi], loss_sum,
+                                          buckets.layer_done)
+                        buckets.finish()
                     optimizer.step(net._grad, 1.0 / (stop - start))
                     if bar is not None and (i % every == 0 or stop == n):
                         bar.update(stop - bar.n)
@@ -167,6 +174,43 @@ class Trainer:
         if self.progress:
             text = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
             print(f"epoch {epoch}/{self.epochs}  {text}", file=sys.stderr, flush=True)
+
+
+class GradientBuckets:
+    """The flat gradient in pieces for the one sum across ranks per step.
+
+    Where the communicator overlaps transfers with compute (NCCL), each weight gradient ∂C/∂Wˡ of
+    BUCKET_BYTES or more, from layer 1 on, is summed as soon as BP4 has produced it, while the backward
+    pass goes on through the lower layers; the rest of the buffer (layer 0's ∂C/∂W, which is ready last,
+    small layers, all biases) is summed when backprop is done. Elsewhere the whole buffer is one piece.
+    """
+
+    def __init__(self, net: Any, comm: Any) -> None:
+        self.comm = comm
+        self.early: dict[int, Any] = {}
+        if comm.overlaps_compute:
+            self.early = {l: g for l, g in enumerate(net._nabla_w) if l > 0 and g.nbytes >= BUCKET_BYTES}
+        self.rest, start, offset = [], 0, 0
+        for l, g in enumerate(net._nabla_w):
+            if l in self.early:
+                if offset > start:
+                    self.rest.append(net._grad[start:offset])
+                start = offset + g.size
+            offset += g.size
+        self.rest.append(net._grad[start:])
+        self.pending: list[Callable[[], None]] = []
+
+    def layer_done(self, l: int) -> None:
+        """Start summing layer l's weight gradient when it is a bucket of its own."""
+        if l in self.early:
+            self.pending.append(self.comm.allreduce_sum_start(self.early[l]))
+
+    def finish(self) -> None:
+        """Sum the rest and wait for every piece: the gradient is then the sum over all ranks."""
+        self.pending += [self.comm.allreduce_sum_start(piece) for piece in self.rest]
+        for wait in self.pending:
+            wait()
+        self.pending = []
 
 
 def _shard(comm: Any, start: int, stop: int) -> tuple[int, int]:

@@ -29,6 +29,10 @@ PROBLEMS = {
     # batches of 7, 7, 7 and 2 rows: shards of 4/3 and 1/1 on 2 ranks
     "uneven": (dict(sizes=[6, 8, 5, 3], activation="relu", output="softmax", cost="log_likelihood"), 23,
                dict(epochs=2, batch_size=7, lr=0.01, optimizer="adam", weight_decay=1e-3, seed=5), True),
+    # per-layer buckets forced on the CPU: ∂C/∂W¹ (300×450 float64, 1.08 MB) is summed while layer 0's
+    # backward pass runs; the rest (∂C/∂W⁰, ∂C/∂W², the biases) after it
+    "buckets": (dict(sizes=[6, 300, 450, 3], activation="tanh", output="softmax", cost="log_likelihood"), 20,
+                dict(epochs=2, batch_size=10, lr=0.05, optimizer="momentum", seed=9), True),
     # for NCCL on 1 to 16 GPUs: every batch has 16 rows
     "gpu": (dict(sizes=[6, 8, 5, 3], activation="tanh", output="softmax", cost="log_likelihood"), 64,
             dict(epochs=2, batch_size=16, lr=0.01, optimizer="adam", weight_decay=1e-3, seed=7), True),
@@ -51,6 +55,8 @@ def train(name: str, comm: distributed.Communicator, out_dir: str) -> None:
     net, X, Y, fit = problem(name)
     if comm.rank > 0:  # a different initialisation: fit must broadcast rank 0's parameters
         net = gpubp.Network(**PROBLEMS[name][0], device="cpu", dtype="float64", seed=100 + comm.rank)
+    if name == "buckets":
+        comm.overlaps_compute = True
     history = net.to(comm.device).fit(X, Y, **fit, distributed=comm)
     if distributed.is_main_process():
         np.savez(os.path.join(out_dir, "result.npz"), params=gpubp.to_numpy(net.parameters()),

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import gpubp
 from gpubp import distributed
 from gpubp.backend import cuda_unavailable_reason
 
@@ -126,9 +127,10 @@ def test_collectives_on_two_ranks(tmp_path):
 
 
 @needs_mpi
-@pytest.mark.parametrize("name", ["epochs", "step", "uneven"])
+@pytest.mark.parametrize("name", ["epochs", "step", "uneven", "buckets"])
 def test_two_ranks_train_exactly_like_one_process(name, tmp_path):
-    """step: one SGD step on the whole batch; epochs: shuffled momentum epochs; uneven: 4/3 and 1/1 shards."""
+    """step: one SGD step on the whole batch; epochs: shuffled momentum epochs; uneven: 4/3 and 1/1 shards;
+    buckets: the gradient summed in per-layer pieces, one of them started during the backward pass."""
     rc, output, _ = launch(name, tmp_path)
     assert rc == 0, output
     net, X, Y, fit = worker.problem(name)
@@ -189,3 +191,39 @@ def test_nccl_training_matches_the_cpu(tmp_path):
     result = np.load(tmp_path / "result.npz")
     np.testing.assert_allclose(result["params"], net.parameters(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(result["history_loss"], history["loss"], rtol=1e-10)
+
+
+class RecordingCommunicator:
+    """One rank that records what would be summed, and when."""
+
+    rank, size, overlaps_compute = 0, 1, True
+
+    def __init__(self):
+        self.events = []
+
+    def allreduce_sum_start(self, array):
+        self.events.append(("start", array))
+        return lambda: self.events.append(("wait", array))
+
+
+def test_gradient_buckets_cover_the_flat_gradient_once():
+    from gpubp.training import BUCKET_BYTES, GradientBuckets
+
+    wide = int(np.sqrt(BUCKET_BYTES / 8)) + 1  # a float64 square layer just over the bucket size
+    net = gpubp.Network([5, wide, wide, wide, 3], device="cpu", dtype="float64", seed=0)
+    comm = RecordingCommunicator()
+    buckets = GradientBuckets(net, comm)
+    assert sorted(buckets.early) == [1, 2]  # layer 0 is ready last; layer 3 is small
+    net._backprop_sum(np.zeros((2, 5)), np.array([0, 1]), None, buckets.layer_done)
+    assert [kind for kind, _ in comm.events] == ["start", "start"]  # during the backward pass
+    buckets.finish()
+    started = [a for kind, a in comm.events if kind == "start"]
+    assert len(started) == 4 and len([1 for kind, _ in comm.events if kind == "wait"]) == 4
+    covered = np.zeros(net._grad.size, dtype=int)
+    base = net._grad.__array_interface__["data"][0]
+    for piece in started:
+        first = (piece.__array_interface__["data"][0] - base) // 8
+        covered[first:first + piece.size] += 1
+    assert (covered == 1).all()
+    comm.overlaps_compute = False
+    assert [p.size for p in GradientBuckets(net, comm).rest] == [net._grad.size]
