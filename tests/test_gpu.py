@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from delta_checks import assert_delta_close
+from kernel_checks import apply_update, assert_delta_close
 
 import gpubp
 from gpubp.activations import ACTIVATIONS, SOFTMAX
@@ -204,13 +204,7 @@ def test_optimizer_updates(cupy, gpu, cpu, rng, method, dtype, weight_decay, n):
     host = [params.copy(), grad.copy(), *(s.copy() for s in state)]
     dev = [cupy.asarray(x) for x in (params, grad, *state)]
     for ops, (p, g, s1, s2) in ((cpu, host), (gpu, dev)):
-        if method == "sgd":
-            ops.sgd_update(p, g, **hyper)
-        elif method == "momentum":
-            ops.momentum_update(p, g, s1, momentum=0.9, **hyper)
-        else:
-            for step in (1, 2):
-                ops.adam_update(p, g.copy(), s1, s2, beta1=0.9, beta2=0.999, eps=1e-8, step=step, **hyper)
+        apply_update(ops, method, p, g, s1, s2, hyper)
     used = {"sgd": 1, "momentum": 3, "adam": 4}[method]
     for name, d, h in zip(("params", "grad", "m/velocity", "v"), dev[:used], host[:used]):
         if name != "grad":  # the reference scales grad in place; the kernels leave it as it was

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from delta_checks import assert_delta_close
+from kernel_checks import apply_update, assert_delta_close
 
 import gpubp
 from gpubp.activations import ACTIVATIONS, SOFTMAX
@@ -250,13 +250,7 @@ def test_emulated_optimizer_updates(emulated, rng, method, dtype, weight_decay, 
     dev = [_dev(fake_cupy, x) for x in host]
     hyper = dict(lr=0.05, grad_scale=0.25, weight_decay=weight_decay, n_weights=(2 * n) // 3)
     for backend, (p, g, s1, s2) in ((NumpyOps(), host), (ops, dev)):
-        if method == "sgd":
-            backend.sgd_update(p, g, **hyper)
-        elif method == "momentum":
-            backend.momentum_update(p, g, s1, momentum=0.9, **hyper)
-        else:
-            for step in (1, 2):
-                backend.adam_update(p, g.copy(), s1, s2, beta1=0.9, beta2=0.999, eps=1e-8, step=step, **hyper)
+        apply_update(backend, method, p, g, s1, s2, hyper)
     rtol, atol = TOLERANCE[dtype]
     for i in (0, 2, 3):  # params and optimizer state (the reference scales grad in place; kernels don't)
         np.testing.assert_allclose(dev[i].get(), host[i], rtol=rtol, atol=atol)

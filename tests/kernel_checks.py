@@ -1,4 +1,4 @@
-"""A comparison shared by the kernel tests (host emulation and real GPU)."""
+"""Comparisons shared by the kernel tests (host emulation and real GPU)."""
 
 import numpy as np
 
@@ -12,3 +12,15 @@ def assert_delta_close(got, expected, cost, a, y, rtol, atol):
         grad = np.abs(cost.derivative(a, y))
     excess = np.abs(got - expected) - (rtol * np.abs(expected) + atol * (1 + grad))
     assert not (excess > 0).any(), f"δᴸ differs at {np.argwhere(excess > 0)[:5].tolist()}"
+
+
+def apply_update(backend, method, params, grad, state1, state2, hyper):
+    """One SGD or momentum step, or two Adam steps, of ``backend`` on the given buffers."""
+    if method == "sgd":
+        backend.sgd_update(params, grad, **hyper)
+    elif method == "momentum":
+        backend.momentum_update(params, grad, state1, momentum=0.9, **hyper)
+    else:
+        for step in (1, 2):
+            backend.adam_update(params, grad.copy(), state1, state2, beta1=0.9, beta2=0.999, eps=1e-8,
+                                step=step, **hyper)
