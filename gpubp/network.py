@@ -23,7 +23,7 @@ from .activations import Activation, get_activation
 from .backend import get_ops
 from .costs import Cost, CrossEntropy, LogLikelihood, get_cost
 from .initializers import init_parameters
-from .optimizers import make_optimizer
+from .optimizers import Optimizer, make_optimizer
 
 Array = Any
 DTYPES = ("float32", "float64")
@@ -82,6 +82,11 @@ class Network:
         self.seed = seed
         self.ops = get_ops(device)
         self.history: dict[str, list] = {}
+        #: what an application of the model needs besides its parameters (JSON values; saved with it)
+        self.metadata: dict[str, Any] = {}
+        self._optimizer: Optimizer | None = None
+        #: the shuffle generator of the last ``fit``; a later ``fit`` without ``seed`` continues it
+        self._shuffle_rng: np.random.Generator | None = None
         self._load_parameters(init_parameters(self.sizes, self.layer_activations, seed))
 
     # ---- parameters -------------------------------------------------------------------------------
@@ -101,6 +106,7 @@ class Network:
         self.weights, self.biases = self._views(self._params)
         self._nabla_w, self._nabla_b = self._views(self._grad)
         self._workspaces: dict[int, Workspace] = {}
+        self._optimizer = None  # its state belonged to the replaced buffer
 
     def _views(self, flat: Array) -> tuple[ParameterList, ParameterList]:
         weights, biases, offset = [], [], 0
@@ -122,12 +128,39 @@ class Network:
         return self._params
 
     def to(self, device: str) -> "Network":
-        """Move the parameters to ``device`` (in place) and return the network."""
+        """Move the parameters and the optimizer state to ``device`` (in place); returns the network."""
         ops = get_ops(device)
         flat = self.ops.to_numpy(self._params)
+        optimizer = self._optimizer
+        state = None if optimizer is None else optimizer.state_dict()
         self.ops = ops
         self._load_parameters(flat)
+        if optimizer is not None:
+            self._optimizer_for(optimizer.name, optimizer.lr, optimizer.momentum, optimizer.weight_decay)
+            self._optimizer.load_state_dict(state)
         return self
+
+    # ---- optimizer state --------------------------------------------------------------------------
+    @property
+    def optimizer(self) -> Optimizer | None:
+        """The optimizer of the last ``fit`` with its state, which the next ``fit`` of that name continues."""
+        return self._optimizer
+
+    def reset_optimizer(self) -> None:
+        """Drop the optimizer state (and the shuffle generator): the next ``fit`` starts both afresh."""
+        self._optimizer = None
+        self._shuffle_rng = None
+
+    def _optimizer_for(self, name: str, lr: float, momentum: float, weight_decay: float) -> Optimizer:
+        """The kept optimizer when it has this name (with these hyper-parameters), else a fresh one."""
+        optimizer = self._optimizer
+        if optimizer is None or optimizer.name != name:
+            with self.ops.activate():
+                optimizer = make_optimizer(name, self.ops, self._params, self.n_weights, lr, momentum,
+                                           weight_decay)
+        optimizer.configure(lr, momentum, weight_decay)
+        self._optimizer = optimizer
+        return optimizer
 
     def _workspace(self, m: int) -> Workspace:
         ws = self._workspaces.get(m)

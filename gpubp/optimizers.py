@@ -3,11 +3,17 @@
 The gradient arrives as a SUM over the mini-batch; ``grad_scale`` (1/m) turns it into the mean gradient
 ∂C/∂θ of the mean cost. Weight decay is L2 on the weights only (C + λ/2 Σw², so ∇w += λw); the book's
 "λ over n" is ``weight_decay = λ / n``.
+
+An optimizer lives on its network between ``fit`` calls (``Network.optimizer``): the next ``fit`` with the
+same optimizer name continues from its state (momentum's velocity; Adam's m, v and step count t) with that
+call's hyper-parameters, as Keras does.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 from .backend import Ops
 
@@ -15,16 +21,57 @@ Array = Any
 
 
 class Optimizer:
-    """Holds the hyper-parameters and any state buffers shaped like the flat parameters."""
+    """Holds the hyper-parameters, the steps taken ``t`` and any state buffers shaped like the parameters."""
 
     name = ""
+    #: names of the state buffers, each an array shaped like the flat parameters
+    buffers: tuple[str, ...] = ()
 
-    def __init__(self, ops: Ops, params: Array, n_weights: int, lr: float, weight_decay: float) -> None:
+    def __init__(self, ops: Ops, params: Array, n_weights: int, lr: float, weight_decay: float,
+                 momentum: float = 0.9) -> None:
         self.ops, self.params, self.n_weights = ops, params, n_weights
-        self.lr, self.weight_decay = lr, weight_decay
+        self.configure(lr, momentum, weight_decay)
+        self.t = 0
+        for buffer in self.buffers:
+            setattr(self, buffer, ops.zeros(params.shape, params.dtype))
+
+    def configure(self, lr: float, momentum: float, weight_decay: float) -> None:
+        """Set the hyper-parameters (a continued ``fit`` may change them; the state is kept)."""
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
 
     def step(self, grad: Array, grad_scale: float) -> None:
         raise NotImplementedError
+
+    def state_arrays(self) -> list[Array]:
+        """The state buffers on the device, in ``buffers`` order."""
+        return [getattr(self, buffer) for buffer in self.buffers]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The state on the host: ``{"t": steps, buffer: values, ...}`` (copies)."""
+        state = {"t": np.array(self.t, dtype=np.int64)}
+        state.update({b: self.ops.to_numpy(a).copy() for b, a in zip(self.buffers, self.state_arrays())})
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` gave; ValueError naming the field that does not fit."""
+        missing = [k for k in ("t",) + self.buffers if k not in state]
+        if missing:
+            raise ValueError(f"{self.name} optimizer state lacks {missing}")
+        t = np.asarray(state["t"])
+        if t.shape != () or t.dtype.kind not in "iu" or int(t) < 0:
+            raise ValueError(f"{self.name} optimizer state: step count t must be an integer >= 0; got {t!r}")
+        values = []
+        for buffer, current in zip(self.buffers, self.state_arrays()):
+            value = np.asarray(state[buffer])
+            if value.shape != tuple(current.shape) or value.dtype.kind != "f":
+                raise ValueError(f"{self.name} optimizer state {buffer!r} must be a float vector of "
+                                 f"{current.size} values; got {value.dtype} {value.shape}")
+            if not np.isfinite(value).all():
+                raise ValueError(f"{self.name} optimizer state {buffer!r} holds NaN or infinite values")
+            values.append(value)
+        for current, value in zip(self.state_arrays(), values):
+            current[...] = self.ops.asarray(value, dtype=current.dtype)
+        self.t = int(t)
 
 
 class SGD(Optimizer):
@@ -33,6 +80,7 @@ class SGD(Optimizer):
     name = "sgd"
 
     def step(self, grad, grad_scale):
+        self.t += 1
         self.ops.sgd_update(self.params, grad, self.lr, grad_scale, self.weight_decay, self.n_weights)
 
 
@@ -40,13 +88,10 @@ class Momentum(Optimizer):
     """v ← μv − η ∂C/∂w; w ← w + v."""
 
     name = "momentum"
-
-    def __init__(self, ops, params, n_weights, lr, weight_decay, momentum: float) -> None:
-        super().__init__(ops, params, n_weights, lr, weight_decay)
-        self.momentum = momentum
-        self.velocity = ops.zeros(params.shape, params.dtype)
+    buffers = ("velocity",)
 
     def step(self, grad, grad_scale):
+        self.t += 1
         self.ops.momentum_update(self.params, grad, self.velocity, self.lr, self.momentum, grad_scale,
                                  self.weight_decay, self.n_weights)
 
@@ -55,13 +100,8 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba) with β₁ = 0.9, β₂ = 0.999, ε = 1e-8 and bias correction."""
 
     name = "adam"
+    buffers = ("m", "v")
     beta1, beta2, eps = 0.9, 0.999, 1e-8
-
-    def __init__(self, ops, params, n_weights, lr, weight_decay) -> None:
-        super().__init__(ops, params, n_weights, lr, weight_decay)
-        self.m = ops.zeros(params.shape, params.dtype)
-        self.v = ops.zeros(params.shape, params.dtype)
-        self.t = 0
 
     def step(self, grad, grad_scale):
         self.t += 1
@@ -69,7 +109,7 @@ class Adam(Optimizer):
                              self.eps, self.t, grad_scale, self.weight_decay, self.n_weights)
 
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
+OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "adam": Adam}
 
 
 def optimizer_name(name: str) -> str:
@@ -82,10 +122,5 @@ def optimizer_name(name: str) -> str:
 
 def make_optimizer(name: str, ops: Ops, params: Array, n_weights: int, lr: float, momentum: float,
                    weight_decay: float) -> Optimizer:
-    """The optimizer called ``name`` over ``params``."""
-    key = optimizer_name(name)
-    if key == "momentum":
-        return Momentum(ops, params, n_weights, lr, weight_decay, momentum)
-    if key == "adam":
-        return Adam(ops, params, n_weights, lr, weight_decay)
-    return SGD(ops, params, n_weights, lr, weight_decay)
+    """The optimizer called ``name`` over ``params``, with fresh (zero) state."""
+    return OPTIMIZERS[optimizer_name(name)](ops, params, n_weights, lr, weight_decay, momentum)

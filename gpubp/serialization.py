@@ -1,7 +1,14 @@
-"""Saving and loading networks as .npz files: named arrays only, no pickle, written atomically."""
+"""Saving and loading networks as .npz files: named arrays only, no pickle, written atomically.
+
+Format version 2 adds, to version 1's model description and parameters: the optimizer state of the last
+``fit`` (``optimizer`` name, ``optimizer.t`` and one ``optimizer.<buffer>`` array per state buffer), the
+shuffle generator's state and the network's ``metadata``, both as JSON text. Version 1 files still load,
+with no optimizer state.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import zipfile
@@ -10,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from .costs import COSTS, Cost
+from .optimizers import optimizer_name
 
 FORMAT = "gpubp-network"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 REQUIRED = ("format", "format_version", "sizes", "activation", "output", "cost", "dtype", "params")
 
 
@@ -29,7 +37,14 @@ def save(net: Any, path: str | os.PathLike) -> None:
         "output": np.array(net.output.name), "cost": np.array(net.cost.name),
         "builtin_cost": np.array(net.cost.name in COSTS and type(net.cost) is type(COSTS[net.cost.name])),
         "dtype": np.array(net.dtype.name), "params": net.ops.to_numpy(net.parameters()),
+        "metadata": np.array(json.dumps(net.metadata, allow_nan=False)),
+        "shuffle_rng": np.array("" if net._shuffle_rng is None else
+                                json.dumps(net._shuffle_rng.bit_generator.state)),
     }
+    optimizer = net.optimizer
+    if optimizer is not None:
+        arrays["optimizer"] = np.array(optimizer.name)
+        arrays.update({f"optimizer.{k}": v for k, v in optimizer.state_dict().items()})
     fd, tmp = tempfile.mkstemp(prefix=".gpubp-", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -75,7 +90,29 @@ def load(path: str | os.PathLike, device: str | None = None, cost: Cost | Any = 
     if not np.isfinite(params).all():
         raise ValueError(f"{path!r} holds NaN or infinite parameters")
     net._load_parameters(params)
+    _restore_training_state(net, fields, path)
     return net
+
+
+def _restore_training_state(net: Any, fields: dict[str, np.ndarray], path: str) -> None:
+    """Format 2's metadata, shuffle generator and optimizer state into ``net`` (ValueError if damaged)."""
+    try:
+        metadata = json.loads(str(fields.get("metadata", "{}")))
+        if not isinstance(metadata, dict):
+            raise ValueError("metadata is not a JSON object")
+        rng_state = str(fields.get("shuffle_rng", ""))
+        if rng_state:
+            rng = np.random.default_rng()
+            rng.bit_generator.state = json.loads(rng_state)
+            net._shuffle_rng = rng
+        net.metadata = metadata
+        if "optimizer" in fields:
+            name = str(fields["optimizer"])
+            optimizer = net._optimizer_for(optimizer_name(name), lr=1e-3, momentum=0.9, weight_decay=0.0)
+            prefix = "optimizer."
+            optimizer.load_state_dict({k[len(prefix):]: v for k, v in fields.items() if k.startswith(prefix)})
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"{path!r} holds a damaged training state: {exc}") from exc
 
 
 def _read(path: str) -> dict[str, np.ndarray]:

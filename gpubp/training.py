@@ -9,6 +9,7 @@ per epoch, so a step neither copies to the host nor waits for the device.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sys
 import threading
@@ -17,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from . import inputs
-from .optimizers import make_optimizer, optimizer_name
+from .optimizers import optimizer_name
 
 #: under distributed training (NCCL), weight gradients at least this large are summed across ranks as soon
 #: as their layer's BP4 is done, overlapping the rest of the backward pass
@@ -61,24 +62,23 @@ class Trainer:
             if len(x) == 0:
                 raise ValueError("fit needs at least one training sample; X is empty")
             validation = self._validation(validation_data)
-            optimizer = make_optimizer(self.optimizer_name, ops, net._params, net.n_weights, self.lr,
-                                       self.momentum, self.weight_decay)
+            optimizer = net._optimizer_for(self.optimizer_name, self.lr, self.momentum, self.weight_decay)
             history: dict[str, list] = {"loss": []}
             if validation is not None:
                 history.update(val_loss=[], val_accuracy=[])
             net.history = history
-            rng = np.random.default_rng(self._shared_seed())
+            rng = net._shuffle_rng = self._shuffle_rng()
             if self.comm is not None:
-                self._agree_across_ranks(len(x))
+                self._agree_across_ranks(len(x), optimizer)
             # under MPI every rank must take the same branch: there Ctrl-C ends the job at once
             deferred = _deferred_interrupt() if self.comm is None else contextlib.nullcontext({"hit": False})
             with ops.errstate(), deferred as interrupt:
                 self._epochs(x, target, validation, optimizer, rng, history, interrupt)
         return history
 
-    def _agree_across_ranks(self, n: int) -> None:
+    def _agree_across_ranks(self, n: int, optimizer: Any) -> None:
         """Check that every rank trains the same model on equally long data, then start from rank 0's
-        parameters."""
+        parameters and optimizer state."""
         net, comm = self.net, self.comm
         tail = n % self.batch_size
         if 0 < tail < comm.size:
@@ -90,6 +90,11 @@ class Trainer:
         comm.check_same(np.frombuffer(config.encode(), np.uint8), "model configuration")
         comm.broadcast(net._params, root=0)
         comm.check_same(net._params, "initial parameters")
+        steps = np.array([optimizer.t], dtype=np.int64)
+        comm.broadcast(steps, root=0)
+        optimizer.t = int(steps[0])
+        for buffer in optimizer.state_arrays():
+            comm.broadcast(buffer, root=0)
 
     def _validation(self, validation_data: Any) -> tuple[Any, Any] | None:
         if validation_data is None:
@@ -99,6 +104,16 @@ class Trainer:
         xv, _ = inputs.check_inputs(validation_data[0], self.net.sizes[0], self.net.ops, self.net.dtype,
                                     what="validation X")
         return xv, self.net._targets(validation_data[1], len(xv), what="validation Y")
+
+    def _shuffle_rng(self) -> np.random.Generator:
+        """The generator of the epochs' orders: from ``seed`` when given, else the network's generator of its
+        previous ``fit`` continued (so fit(seed=s, epochs=a) then fit(epochs=b) shuffles as one fit of a + b
+        epochs), else fresh."""
+        rng = self.net._shuffle_rng if self.seed is None else None
+        if self.comm is not None:
+            state = "" if rng is None else json.dumps(rng.bit_generator.state, sort_keys=True)
+            self.comm.check_same(np.frombuffer(state.encode(), np.uint8), "shuffle generator state")
+        return rng if rng is not None else np.random.default_rng(self._shared_seed())
 
     def _shared_seed(self) -> int | None:
         """The shuffle seed; under ``distributed`` every rank must draw the same order, so rank 0's wins."""
@@ -116,12 +131,15 @@ class Trainer:
             xs = ops.empty(x.shape, x.dtype)
             ts = None if target is None else ops.empty(target.shape, target.dtype)
         loss_sum = ops.zeros((1,), net.dtype)
-        snapshot = ops.empty(net._params.shape, net.dtype)
+        state = [net._params] + optimizer.state_arrays()
+        snapshot = [ops.empty(s.shape, s.dtype) for s in state]
         buckets = None if comm is None else GradientBuckets(net, comm)
         batches = [(start, min(start + bs, n)) for start in range(0, n, bs)]
         every = max(1, len(batches) // PROGRESS_UPDATES)
         for epoch in range(1, self.epochs + 1):
-            ops.copy(net._params, out=snapshot)
+            for source, saved in zip(state, snapshot):
+                ops.copy(source, out=saved)
+            steps_before = optimizer.t
             if self.shuffle:
                 order = ops.permutation(n, rng)
                 ops.take_rows(x, order, out=xs)
@@ -146,7 +164,7 @@ class Trainer:
                     comm.allreduce_sum(loss_sum)
                 done = stop
                 logs = {"loss": ops.item(loss_sum) / done}
-                self._check_finite(epoch, logs["loss"], snapshot)
+                self._check_finite(epoch, logs["loss"], state, snapshot, optimizer, steps_before)
                 if validation is not None:
                     result = net._evaluate(*validation)
                     logs.update(val_loss=result["loss"], val_accuracy=result["accuracy"])
@@ -161,14 +179,20 @@ class Trainer:
             if any(cb(net, epoch, dict(logs)) is False for cb in self.callbacks):
                 break
 
-    def _check_finite(self, epoch: int, loss: float, snapshot: Any) -> None:
+    def _check_finite(self, epoch: int, loss: float, state: list, snapshot: list, optimizer: Any,
+                      steps_before: int) -> None:
+        """On a NaN/inf loss or parameter, put the parameters and the optimizer state back as they were
+        at the start of ``epoch`` and raise FloatingPointError."""
         ops, net = self.net.ops, self.net
         if np.isfinite(loss) and ops.all_finite(net._params):
             return
-        ops.copy(snapshot, out=net._params)
+        for saved, target in zip(snapshot, state):
+            ops.copy(saved, out=target)
+        optimizer.t = steps_before
         raise FloatingPointError(
             f"training diverged in epoch {epoch}: the loss became {loss} (NaN or infinite); the "
-            f"parameters were restored to their values at the end of epoch {epoch - 1}. Try a smaller lr.")
+            f"parameters and optimizer state were restored to their values at the end of epoch "
+            f"{epoch - 1}. Try a smaller lr.")
 
     def _print_epoch(self, epoch: int, logs: dict) -> None:
         if self.progress:
