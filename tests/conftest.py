@@ -1,4 +1,5 @@
-"""Shared test set-up: GPU tests skip cleanly where no usable GPU exists; MPI leaves no files behind."""
+"""Shared test set-up: GPU tests skip cleanly where no usable GPU exists; MPI leaves no files behind;
+``cpu_backend`` runs a test on each CPU backend."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from gpubp.backend import cuda_unavailable_reason
+from gpubp.backend.device import CPU_BACKEND_ENV, CPU_BACKENDS, numba_unavailable_reason
 
 
 def pytest_collection_modifyitems(config, items):
@@ -54,3 +56,17 @@ def _process_name(pid: str) -> str:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(params=CPU_BACKENDS[::-1])
+def cpu_backend(request, monkeypatch) -> str:
+    """The test runs once per CPU backend: device="cpu" is NumPy's ``Ops``, then the fused Numba one.
+    Without Numba its runs skip, except under CI (env CI set), which must test both."""
+    if request.param == "numba":
+        reason = numba_unavailable_reason()
+        if reason is not None:
+            if os.environ.get("CI"):
+                pytest.fail(f"CI must test the fused CPU backend: {reason}")
+            pytest.skip(reason)
+    monkeypatch.setenv(CPU_BACKEND_ENV, request.param)
+    return request.param

@@ -7,6 +7,10 @@ import gpubp
 from gpubp.backend import cuda_unavailable_reason
 
 
+# every test here runs on each CPU backend (tests/conftest.py): NumPy's Ops, then the fused Numba one
+pytestmark = pytest.mark.usefixtures("cpu_backend")
+
+
 @pytest.fixture
 def net():
     return gpubp.Network([4, 3, 2], device="cpu", seed=0)

@@ -13,6 +13,10 @@ from gpubp.benchmark import (CONFIGS, Config, PlainNumpyNet, TorchTrainer, compa
                              synthetic_data)
 from gpubp.network import Network
 
+
+# every test here runs on each CPU backend (tests/conftest.py): NumPy's Ops, then the fused Numba one
+pytestmark = pytest.mark.usefixtures("cpu_backend")
+
 NIELSEN = Path(__file__).resolve().parents[1] / "bench" / "book" / "per_sample.py"
 
 # M's structure at a width that keeps the test fast; S is used as it is

@@ -2,10 +2,14 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import gpubp
 from gpubp.activations import ACTIVATIONS
+
+
+# every test here runs on each CPU backend (tests/conftest.py): NumPy's Ops, then the fused Numba one
+pytestmark = pytest.mark.usefixtures("cpu_backend")
 
 HIDDEN = sorted(ACTIVATIONS) + ["silu"]
 # (output activation, cost) pairs that the library accepts
@@ -63,13 +67,18 @@ def test_user_cost_object_with_fn_and_derivative(rng):
     assert gpubp.gradcheck(net, X, Y) < 1e-6
 
 
-def test_gradcheck_catches_a_wrong_gradient(rng, monkeypatch):
-    """The checker itself must fail on a broken backward pass."""
+def test_gradcheck_catches_a_wrong_gradient(rng, monkeypatch, cpu_backend):
+    """The checker itself must fail on a broken backward pass (σ′ = a planted in the backend's BP2)."""
     from gpubp.activations import Sigmoid
 
     net = gpubp.Network([3, 3, 2], device="cpu", dtype="float64", seed=0)
     X, Y = data(rng, width=3, k=2)
     monkeypatch.setattr(Sigmoid, "df", lambda self, xp, z, a, out: xp.multiply(a, 1.0, out=out))
+    if cpu_backend == "numba":
+        from gpubp.backend import cpu_kernels
+
+        monkeypatch.setattr(cpu_kernels, "backprop_activation",
+                            lambda act, z, a, g, out: np.multiply(a, g, out=out))
     assert gpubp.gradcheck(net, X, Y) > 1e-2
 
 
@@ -84,7 +93,7 @@ def test_float32_close_to_float64(rng):
         np.testing.assert_allclose(g32, g64, rtol=1e-4, atol=1e-6)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sizes=st.lists(st.integers(1, 6), min_size=2, max_size=4), batch=st.integers(1, 9),
        activation=st.sampled_from(["sigmoid", "tanh", "softplus", "gelu", "swish", "mish"]),
        seed=st.integers(0, 2**16))

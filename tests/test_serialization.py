@@ -9,6 +9,10 @@ import pytest
 import gpubp
 
 
+# every test here runs on each CPU backend (tests/conftest.py): NumPy's Ops, then the fused Numba one
+pytestmark = pytest.mark.usefixtures("cpu_backend")
+
+
 @pytest.fixture
 def trained(rng):
     net = gpubp.Network([5, 7, 3], activation="gelu", output="softmax", cost="log_likelihood",

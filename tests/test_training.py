@@ -9,6 +9,10 @@ import pytest
 
 import gpubp
 
+
+# every test here runs on each CPU backend (tests/conftest.py): NumPy's Ops, then the fused Numba one
+pytestmark = pytest.mark.usefixtures("cpu_backend")
+
 XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)
 XOR_Y = np.array([0, 1, 1, 0])
 

@@ -8,6 +8,10 @@ from gpubp.activations import Activation
 from gpubp.backend import get_ops
 
 
+# every test here runs on each CPU backend (tests/conftest.py): NumPy's Ops, then the fused Numba one
+pytestmark = pytest.mark.usefixtures("cpu_backend")
+
+
 def test_single_sigmoid_neuron():
     """Inputs 2, 3, 4, weights 0.1, 0.5, 0.9, bias −2: z = 3.3, a = σ(3.3) = 0.9644."""
     net = gpubp.Network([3, 1], activation="sigmoid", device="cpu", dtype="float64")

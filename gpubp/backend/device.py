@@ -9,6 +9,9 @@ import re
 from .ops import Ops
 
 DEVICE_ENV = "GPUBP_DEVICE"
+#: which backend device="cpu" runs: "numba" (fused kernels), "numpy" (the reference) or "auto"
+CPU_BACKEND_ENV = "GPUBP_CPU_BACKEND"
+CPU_BACKENDS = ("numba", "numpy")
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
 
 
@@ -56,7 +59,7 @@ def get_ops(device: str | None = None) -> Ops:
     if kind == "auto":
         kind = "cpu" if cuda_unavailable_reason() is not None else "cuda"
     if kind == "cpu":
-        return _numpy_ops()
+        return _cpu_ops(cpu_backend())
     reason = cuda_unavailable_reason(index)
     if reason is not None:
         raise DeviceError(f"device {device!r} is not usable: {reason}")
@@ -68,7 +71,35 @@ def get_ops(device: str | None = None) -> Ops:
 
 
 @functools.lru_cache(maxsize=None)
-def _numpy_ops() -> Ops:
+def numba_unavailable_reason() -> str | None:
+    """Why the fused CPU backend cannot be used (Numba missing or too old), or None if it can."""
+    try:
+        from . import cpu_kernels  # noqa: F401
+    except ImportError as exc:
+        return f"Numba is not installed or not usable ({exc}); install gpubp[fast]"
+    return None
+
+
+def cpu_backend() -> str:
+    """The CPU backend device="cpu" uses: env GPUBP_CPU_BACKEND ("numba", "numpy"; unset or "auto": numba
+    when it is installed, else numpy). Forcing "numba" without Numba raises DeviceError saying why."""
+    choice = (os.environ.get(CPU_BACKEND_ENV) or "auto").strip().lower()
+    if choice not in (*CPU_BACKENDS, "auto"):
+        raise ValueError(f"{CPU_BACKEND_ENV}={os.environ[CPU_BACKEND_ENV]!r} is not a CPU backend; "
+                         f"expected one of {', '.join(CPU_BACKENDS)} or auto")
+    reason = numba_unavailable_reason() if choice != "numpy" else None
+    if choice == "numba" and reason is not None:
+        raise DeviceError(f"{CPU_BACKEND_ENV}=numba: {reason}")
+    return "numba" if choice != "numpy" and reason is None else "numpy"
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_ops(backend: str) -> Ops:
+    """The shared CPU backend called ``backend`` ("numba" or "numpy")."""
+    if backend == "numba":
+        from .numba_ops import NumbaOps
+
+        return NumbaOps()
     from .numpy_ops import NumpyOps
 
     return NumpyOps()

@@ -1,0 +1,264 @@
+"""The fused CPU kernels (Numba): the host counterparts of ``kernels/*.cu``, one pass per elementwise step.
+
+Each kernel mirrors the NumPy reference (``Ops`` and ``gpubp/activations.py``) operation by operation, in
+the array's own dtype, with every constant first rounded to that dtype as NumPy rounds Python floats, so
+results agree with ``Ops`` to an ulp or two (libm's tanh/exp/log1p against NumPy's own). No ``fastmath``:
+it would contract a·b + c into FMAs and reorder sums, and the reference would no longer be matched.
+
+Arrays are flat C-contiguous 1-D views, (rows, cols) is passed as ``cols``, and the activation and the cost
+are the integer ids of ``kernels.ACTIVATION_IDS`` / ``kernels.COST_IDS``: each kernel therefore compiles
+once per dtype (two specialisations), cached on disk (``cache=True``) so only the first run on a machine
+pays for the compile. The kernels are serial: on the small batches where they matter a thread pool's
+wake-up costs more than the pass itself, and at M/L sizes they are a few percent of a step (bench/README).
+"""
+
+from __future__ import annotations
+
+import math
+
+from numba import njit
+
+from ..activations import GELU_C, GELU_K, LEAKY_SLOPE
+from .kernels import ACTIVATION_IDS, COST_IDS
+
+SIGMOID, TANH, RELU, LEAKY_RELU, SOFTPLUS, SWISH, GELU, MISH, IDENTITY = (
+    ACTIVATION_IDS[name] for name in ("sigmoid", "tanh", "relu", "leaky_relu", "softplus", "swish", "gelu",
+                                      "mish", "identity"))
+QUADRATIC, CROSS_ENTROPY, LOG_LIKELIHOOD = (COST_IDS[n] for n in ("quadratic", "cross_entropy",
+                                                                   "log_likelihood"))
+LN2 = math.log(2.0)
+GELU_3K = 3.0 * GELU_K
+
+jit = njit(cache=True, nogil=True)
+
+
+# ---- σ and σ′ (gpubp/activations.py, same order of operations) ----------------------------------------
+@jit
+def _sigmoid(z, t):
+    """½ tanh(z/2) + ½."""
+    return math.tanh(z * t(0.5)) * t(0.5) + t(0.5)
+
+
+@jit
+def _softplus(z, t):
+    """NumPy's logaddexp(0, z): ln 2 at 0, ln(1 + e^z) below, z + ln(1 + e^−z) above; NaN stays NaN."""
+    if z == 0:
+        return t(LN2)
+    if z < 0:
+        return math.log1p(math.exp(z))
+    if z > 0:
+        return z + math.log1p(math.exp(-z))
+    return z
+
+
+@jit
+def _gelu_tanh(z, t):
+    """tanh(√(2/π) (z + 0.044715 z³))."""
+    return math.tanh(t(GELU_C) * (z + t(GELU_K) * z * z * z))
+
+
+@jit
+def act_f(act, z, t):
+    """σ(z) for activation id ``act``."""
+    if act == SIGMOID:
+        return _sigmoid(z, t)
+    if act == TANH:
+        return math.tanh(z)
+    if act == RELU:
+        return z if z >= 0 or z != z else t(0)                   # np.maximum(z, 0): NaN propagates
+    if act == LEAKY_RELU:
+        return z if z >= 0 or z != z else z * t(LEAKY_SLOPE)
+    if act == SOFTPLUS:
+        return _softplus(z, t)
+    if act == SWISH:
+        return _sigmoid(z, t) * z
+    if act == GELU:
+        return (_gelu_tanh(z, t) + t(1)) * t(0.5) * z
+    if act == MISH:
+        return math.tanh(_softplus(z, t)) * z
+    return z                                                      # identity
+
+
+@jit
+def act_df(act, z, a, t):
+    """σ′(z) for activation id ``act``, given a = σ(z)."""
+    if act == SIGMOID:
+        return (t(1) - a) * a
+    if act == TANH:
+        return t(1) - a * a
+    if act == RELU:
+        return t(1) if a > 0 else t(0)
+    if act == LEAKY_RELU:
+        return (t(1) if a > 0 else t(0)) * t(1.0 - LEAKY_SLOPE) + t(LEAKY_SLOPE)
+    if act == SOFTPLUS:
+        return _sigmoid(z, t)
+    if act == SWISH:
+        s = _sigmoid(z, t)
+        return ((t(1) - s) * z + t(1)) * s
+    if act == GELU:
+        th = _gelu_tanh(z, t)
+        du = t(GELU_C) * (t(1) + t(GELU_3K) * z * z)
+        return t(0.5) * z * (t(1) - th * th) * du + t(0.5) * (t(1) + th)
+    if act == MISH:
+        th = math.tanh(_softplus(z, t))
+        return (t(1) - th * th) * z * _sigmoid(z, t) + th
+    return t(1)                                                   # identity
+
+
+# ---- forward --------------------------------------------------------------------------------------
+@jit
+def bias_activation(act, z, b, a, cols):
+    """z += b (row-broadcast) and a = σ(z), one pass."""
+    t = z.dtype.type
+    for r in range(z.size // cols):
+        base = r * cols
+        for j in range(cols):
+            v = z[base + j] + b[j]
+            z[base + j] = v
+            a[base + j] = act_f(act, v, t)
+
+
+@jit
+def bias_softmax(z, b, a, cols):
+    """z += b, then a = e^(z − max z) / Σ e^(z − max z) per row."""
+    for r in range(z.size // cols):
+        base = r * cols
+        top = z[base] + b[0]
+        for j in range(cols):
+            v = z[base + j] + b[j]
+            z[base + j] = v
+            if v > top or v != v:
+                top = v
+        total = a.dtype.type(0)
+        for j in range(cols):
+            e = math.exp(z[base + j] - top)
+            a[base + j] = e
+            total += e
+        for j in range(cols):
+            a[base + j] /= total
+
+
+# ---- backward -------------------------------------------------------------------------------------
+@jit
+def backprop_activation(act, z, a, g, out):
+    """out = σ′(z) ⊙ g (BP1/BP2); ``out`` may be ``g``."""
+    t = g.dtype.type
+    for i in range(g.size):
+        out[i] = act_df(act, z[i], a[i], t) * g[i]
+
+
+@jit
+def softmax_backward(a, g, out, cols):
+    """out = a ⊙ (g − Σⱼ gⱼaⱼ) per row (the softmax Jacobian applied to g); ``out`` may be ``g``."""
+    for r in range(a.size // cols):
+        base = r * cols
+        dot = g.dtype.type(0)
+        for j in range(cols):
+            dot += g[base + j] * a[base + j]
+        for j in range(cols):
+            out[base + j] = (g[base + j] - dot) * a[base + j]
+
+
+@jit
+def _clip(a, eps, t):
+    return eps if a < eps else (t(1) - eps if a > t(1) - eps else a)
+
+
+@jit
+def _cost_term(cost, ai, yi, eps, labelled, t):
+    """The element's share of Cₓ (kernels/costs.cuh): ½(a − y)², −[y ln a + (1 − y) ln(1 − a)], −y ln a."""
+    if cost == QUADRATIC:
+        d = ai - yi
+        return t(0.5) * (d * d)
+    if cost == CROSS_ENTROPY:
+        ac = _clip(ai, eps, t)
+        return -(yi * math.log(ac) + (t(1) - yi) * math.log(t(1) - ac))
+    if yi == 0:
+        return t(0)
+    return -(yi * math.log(max(ai, eps) if labelled else _clip(ai, eps, t)))
+
+
+@jit
+def _cost_grad(cost, stable, ai, yi, eps, t):
+    """∂Cₓ/∂a for the element, or a − y in a stable pair."""
+    if stable or cost == QUADRATIC:
+        return ai - yi
+    ac = _clip(ai, eps, t)
+    if cost == CROSS_ENTROPY:
+        return (ac - yi) / (ac * (t(1) - ac))
+    return -yi / ac
+
+
+@jit
+def output_delta(act, cost, stable, z, a, y, labels, out, loss_sum, eps, cols):
+    """δᴸ = ∇ₐC ⊙ σ′(zᴸ), or aᴸ − y when ``stable``, into ``out`` (skipped when it is empty); Σₓ Cₓ added
+    into ``loss_sum[0]`` (skipped when empty), summed in float64 with Neumaier's compensation so that the
+    loss is exact to an ulp (finite differences of it check the gradient). Targets: ``y`` like ``a``, or
+    int64 ``labels`` (rows,) when ``y`` is empty."""
+    t = a.dtype.type
+    write, labelled, with_loss = out.size > 0, y.size == 0, loss_sum.size > 0
+    total, compensation = 0.0, 0.0
+    for r in range(a.size // cols):
+        base = r * cols
+        for j in range(cols):
+            i = base + j
+            ai = a[i]
+            if labelled:
+                yi = t(1) if labels[r] == j else t(0)
+            else:
+                yi = y[i]
+            if with_loss:
+                term = float(_cost_term(cost, ai, yi, eps, labelled, t))
+                running = total + term
+                if abs(total) >= abs(term):
+                    compensation += (total - running) + term
+                else:
+                    compensation += (term - running) + total
+                total = running
+            if write:
+                grad = _cost_grad(cost, stable, ai, yi, eps, t)
+                out[i] = grad if stable else act_df(act, z[i], ai, t) * grad
+    if with_loss:
+        loss_sum[0] += total + compensation
+
+
+# ---- optimizers over the flat parameter buffer (Ops.sgd_update & co.) --------------------------------
+@jit
+def sgd_update(params, grad, n_weights, decay, step):
+    """w ← w·(1 − ηλ) − (η s)·g; the biases (from ``n_weights`` on) skip the decay."""
+    for i in range(n_weights):
+        params[i] = params[i] * decay - grad[i] * step
+    for i in range(n_weights, params.size):
+        params[i] = params[i] - grad[i] * step
+
+
+@jit
+def momentum_update(params, grad, velocity, n_weights, s, lam, lr, mu):
+    """g ← s·g + λw; v ← μv − η g; w ← w + v."""
+    for i in range(params.size):
+        g = grad[i] * s
+        if lam != 0 and i < n_weights:
+            g = g + lam * params[i]
+        v = velocity[i] * mu - g * lr
+        velocity[i] = v
+        params[i] = params[i] + v
+
+
+@jit
+def adam_update(params, grad, m, v, n_weights, s, lam, beta1, one_minus_beta1, beta2, one_minus_beta2,
+                step_size, eps_hat):
+    """g ← s·g + λw; m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; w ← w − (m / (√v + ε̂))·α̂.
+
+    α̂ and ε̂ (the bias corrections) are float64, as in ``Ops.adam_update``, where NumPy adds and multiplies
+    them in float64 and rounds the result to the buffer's dtype."""
+    t = params.dtype.type
+    for i in range(params.size):
+        g = grad[i] * s
+        if lam != 0 and i < n_weights:
+            g = g + lam * params[i]
+        mi = m[i] * beta1 + one_minus_beta1 * g
+        vi = v[i] * beta2 + one_minus_beta2 * (g * g)
+        m[i] = mi
+        v[i] = vi
+        denom = t(math.sqrt(vi) + eps_hat)
+        params[i] = params[i] - t((mi / denom) * step_size)

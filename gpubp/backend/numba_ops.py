@@ -1,0 +1,171 @@
+"""The fused CPU backend: ``Ops`` on NumPy arrays, with every elementwise step one compiled Numba pass.
+
+The CPU counterpart of ``CupyOps``: matmuls stay NumPy's (BLAS); bias + σ, σ′ ⊙ g, the output delta with its
+loss, softmax forward and backward and the SGD / momentum / Adam updates are the kernels of
+``cpu_kernels``, each one pass over memory with no temporaries. Anything those kernels do not cover (a
+user-defined cost or activation, arrays that are not C-contiguous float32/float64 of one dtype) runs the
+NumPy reference of ``Ops`` instead, so the backend accepts everything ``Ops`` does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..activations import Activation
+from ..costs import LOG_EPS, Cost, CrossEntropy, LogLikelihood, Quadratic
+from . import cpu_kernels
+from .kernels import ACTIVATION_IDS, COST_IDS
+from .ops import Array, Ops
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_IDENTITY = ACTIVATION_IDS["identity"]
+_BUILTIN_COSTS = (Quadratic, CrossEntropy, LogLikelihood)
+
+
+def _cost_id(cost: Cost) -> int | None:
+    """The kernel id of a built-in cost (subclasses included, as in Ops), None for any other cost."""
+    for kind in _BUILTIN_COSTS:
+        if isinstance(cost, kind):
+            return COST_IDS[kind.name]
+    return None
+
+
+def _fusable(*arrays: Array) -> bool:
+    """Whether the kernels can take these arrays: C-contiguous NumPy arrays of one float dtype."""
+    dtype = arrays[0].dtype
+    return dtype in _FLOATS and all(type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
+                                    for x in arrays)
+
+
+def _flat(x: Array) -> Array:
+    """A C-contiguous array as a 1-D view (no copy)."""
+    return x.reshape(-1)
+
+
+class NumbaOps(Ops):
+    """Every step on the CPU: NumPy's BLAS for the matmuls, one fused Numba kernel per elementwise step."""
+
+    name = "numba"
+    xp = np
+    device = "cpu"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._empty = {dtype: np.empty(0, dtype) for dtype in (*_FLOATS, np.dtype(np.int64))}
+
+    # ---- forward ------------------------------------------------------------------------------------
+    def bias_activation(self, z: Array, b: Array, activation: Activation, a: Array) -> Array:
+        """z += b (row-broadcast) and a = σ(z) in one pass (row-wise for softmax)."""
+        act = ACTIVATION_IDS.get(activation.name, -1) if activation.elementwise else None
+        cols = z.shape[-1] if z.ndim else 0
+        if act == -1 or not _fusable(z, b, a) or a.shape != z.shape or b.shape != (cols,):
+            return super().bias_activation(z, b, activation, a)
+        if z.size:
+            if act is None:
+                cpu_kernels.bias_softmax(_flat(z), b, _flat(a), cols)
+            else:
+                cpu_kernels.bias_activation(act, _flat(z), b, _flat(a), cols)
+        return a
+
+    # ---- backward -----------------------------------------------------------------------------------
+    def backprop_activation(self, activation: Activation, z: Array, a: Array, g: Array,
+                            out: Array) -> Array:
+        """out = σ′(z) ⊙ g in one pass (softmax: its Jacobian, row by row); ``out`` may be ``g``."""
+        if not activation.elementwise:
+            cols = a.shape[-1] if a.ndim else 0
+            if not _fusable(a, g, out) or not a.shape == g.shape == out.shape:
+                return super().backprop_activation(activation, z, a, g, out)
+            if a.size:
+                cpu_kernels.softmax_backward(_flat(a), _flat(g), _flat(out), cols)
+            return out
+        act = ACTIVATION_IDS.get(activation.name)
+        if z is None and not activation.needs_z:
+            z = a  # σ′ from a alone never reads z
+        if act is None or a is None or z is None or not _fusable(z, a, g, out) \
+                or not z.shape == a.shape == g.shape == out.shape:
+            return super().backprop_activation(activation, z, a, g, out)
+        cpu_kernels.backprop_activation(act, _flat(z), _flat(a), _flat(g), _flat(out))
+        return out
+
+    def output_delta(self, cost: Cost, activation: Activation, z: Array, a: Array, target: Array,
+                     out: Array, loss_sum: Array | None = None) -> Array:
+        """δᴸ and Σₓ Cₓ (into ``loss_sum``) in one pass for the built-in costs (see Ops.output_delta)."""
+        act = ACTIVATION_IDS.get(activation.name, -1) if activation.elementwise else _IDENTITY
+        stable = (isinstance(cost, CrossEntropy) and activation.name == "sigmoid") or \
+                 (isinstance(cost, LogLikelihood) and activation.name == "softmax")
+        if z is None and (stable or not activation.needs_z):
+            z = a
+        if _cost_id(cost) is None or act == -1 or z is None or out.shape != a.shape or z.shape != a.shape \
+                or not _fusable(z, a, out) or not self._output_kernel(cost, act, stable, z, a, target, out,
+                                                                       loss_sum):
+            return super().output_delta(cost, activation, z, a, target, out, loss_sum)
+        if not activation.elementwise and not stable:  # softmax with another cost: apply its Jacobian
+            self.backprop_activation(activation, z, a, out, out)
+        return out
+
+    def cost_sum(self, cost: Cost, a: Array, target: Array) -> Array:
+        """Σₓ Cₓ(a, y) as a 0-d array (one pass for the built-in costs)."""
+        total = np.zeros(1, np.float64)
+        if _cost_id(cost) is None or not _fusable(a) or \
+                not self._output_kernel(cost, _IDENTITY, False, a, a, target, None, total):
+            return super().cost_sum(cost, a, target)
+        return a.dtype.type(total[0])
+
+    def _output_kernel(self, cost: Cost, act: int, stable: bool, z: Array, a: Array, target: Array,
+                       out: Array | None, loss_sum: Array | None) -> bool:
+        """Run cpu_kernels.output_delta; False (nothing done) where the targets or ``loss_sum`` do not fit
+        it, so that the caller runs the reference instead."""
+        if a.ndim != 2 or a.size == 0:
+            return False
+        if target.ndim == 1 and target.dtype == np.int64 and len(target) == len(a):
+            y, labels = self._empty[a.dtype], target
+        elif target.shape == a.shape and target.dtype == a.dtype and type(target) is np.ndarray:
+            y, labels = np.ascontiguousarray(target).reshape(-1), self._empty[np.dtype(np.int64)]
+        else:
+            return False
+        if loss_sum is None:
+            loss = self._empty[a.dtype]
+        elif type(loss_sum) is np.ndarray and loss_sum.size == 1 and loss_sum.dtype in _FLOATS \
+                and loss_sum.flags.c_contiguous:
+            loss = loss_sum.reshape(-1)
+        else:
+            return False
+        eps = a.dtype.type(LOG_EPS.get(a.dtype, 1e-7))
+        cpu_kernels.output_delta(act, _cost_id(cost), stable, _flat(z), _flat(a), y, labels,
+                                 self._empty[a.dtype] if out is None else _flat(out), loss, eps, a.shape[1])
+        return True
+
+    # ---- optimizers over the flat parameter buffer ------------------------------------------------
+    def sgd_update(self, params: Array, grad: Array, lr: float, grad_scale: float,
+                   weight_decay: float, n_weights: int) -> None:
+        """w ← w − η (s·g + λw) in one pass (``grad`` is left as it was)."""
+        if not _fusable(params, grad) or params.ndim != 1 or grad.shape != params.shape:
+            return super().sgd_update(params, grad, lr, grad_scale, weight_decay, n_weights)
+        t = params.dtype.type
+        cpu_kernels.sgd_update(params, grad, n_weights, t(1.0 - lr * weight_decay), t(lr * grad_scale))
+
+    def momentum_update(self, params: Array, grad: Array, velocity: Array, lr: float,
+                        momentum: float, grad_scale: float, weight_decay: float,
+                        n_weights: int) -> None:
+        """v ← μv − η (s·g + λw); w ← w + v in one pass."""
+        if not _fusable(params, grad, velocity) or params.ndim != 1 or \
+                not params.shape == grad.shape == velocity.shape:
+            return super().momentum_update(params, grad, velocity, lr, momentum, grad_scale, weight_decay,
+                                           n_weights)
+        t = params.dtype.type
+        cpu_kernels.momentum_update(params, grad, velocity, n_weights, t(grad_scale), t(weight_decay),
+                                    t(lr), t(momentum))
+
+    def adam_update(self, params: Array, grad: Array, m: Array, v: Array, lr: float, beta1: float,
+                    beta2: float, eps: float, step: int, grad_scale: float, weight_decay: float,
+                    n_weights: int) -> None:
+        """Adam (see Ops.adam_update) in one pass; the bias corrections are folded into α̂ and ε̂."""
+        if not _fusable(params, grad, m, v) or params.ndim != 1 or \
+                not params.shape == grad.shape == m.shape == v.shape:
+            return super().adam_update(params, grad, m, v, lr, beta1, beta2, eps, step, grad_scale,
+                                       weight_decay, n_weights)
+        t = params.dtype.type
+        step_size = lr * np.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+        eps_hat = eps * np.sqrt(1.0 - beta2 ** step)
+        cpu_kernels.adam_update(params, grad, m, v, n_weights, t(grad_scale), t(weight_decay), t(beta1),
+                                t(1.0 - beta1), t(beta2), t(1.0 - beta2), float(step_size), float(eps_hat))
