@@ -1,4 +1,4 @@
-"""The ``gpubp`` command line: ``train``, ``evaluate``, ``info`` and ``bench``.
+"""The ``gpubp`` command line: ``train``, ``evaluate``, ``info``, ``bench`` and ``selftest``.
 
 User errors (missing data, a bad --sizes string, an unknown activation, an unwritable --save path, …) are
 found before training starts and print one line ``gpubp: error: …`` to stderr with exit status 2.
@@ -21,6 +21,7 @@ from . import datasets
 from .backend import cuda_unavailable_reason, get_ops
 
 #: exit statuses
+MISMATCH = 1
 USAGE_ERROR = 2
 INTERRUPTED = 130
 #: training samples whose mean gradient gives the per-layer learning speed in --plot
@@ -99,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True,
                        help="include PyTorch when installed (default yes)")
     bench.set_defaults(run=cmd_bench)
+
+    selftest = commands.add_parser("selftest", help="check every backend's kernels, backprop and training "
+                                                    "steps against the NumPy reference (exit 1 on a mismatch)")
+    selftest.add_argument("--backends", default=None, metavar="LIST",
+                          help="comma-separated backends among numpy, numba, cuda:N (default: every one "
+                               "usable here)")
+    selftest.set_defaults(run=cmd_selftest)
     return parser
 
 
@@ -355,10 +363,38 @@ def cmd_info(args: argparse.Namespace) -> int:
     _say("GPUs:      " + ("; ".join(gpus) if gpus else f"none ({reason})"))
     auto = get_ops("auto")
     _say(f"auto:      {auto.device}" + ("" if gpus else " (no usable GPU)"))
+    _say(f"cpu:       {cpu_backend_description()}")
     _say(f"env GPUBP_DEVICE={os.environ.get('GPUBP_DEVICE', '(unset)')}  "
          f"GPUBP_DATA={os.environ.get(datasets.DATA_ENV, '(unset)')}")
     _say(f"kernels:   {kernel_check()}")
     return 0
+
+
+def cpu_backend_description() -> str:
+    """Which backend device="cpu" uses, and how to choose the other one."""
+    from .backend.device import CPU_BACKEND_ENV, cpu_backend, numba_unavailable_reason
+
+    setting = os.environ.get(CPU_BACKEND_ENV)
+    how = f"{CPU_BACKEND_ENV}={setting}" if setting else f"{CPU_BACKEND_ENV} unset"
+    try:
+        backend = cpu_backend()
+    except (ValueError, RuntimeError) as exc:
+        return f"unusable: {exc}"
+    if backend == "numba":
+        return f"numba {_version('numba')}: fused kernels ({how}; {CPU_BACKEND_ENV}=numpy forces the NumPy " \
+               "reference)"
+    reason = numba_unavailable_reason()
+    return f"numpy: the NumPy reference ({how}" + (f"; {reason})" if reason else ")")
+
+
+# ---- selftest ---------------------------------------------------------------------------------------
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from .selftest import format_report, run_selftest
+
+    backends = None if args.backends is None else [b.strip().lower() for b in args.backends.split(",")]
+    rows, missing = run_selftest(backends, log=lambda line: _say(line, err=True))
+    _say(format_report(rows, missing))
+    return 0 if all(row.ok for row in rows) else MISMATCH
 
 
 # ---- bench ------------------------------------------------------------------------------------------

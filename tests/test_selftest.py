@@ -1,0 +1,108 @@
+"""``gpubp selftest``: its table and exit status on the CPU backends, planted wrong kernels it must report,
+and its CUDA rows under the emulated CuPy (tests/cpp/emulated_cupy.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_kernels_host import emulated, host_program  # noqa: F401  (fixtures: the emulated CuPy)
+
+from gpubp.backend import device, kernels
+from gpubp.cli import main
+from gpubp.selftest import CHECKS
+
+needs_numba = pytest.mark.skipif(device.numba_unavailable_reason() is not None,
+                                 reason=f"the fused CPU backend: {device.numba_unavailable_reason()}")
+
+
+def selftest(capsys, *argv: str) -> tuple[int, str, dict[tuple[str, str], list[str]]]:
+    """(exit status, stdout, {(backend, dtype): the row's cells}) of ``gpubp selftest``."""
+    status = main(["selftest", *argv])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("backend"))
+    assert lines[header].split()[:3] == ["backend", "dtype", "load"] and lines[header].split()[-1] == "result"
+    rows = {}
+    for line in lines[header + 2:]:
+        if not line.strip():
+            break
+        cells = line.split()
+        if cells[0] != "not":
+            rows[cells[0], cells[1]] = cells[2:]
+    return status, out, rows
+
+
+@needs_numba
+def test_every_cpu_backend_passes(capsys):
+    status, out, rows = selftest(capsys)
+    assert status == 0, out
+    assert set(rows) == {(b, d) for b in ("numpy", "numba") for d in ("float32", "float64")}
+    assert all(cells[-1] == "ok" for cells in rows.values())
+    assert "all 4 backend/dtype rows passed" in out
+    assert rows["numba", "float64"][-2] != "-" and rows["numba", "float32"][-2] == "-"  # finite diff. in f64
+    for check in CHECKS:
+        assert check in out
+
+
+@needs_numba
+def test_a_planted_wrong_kernel_is_reported(capsys, monkeypatch):
+    """σ′ ⊙ g that forgets σ′: the fused backend's rows fail on that step and on backprop; NumPy's pass."""
+    from gpubp.backend import cpu_kernels
+
+    monkeypatch.setattr(cpu_kernels, "backprop_activation", lambda act, z, a, g, out: np.copyto(out, g))
+    status, out, rows = selftest(capsys)
+    assert status == 1
+    for dtype in ("float32", "float64"):
+        assert rows["numpy", dtype][-1] == "ok"
+        assert rows["numba", dtype][-1] == "FAILED"
+        assert f"numba {dtype} σ′⊙g: worst error" in out and f"numba {dtype} BP1–BP4: worst error" in out
+    assert "MISMATCH" in out and "numba float32 bias+σ" not in out
+
+
+@needs_numba
+def test_a_kernel_that_does_not_load_is_reported(capsys, monkeypatch):
+    from gpubp.backend import cpu_kernels
+
+    def broken(*args):
+        raise RuntimeError("planted compile failure")
+
+    monkeypatch.setattr(cpu_kernels, "sgd_update", broken)
+    status, out, rows = selftest(capsys, "--backends", "numba")
+    assert status == 1 and set(rows) == {("numba", "float32"), ("numba", "float64")}
+    assert rows["numba", "float32"][0] == "ERROR"
+    assert "numba float32 load: RuntimeError: planted compile failure" in out
+
+
+def test_backends_option(capsys):
+    status, out, rows = selftest(capsys, "--backends", "numpy")
+    assert status == 0 and set(rows) == {("numpy", "float32"), ("numpy", "float64")}
+    assert main(["selftest", "--backends", "numpy,cuda:7"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpubp: error: backend 'cuda:7' is not usable here")
+
+
+def test_cuda_rows_under_the_emulated_cupy(emulated, capsys):  # noqa: F811
+    status, out, rows = selftest(capsys, "--backends", "cuda:0")
+    assert status == 0, out
+    assert set(rows) == {("cuda:0", "float32"), ("cuda:0", "float64")}
+    assert all(cells[-1] == "ok" for cells in rows.values())
+
+
+def test_a_planted_wrong_cuda_kernel_is_reported(emulated, capsys, monkeypatch):  # noqa: F811
+    """The backward kernel's sigmoid′ = a(1 − a) replaced by a in backprop.cu: compiled, run, reported."""
+    original = kernels.module_source
+
+    def planted(file: str) -> str:
+        source = original(file)
+        if file == "backprop.cu":
+            source = source.replace("return (T(1) - a) * a;", "return a;")
+            assert "return a;" in source
+        return source
+
+    monkeypatch.setattr(kernels, "module_source", planted)
+    monkeypatch.setattr(kernels, "_modules", {})
+    monkeypatch.setattr(kernels, "_functions", {})
+    status, out, rows = selftest(capsys, "--backends", "cuda:0")
+    assert status == 1
+    assert "cuda:0 float64 σ′⊙g: worst error" in out and "cuda:0 float64 BP1–BP4: worst error" in out
+    assert "cuda:0 float64 output δ" not in out  # the output kernel has its own, correct, copy of σ′
