@@ -116,7 +116,7 @@ class Communicator:
         _check_contiguous(array, "allreduce_sum")
         if self._mpi is None:
             return _done
-        if isinstance(array, np.ndarray):
+        if not _on_gpu(array):
             from mpi4py import MPI
 
             request = self._mpi.Iallreduce(MPI.IN_PLACE, array, op=MPI.SUM)
@@ -148,7 +148,7 @@ class Communicator:
                              for r, m in enumerate(metas))
             raise ValueError(f"cannot broadcast from rank {root}: the ranks hold arrays of different "
                              f"size or dtype ({held}); is the same model built on every rank?")
-        if isinstance(array, np.ndarray):
+        if not _on_gpu(array):
             self._wait(self._mpi.Ibcast(array, root=root), "broadcast")
         else:
             ptr = self._device_pointer(array, "broadcast")
@@ -224,8 +224,11 @@ def init(device: str | None = None, timeout: float | None = 60.0) -> Communicato
     """Join the MPI job (or run alone) and pick this rank's device; returns its :class:`Communicator`.
 
     ``device``: "cpu", "cuda", "auto" (the default, from env GPUBP_DEVICE else "auto") or "cuda:N" (only
-    with one rank per node). On GPUs rank r uses ``cuda:local_rank`` (its index among the ranks on its
-    node) and the ranks talk over NCCL; every rank must resolve to the same kind of device. ``timeout``:
+    with one rank per node). On GPUs a rank uses ``cuda:(local_rank % visible GPUs)``, where local_rank is
+    its index among the ranks on its node: ``cuda:local_rank`` when every rank sees all the node's GPUs,
+    ``cuda:0`` when the launcher gives each rank one (SLURM ``--gpus-per-task=1``, CUDA_VISIBLE_DEVICES per
+    rank); two ranks of a node on one GPU are refused. The ranks talk over NCCL; every rank must resolve
+    to the same kind of device. ``timeout``:
     seconds an MPI collective may wait before the job is aborted (None: wait forever).
     Without mpi4py a single process gets a communicator whose collectives do nothing. A second call
     returns the same communicator (with the new timeout).
@@ -254,13 +257,18 @@ def init(device: str | None = None, timeout: float | None = 60.0) -> Communicato
         _install_excepthook(world.rank, world.size)
     node = world.Split_type(MPI.COMM_TYPE_SHARED)
     local_rank, local_size = node.rank, node.size
-    node.Free()
     comm = Communicator(world.rank, world.size, "cpu", timeout, mpi_comm=world, local_rank=local_rank)
     error: Exception | None = None
     try:
         device_name = _device_for(kind, index, local_rank, local_size)
     except (DeviceError, ValueError) as exc:
         device_name, error = "", exc
+    try:  # every rank of the node takes part, whatever its own outcome
+        shared = _shared_gpu_error(Communicator(node.rank, node.size, "cpu", timeout, mpi_comm=node),
+                                   device_name)
+    finally:
+        node.Free()
+    error = error or shared
     # agree on the outcome before anyone goes on: a rank that failed alone would leave the others waiting
     outcomes = comm._allgather(np.array([error is not None, device_name.startswith("cuda")], dtype=np.int8),
                                "init (device check)")
@@ -305,12 +313,46 @@ def _device_for(kind: str, index: int | None, local_rank: int, local_size: int) 
         if local_size > 1:
             raise ValueError(f"device 'cuda:{index}' would put {local_size} ranks of this node on one GPU; "
                              "pass device='cuda' so that each rank takes cuda:<local rank>")
-        local_rank = index
-    reason = cuda_unavailable_reason(local_rank)
+        gpu = index
+    else:
+        count = _visible_gpus()
+        gpu = local_rank % count if count else local_rank
+    reason = cuda_unavailable_reason(gpu)
     if reason is not None:
-        hint = " (start at most one rank per GPU on each node)" if cuda_unavailable_reason() is None else ""
-        raise DeviceError(f"local rank {local_rank} of {local_size} needs cuda:{local_rank}: {reason}{hint}")
-    return f"cuda:{local_rank}"
+        raise DeviceError(f"local rank {local_rank} of {local_size} needs cuda:{gpu}: {reason}")
+    return f"cuda:{gpu}"
+
+
+def _visible_gpus() -> int:
+    """How many GPUs this process sees (0 where CuPy or the driver is missing)."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # ImportError, CUDARuntimeError: cuda_unavailable_reason says why
+        return 0
+
+
+def _shared_gpu_error(node: Communicator, device_name: str) -> DeviceError | None:
+    """A DeviceError when two ranks of this node would use one physical GPU (NCCL refuses that), told
+    apart by PCI bus id; None otherwise (also for CPU ranks, which send an empty id)."""
+    row = np.zeros(64, dtype=np.uint8)
+    if device_name.startswith("cuda"):
+        import cupy
+
+        bus = cupy.cuda.Device(int(device_name.split(":")[1])).pci_bus_id.encode()[:64]
+        row[:len(bus)] = np.frombuffer(bus, dtype=np.uint8)
+    rows = node._allgather(row, "init (GPU per rank)")
+    users: dict[bytes, list[int]] = {}
+    for local_rank, bus_id in enumerate(rows):
+        if bus_id.any():
+            users.setdefault(bus_id.tobytes().rstrip(b"\0"), []).append(local_rank)
+    shared = next(((bus, ranks) for bus, ranks in users.items() if len(ranks) > 1), None)
+    if shared is None:
+        return None
+    return DeviceError(f"local ranks {', '.join(map(str, shared[1]))} of this node would share the GPU at "
+                       f"PCI {shared[0].decode()} ({_visible_gpus()} GPU(s) visible to a rank, "
+                       f"{node.size} ranks on the node): start at most one rank per GPU")
 
 
 def _nccl_communicator(comm: Communicator, gpu: int) -> Any:
@@ -326,10 +368,39 @@ def _nccl_communicator(comm: Communicator, gpu: int) -> Any:
                           "under MPI needs; install the NCCL library for your CUDA version as CuPy's "
                           "installation guide describes")
     cupy.cuda.Device(gpu).use()
-    # the id's 128 chars come as Python ints of C char's signedness: int16 carries either
-    uid = np.array(nccl.get_unique_id() if comm.rank == 0 else (0,) * 128, dtype=np.int16)
-    comm._wait(comm._mpi.Ibcast(uid, root=0), "init (NCCL unique id)")
-    return nccl.NcclCommunicator(comm.size, tuple(int(v) for v in uid), comm.rank)
+    wire = np.zeros(1 + NCCL_UNIQUE_ID_BYTES, dtype=np.uint8)
+    if comm.rank == 0:
+        wire[:] = _encode_unique_id(nccl.get_unique_id())
+    comm._wait(comm._mpi.Ibcast(wire, root=0), "init (NCCL unique id)")
+    return nccl.NcclCommunicator(comm.size, _decode_unique_id(wire), comm.rank)
+
+
+#: ncclUniqueId is 128 bytes. CuPy ≥ 14 hands it over as ``bytes``; older CuPy as a tuple of 128 ints, each
+#: a C ``char`` (signed on x86, unsigned on Arm) that its NcclCommunicator(ndev, tuple, rank) converts back.
+NCCL_UNIQUE_ID_BYTES = 128
+_ID_BYTES, _ID_SIGNED_CHARS, _ID_UNSIGNED_CHARS = 0, 1, 2
+
+
+def _encode_unique_id(uid: Any) -> np.ndarray:
+    """[form, 128 id bytes] as uint8 for the MPI broadcast; form says how the local CuPy gave the id."""
+    if isinstance(uid, (bytes, bytearray)):
+        form, raw = _ID_BYTES, np.frombuffer(bytes(uid), dtype=np.uint8)
+    else:
+        values = np.array(uid, dtype=np.int64)
+        form = _ID_UNSIGNED_CHARS if (values > 127).any() else _ID_SIGNED_CHARS
+        raw = (values % 256).astype(np.uint8)
+    if raw.size != NCCL_UNIQUE_ID_BYTES:
+        raise RuntimeError(f"nccl.get_unique_id() gave {raw.size} bytes, not the {NCCL_UNIQUE_ID_BYTES} of "
+                           "an ncclUniqueId: an unsupported CuPy version")
+    return np.concatenate([[form], raw]).astype(np.uint8)
+
+
+def _decode_unique_id(wire: np.ndarray) -> bytes | tuple[int, ...]:
+    """The id in the form rank 0's CuPy gave it (every rank runs the same CuPy)."""
+    form, raw = int(wire[0]), wire[1:]
+    if form == _ID_BYTES:
+        return raw.tobytes()
+    return tuple(int(v) for v in (raw.view(np.int8) if form == _ID_SIGNED_CHARS else raw))
 
 
 def _nccl_dtype(array: Array) -> int:
@@ -351,8 +422,13 @@ def _stream_ptr() -> int:
     return cupy.cuda.get_current_stream().ptr
 
 
+def _on_gpu(array: Array) -> bool:
+    """Whether ``array`` is in GPU memory (CuPy and other CUDA arrays export __cuda_array_interface__)."""
+    return hasattr(array, "__cuda_array_interface__")
+
+
 def _to_host(array: Array) -> np.ndarray:
-    if isinstance(array, np.ndarray):
+    if not _on_gpu(array):
         return array
     import cupy
 

@@ -24,7 +24,7 @@ def _all_finite(arr: Any, ops: Ops) -> bool:
     """Whether no element of ``arr`` (host or device) is NaN or ±inf: a sum is finite when every element
     is (NaN and inf propagate), so only a sum that overflows needs the elementwise check."""
     xp = ops.xp if _is_device_array(arr, ops) else np
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"), ops.activate():
         return bool(xp.isfinite(arr.sum())) or bool(xp.isfinite(arr).all())
 
 
@@ -33,8 +33,11 @@ def _is_device_array(x: Any, ops: Ops) -> bool:
 
 
 def _host_or_device(x: Any, ops: Ops, what: str) -> Any:
+    """``x`` as a host array, or as a device array on ``ops``'s device (copied there from another GPU,
+    so that the checks below run where the data will be used)."""
     if _is_device_array(x, ops):
-        return x
+        with ops.activate():
+            return ops.asarray(x)
     try:
         arr = to_numpy(x)
     except Exception as exc:
@@ -79,7 +82,8 @@ def check_targets(Y: Any, n: int, width: int, ops: Ops, dtype: np.dtype, needs_t
         raise ValueError(f"len(X) != len({what}): X has {n} samples, {what} has "
                          f"{0 if arr.ndim == 0 else len(arr)} (shape {to_shape(Y)})")
     if arr.ndim == 1 and arr.dtype.kind in "biu":
-        lo, hi = (int(arr.min()), int(arr.max())) if n else (0, 0)
+        with ops.activate():
+            lo, hi = (int(arr.min()), int(arr.max())) if n else (0, 0)
         top = 1 if width == 1 else width - 1
         if lo < 0 or hi > top:
             raise ValueError(f"{what} holds class labels, which must lie in 0..{top}; "

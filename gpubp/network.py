@@ -45,7 +45,8 @@ class ParameterList(list):
         if tuple(getattr(value, "shape", np.shape(value))) != tuple(view.shape):
             raise ValueError(f"layer {index} has shape {tuple(view.shape)}; "
                              f"got {tuple(np.shape(inputs.to_numpy(value)))}")
-        view[...] = self._ops.asarray(value, dtype=view.dtype)
+        with self._ops.activate():
+            view[...] = self._ops.asarray(value, dtype=view.dtype)
 
 
 class Workspace:
@@ -264,13 +265,14 @@ class Network:
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted classes (NumPy ints): argmax of aᴸ, or aᴸ > 0.5 for a single output."""
-        a = self.forward(X)
-        single = a.ndim == 1
-        a = a.reshape(1, -1) if single else a
-        if self.sizes[-1] == 1:
-            classes = self.ops.to_numpy(a[:, 0] > 0.5).astype(np.int64)
-        else:
-            classes = self.ops.to_numpy(a.argmax(axis=1)).astype(np.int64)
+        with self.ops.activate():
+            a = self.forward(X)
+            single = a.ndim == 1
+            a = a.reshape(1, -1) if single else a
+            if self.sizes[-1] == 1:
+                classes = self.ops.to_numpy(a[:, 0] > 0.5).astype(np.int64)
+            else:
+                classes = self.ops.to_numpy(a.argmax(axis=1)).astype(np.int64)
         return classes[0] if single else classes
 
     def evaluate(self, X: Any, Y: Any) -> dict[str, float]:

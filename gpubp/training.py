@@ -48,6 +48,10 @@ class Trainer:
         if not all(callable(cb) for cb in self.callbacks):
             raise ValueError("callbacks must be callables cb(net, epoch, logs)")
         self.comm = comm
+        if comm is not None and (comm.device == "cpu") != (net.device == "cpu"):
+            raise ValueError(f"the network is on {net.device!r} but the communicator of this rank is for "
+                             f"{comm.device!r}: create the network on comm.device, or move it with "
+                             f"net.to(comm.device)")
         if comm is not None and self.batch_size < comm.size:
             raise ValueError(f"batch_size {self.batch_size} is smaller than the world size {comm.size}: "
                              "every rank needs at least one sample of each mini-batch")
@@ -55,6 +59,8 @@ class Trainer:
         self.progress = main_rank and (sys.stderr.isatty() if progress is None else bool(progress))
 
     def run(self, X: Any, Y: Any, validation_data: Any) -> dict[str, list]:
+        if self.comm is not None and self.net.device != self.comm.device:
+            self.net.to(self.comm.device)  # another GPU than this rank's: NCCL sums on comm.device only
         net, ops = self.net, self.net.ops
         with ops.activate():
             x, _ = inputs.check_inputs(X, net.sizes[0], ops, net.dtype)

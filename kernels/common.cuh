@@ -92,6 +92,28 @@ __device__ __forceinline__ T warp_allmax(T v) {
     return v;
 }
 
+// atomicAdd on double is native from sm_60 on; older GPUs (CUDA 12 still targets sm_50–53) get the
+// compare-and-swap loop of the CUDA C++ Programming Guide. GPUBP_CAS_ATOMIC_ADD selects the loop on any
+// target, so that toolkits without those targets (CUDA 13) and the CPU emulator still compile and run it.
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 600) || defined(GPUBP_CAS_ATOMIC_ADD)
+__device__ __forceinline__ double atomic_add(double* address, double value) {
+    unsigned long long* bits = reinterpret_cast<unsigned long long*>(address);
+    unsigned long long old = *bits, assumed;
+    do {
+        assumed = old;
+        old = atomicCAS(bits, assumed, __double_as_longlong(value + __longlong_as_double(assumed)));
+    } while (assumed != old);  // integer compare: a NaN sum does not loop forever
+    return __longlong_as_double(old);
+}
+#else
+__device__ __forceinline__ double atomic_add(double* address, double value) {
+    return atomicAdd(address, value);
+}
+#endif
+__device__ __forceinline__ float atomic_add(float* address, float value) {
+    return atomicAdd(address, value);
+}
+
 // Adds the block's values into *total with one atomic per block (blockDim.x a multiple of 32, ≤ 1024).
 template <typename T>
 __device__ __forceinline__ void block_sum_atomic(T v, T* total) {
@@ -103,7 +125,7 @@ __device__ __forceinline__ void block_sum_atomic(T v, T* total) {
     if (warp == 0) {
         v = lane < int(blockDim.x >> 5) ? partial[lane] : T(0);
         v = warp_sum(v);
-        if (lane == 0) atomicAdd(total, v);
+        if (lane == 0) atomic_add(total, v);
     }
 }
 

@@ -2,7 +2,11 @@
 
     mpiexec -n 2 python tests/distributed_worker.py SCENARIO OUT_DIR [TIMEOUT_S]
 
-Scenario "gpu" trains on ``cuda:<local rank>`` over NCCL. Training scenarios save rank 0's final
+Scenario "gpu" trains on ``cuda:<local rank>`` over NCCL; so do "gpu-buckets" (the "buckets" problem, whose
+large weight gradient is summed on NCCL's side stream during the backward pass) and "gpu-moved" (every
+rank builds its network on cuda:0, and fit moves it to the rank's GPU). With env GPUBP_EMULATED_CUPY_BUILD
+set, ``cupy`` is the emulation of tests/cpp/emulated_cupy.py: two GPUs per node, NCCL over MPI. Training
+scenarios save rank 0's final
 parameters and history to OUT_DIR/result.npz; the test compares them with a single-process ``fit`` of the
 same problem (built by ``problem`` below, imported by the test).
 Failure scenarios end in an exception or an exit on one rank; the test checks that the whole job stops.
@@ -17,6 +21,16 @@ import numpy as np
 
 import gpubp
 from gpubp import distributed
+from gpubp.training import GradientBuckets
+
+if os.environ.get("GPUBP_EMULATED_CUPY_BUILD"):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from emulated_gpu import load_emulated_cupy
+
+    load_emulated_cupy().install_from_environment()
+
+#: GPU scenario -> (problem, device every rank builds its network on before fit; None: comm.device)
+GPU_SCENARIOS = {"gpu": ("gpu", None), "gpu-buckets": ("buckets", None), "gpu-moved": ("gpu", "cuda:0")}
 
 #: name -> (network kwargs, samples, fit kwargs, integer labels?)
 PROBLEMS = {
@@ -51,13 +65,18 @@ def problem(name: str) -> tuple[gpubp.Network, np.ndarray, np.ndarray, dict]:
     return net, X[:n], Y[:n], fit
 
 
-def train(name: str, comm: distributed.Communicator, out_dir: str) -> None:
+def train(name: str, comm: distributed.Communicator, out_dir: str, device: str | None = None) -> None:
     net, X, Y, fit = problem(name)
     if comm.rank > 0:  # a different initialisation: fit must broadcast rank 0's parameters
         net = gpubp.Network(**PROBLEMS[name][0], device="cpu", dtype="float64", seed=100 + comm.rank)
     if name == "buckets":
         comm.overlaps_compute = True
-    history = net.to(comm.device).fit(X, Y, **fit, distributed=comm)
+    net.to(device or comm.device)
+    print(f"rank {comm.rank}: early buckets {sorted(GradientBuckets(net, comm).early)}", flush=True)
+    history = net.fit(X, Y, **fit, distributed=comm)
+    assert net.device == comm.device, (net.device, comm.device)
+    if "emulated_cupy" in sys.modules:
+        print(f"rank {comm.rank}: NCCL calls {sys.modules['emulated_cupy'].nccl_calls}", flush=True)
     if distributed.is_main_process():
         np.savez(os.path.join(out_dir, "result.npz"), params=gpubp.to_numpy(net.parameters()),
                  **{f"history_{k}": np.asarray(v) for k, v in history.items()})
@@ -126,10 +145,15 @@ def fail(name: str, comm: distributed.Communicator) -> None:
 def main() -> None:
     scenario, out_dir = sys.argv[1], sys.argv[2]
     # "no-gpu" and "one-gpu-for-two" fail in init (no usable GPU; two ranks of a node asking for cuda:0)
-    device = {"gpu": "cuda", "no-gpu": "cuda", "one-gpu-for-two": "cuda:0"}.get(scenario, "cpu")
+    device = {"no-gpu": "cuda", "one-gpu-for-two": "cuda:0", **dict.fromkeys(GPU_SCENARIOS, "cuda")}.get(
+        scenario, "cpu")
     comm = distributed.init(device=device, timeout=float(sys.argv[3]) if len(sys.argv) > 3 else 30.0)
     if scenario == "collectives":
         collectives(comm, out_dir)
+    elif scenario in GPU_SCENARIOS:
+        print(comm, flush=True)
+        name, device = GPU_SCENARIOS[scenario]
+        train(name, comm, out_dir, device)
     elif scenario in PROBLEMS:
         print(comm, flush=True)
         train(scenario, comm, out_dir)

@@ -26,6 +26,8 @@ from gpubp import distributed
 from gpubp.backend import cuda_unavailable_reason
 
 import distributed_worker as worker
+from emulated_gpu import emulated_gpus
+from emulated_gpu import environment as emulated_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
@@ -49,13 +51,26 @@ needs_mpi = pytest.mark.skipif(_mpi_missing() is not None, reason=str(_mpi_missi
 
 
 def launch(scenario: str, out_dir: Path, ranks: int = 2, timeout_s: float | None = None,
+           env: dict[str, str] | None = None, rank_env: list[dict[str, str]] | None = None,
            ) -> tuple[int, str, float]:
-    """Run the worker under mpiexec; (exit status, stdout+stderr, seconds). Kills the job on a hang."""
+    """Run the worker under mpiexec; (exit status, stdout+stderr, seconds). Kills the job on a hang.
+
+    ``env``: extra environment for every rank; ``rank_env``: one more dict per rank (e.g. its
+    CUDA_VISIBLE_DEVICES, as a launcher that gives each rank one GPU sets it)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [_mpiexec(), "-n", str(ranks), sys.executable, str(WORKER), scenario, str(out_dir)]
+               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", **(env or {}))
+    program = [sys.executable, str(WORKER), scenario, str(out_dir)]
     if timeout_s is not None:
-        cmd.append(str(timeout_s))
+        program.append(str(timeout_s))
+    if rank_env is None:
+        cmd = [_mpiexec(), "-n", str(ranks), *program]
+    else:  # one MPMD section per rank, each with its own variables
+        cmd = [_mpiexec()]
+        for rank, extra in enumerate(rank_env):
+            cmd += ([":"] if rank else []) + ["-n", "1"]
+            for name, value in extra.items():
+                cmd += ["-env", name, value]
+            cmd += program
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, start_new_session=True)
@@ -177,7 +192,8 @@ def test_a_rank_that_exits_quietly_is_caught_by_the_collective_timeout(tmp_path)
 # ---- NCCL on GPUs (one by default; GPUBP_TEST_GPUS=N for N GPUs of one node) ---------------------------
 @pytest.mark.gpu
 @needs_mpi
-def test_nccl_training_matches_the_cpu(tmp_path):
+def test_nccl_training_matches_one_gpu(tmp_path):
+    """N ranks on N GPUs against one process on cuda:0 (both draw their shuffles on the device)."""
     try:
         from cupy.cuda import nccl
     except ImportError:
@@ -187,10 +203,61 @@ def test_nccl_training_matches_the_cpu(tmp_path):
     rc, output, _ = launch("gpu", tmp_path, ranks=int(os.environ.get("GPUBP_TEST_GPUS", "1")))
     assert rc == 0 and "MPI+NCCL" in output, output
     net, X, Y, fit = worker.problem("gpu")
-    history = net.fit(X, Y, **fit)
+    history = net.to("cuda:0").fit(X, Y, **fit)
+    result = np.load(tmp_path / "result.npz")
+    np.testing.assert_allclose(result["params"], gpubp.to_numpy(net.parameters()), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(result["history_loss"], history["loss"], rtol=1e-10)
+
+
+# ---- NCCL on two emulated GPUs (tests/cpp/emulated_cupy.py: CuPy 14's nccl API, summing over MPI) ----------
+@pytest.fixture(scope="module")
+def emulation(tmp_path_factory):
+    """Environment for ranks on the emulated CuPy, its kernels built once here for all of them."""
+    build = tmp_path_factory.mktemp("emulated_kernels")
+    with emulated_gpus(build):
+        assert cuda_unavailable_reason(1) is None  # builds the usability probe
+        net, X, Y, fit = worker.problem("gpu")
+        net.to("cuda:0").fit(X, Y, **dict(fit, epochs=1, optimizer="adam"))  # builds every kernel file
+    return build, emulated_environment(build)
+
+
+@needs_mpi
+@pytest.mark.parametrize("scenario, problem, devices", [
+    ("gpu", "gpu", ["cuda:0", "cuda:1"]),
+    ("gpu-buckets", "buckets", ["cuda:0", "cuda:1"]),  # ∂C/∂W¹ summed on the side stream, during BP
+    ("gpu-moved", "gpu", ["cuda:0", "cuda:1"]),        # every net built on cuda:0; fit moves rank 1's
+    ("gpu-one-visible", "gpu", ["cuda:0", "cuda:0"]),  # CUDA_VISIBLE_DEVICES=r per rank: both see cuda:0
+])
+def test_two_ranks_on_two_emulated_gpus_train_like_one_process(emulation, tmp_path, scenario, problem,
+                                                               devices):
+    """NCCL bootstrap (bytes unique id), a GPU per rank, the buckets on a side stream with events: the
+    result equals one process on one (emulated) GPU, whose shuffles are drawn on the device."""
+    build, env = emulation
+    rank_env = [{"CUDA_VISIBLE_DEVICES": str(r)} for r in range(2)] if scenario == "gpu-one-visible" else None
+    rc, output, _ = launch(scenario.replace("-one-visible", ""), tmp_path, env=env, rank_env=rank_env)
+    assert rc == 0, output
+    for rank, device in enumerate(devices):
+        assert f"Communicator(rank={rank}, size=2, device='{device}', transport='MPI+NCCL')" in output, output
+    if problem == "buckets":
+        assert "rank 0: early buckets [1]" in output, output
+    steps = 2 * 4  # 2 epochs of 4 batches: a bucket per step, 1 or 2 more pieces, one loss sum per epoch
+    calls = {"gpu": f"{{'allReduce': {steps + 2}, 'broadcast': 1}}",
+             "buckets": f"{{'allReduce': {2 * 2 * 3 + 2}, 'broadcast': 1}}"}[problem]
+    assert f"rank 1: NCCL calls {calls}" in output, output
+    net, X, Y, fit = worker.problem(problem)
+    with emulated_gpus(build):
+        history = net.to("cuda:0").fit(X, Y, **fit)
+        net.to("cpu")
     result = np.load(tmp_path / "result.npz")
     np.testing.assert_allclose(result["params"], net.parameters(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(result["history_loss"], history["loss"], rtol=1e-10)
+    for key, values in history.items():
+        np.testing.assert_allclose(result[f"history_{key}"], values, rtol=1e-10)
+
+
+@needs_mpi
+def test_two_ranks_that_see_the_same_single_gpu_are_refused(emulation, tmp_path):
+    rc, output, _ = launch("gpu", tmp_path, env=dict(emulation[1], CUDA_VISIBLE_DEVICES="0"))
+    assert rc != 0 and "local ranks 0, 1 of this node would share the GPU at PCI 0000:01:00.0" in output, output
 
 
 class RecordingCommunicator:

@@ -1,5 +1,9 @@
 """Every CUDA kernel compiles, with nvcc to PTX for sm_80 and sm_90, and with NVRTC exactly as at run time.
 
+Pre-Pascal GPUs (sm_50–53, still targets of CUDA 12) have no double-precision atomicAdd; common.cuh then
+uses a compare-and-swap loop. That path is compiled for sm_52 where the installed nvcc still has the target
+and, on any toolkit, forced on by ``-DGPUBP_CAS_ATOMIC_ADD`` (tests/test_kernels_host.py also runs it).
+
 No GPU is needed. Under CI (env CI set) a missing nvcc or NVRTC is a failure, not a skip; elsewhere the
 tests skip with the reason. NVRTC comes from the ``nvidia-cuda-nvrtc`` wheel, driven through CuPy's
 ``cupy.cuda.nvrtc`` bindings (``cupy-cuda13x``), which load it without a GPU.
@@ -47,13 +51,35 @@ def nvcc() -> str:
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("file", CU_FILES)
 def test_nvcc_compiles_to_ptx(nvcc, file, arch, tmp_path):
-    out = tmp_path / f"{file}.{arch}.ptx"
+    ptx = nvcc_ptx(nvcc, file, arch, tmp_path / f"{file}.{arch}.ptx")
+    assert entries(ptx) == set(kernels.KERNELS[file])
+
+
+def nvcc_ptx(nvcc: str, file: str, arch: str, out, *defines: str) -> str:
+    """PTX of kernels/``file`` for ``arch`` from nvcc, warnings as errors; fails the test with the log."""
     folder = kernels.kernel_dir()
     result = subprocess.run([nvcc, "-std=c++17", "-ptx", f"-arch={arch}", "-Werror", "all-warnings",
-                             "-I", str(folder), str(folder / file), "-o", str(out)],
+                             *defines, "-I", str(folder), str(folder / file), "-o", str(out)],
                             capture_output=True, text=True)
     assert result.returncode == 0, f"nvcc failed on kernels/{file} for {arch}:\n{result.stderr}"
-    assert entries(out.read_text()) == set(kernels.KERNELS[file])
+    return out.read_text()
+
+
+def test_nvcc_compiles_double_atomics_for_sm_52(nvcc, tmp_path):
+    """The compare-and-swap atomicAdd(double*) that sm_5x needs, built for sm_52 (CUDA ≤ 12 nvcc)."""
+    listed = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True).stdout.split()
+    if "compute_52" not in listed:
+        pytest.skip(f"this nvcc has no sm_52 target (it lists {', '.join(listed)}); CUDA 13 dropped "
+                    "sm_50–72, so the fallback is compiled through -DGPUBP_CAS_ATOMIC_ADD instead")
+    ptx = nvcc_ptx(nvcc, "output.cu", "sm_52", tmp_path / "output.sm_52.ptx")
+    assert "atom.global.cas.b64" in ptx and "atom.global.add.f64" not in ptx
+
+
+@pytest.mark.parametrize("arch", ARCHS[:1])
+def test_nvcc_compiles_the_forced_compare_and_swap_atomic(nvcc, arch, tmp_path):
+    ptx = nvcc_ptx(nvcc, "output.cu", arch, tmp_path / "output.cas.ptx", "-DGPUBP_CAS_ATOMIC_ADD")
+    assert "atom.global.cas.b64" in ptx and "atom.global.add.f64" not in ptx
+    assert entries(ptx) == set(kernels.KERNELS["output.cu"])
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +131,13 @@ def test_runtime_source_expands_local_headers():
 def test_unknown_kernel_file_is_a_value_error():
     with pytest.raises(ValueError, match="unknown kernel file"):
         kernels.module_source("nope.cu")
+
+
+def test_nvrtc_compiles_for_sm_52_where_it_has_the_target(nvrtc):
+    from cupy.cuda import nvrtc as bindings
+
+    supported = bindings.getSupportedArchs()
+    if 52 not in supported:
+        pytest.skip(f"NVRTC {'.'.join(map(str, bindings.getVersion()))} has no sm_52 target (it supports "
+                    f"sm_{', sm_'.join(map(str, supported))})")
+    assert len(nvrtc_compile("output.cu", "compute_52", ptx=True)) > 0

@@ -11,7 +11,6 @@ Under CI (env CI set) a missing C++ compiler is a failure, not a skip.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -20,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from emulated_gpu import emulated_gpus
 from kernel_checks import apply_update, assert_delta_close
 
 import gpubp
 from gpubp.activations import ACTIVATIONS, SOFTMAX
-from gpubp.backend import device as device_module
+from gpubp.backend import get_ops
 from gpubp.backend import kernels
 from gpubp.backend.numpy_ops import NumpyOps
 from gpubp.costs import COSTS, LOG_EPS
@@ -130,31 +130,17 @@ def test_costs_match_numpy(host_program, dtype):
 # launch arguments and the kernels' indexing (grid-stride loops, vector path and scalar tail, row/column
 # tracking, warp-per-row softmax, the loss reduction) run here against NumpyOps; tests/test_gpu.py does the
 # same on a real GPU.
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def emulated(host_program, tmp_path_factory):
-    """(fake cupy module, CupyOps on it); ``get_ops("cuda:0")`` gives that CupyOps meanwhile."""
-    fake_cupy = _load("emulated_cupy", SOURCE.parent / "emulated_cupy.py")
-    with pytest.MonkeyPatch.context() as mp:
-        fake_cupy.BUILD_DIR = tmp_path_factory.mktemp("emulated_kernels")
-        mp.setitem(sys.modules, "cupy", fake_cupy)
-        mp.setattr(kernels, "_modules", {})
-        mp.setattr(kernels, "_functions", {})
-        spec = importlib.util.find_spec("gpubp.backend.cupy_ops")
-        cupy_ops = importlib.util.module_from_spec(spec)  # a private copy bound to the fake CuPy
-        spec.loader.exec_module(cupy_ops)
-        # at most 3 blocks of 64 threads: the grid-stride loops go round several times
-        mp.setattr(cupy_ops, "BLOCK", 64)
-        mp.setattr(cupy_ops, "BLOCKS_PER_SM", 3)
-        ops = cupy_ops.CupyOps(0)
-        mp.setattr(device_module, "_cupy_ops", lambda index: ops)
-        yield fake_cupy, ops
+    """(fake cupy module, CupyOps of emulated cuda:0); ``get_ops("cuda:0")`` gives that CupyOps meanwhile."""
+    with emulated_gpus(tmp_path_factory.mktemp("emulated_kernels")) as fake_cupy:
+        from gpubp.backend import cupy_ops  # bound to the emulated CuPy
+
+        with pytest.MonkeyPatch.context() as mp:
+            # at most 3 blocks of 64 threads: the grid-stride loops go round several times
+            mp.setattr(cupy_ops, "BLOCK", 64)
+            mp.setattr(cupy_ops, "BLOCKS_PER_SM", 3)
+            yield fake_cupy, get_ops("cuda:0")
 
 
 def _dev(fake_cupy, host: np.ndarray, offset: int = 0):

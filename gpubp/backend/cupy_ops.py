@@ -95,6 +95,19 @@ class CupyOps(Ops):
     def synchronize(self) -> None:
         cupy.cuda.Device(self.index).synchronize()
 
+    def copy(self, src: Array, out: Array) -> Array:
+        with self._on_device():
+            return super().copy(src, out)
+
+    # ---- linear algebra (cuBLAS on this device) -----------------------------------------------------
+    def gemm(self, a: Array, b: Array, out: Array) -> Array:
+        with self._on_device():
+            return cupy.matmul(a, b, out=out)
+
+    def sum_rows(self, x: Array, out: Array) -> Array:
+        with self._on_device():
+            return x.sum(axis=0, out=out)
+
     # ---- kernel launches ----------------------------------------------------------------------------
     def _launch(self, name: str, threads: int, args: tuple) -> None:
         """Run kernel ``name`` on this device with enough blocks for ``threads`` (grid-stride beyond)."""
@@ -131,7 +144,8 @@ class CupyOps(Ops):
         """z += b (row-broadcast) and a = σ(z) in one pass (row-wise for softmax)."""
         act = kernels.ACTIVATION_IDS.get(activation.name)
         if activation.elementwise and act is None:
-            return super().bias_activation(z, b, activation, a)
+            with self._on_device():
+                return super().bias_activation(z, b, activation, a)
         suffix = self._suffix(z, b, a)
         rows, cols = self._rows_cols(z)
         if a.shape != z.shape or b.size != cols:
@@ -156,7 +170,8 @@ class CupyOps(Ops):
             return out
         act = kernels.ACTIVATION_IDS.get(activation.name)
         if act is None:
-            return super().backprop_activation(activation, z, a, g, out)
+            with self._on_device():
+                return super().backprop_activation(activation, z, a, g, out)
         if z is None:
             if activation.needs_z:
                 raise ValueError(f"{activation.name}′ needs z; got z=None")
@@ -175,7 +190,8 @@ class CupyOps(Ops):
         """δᴸ and Σₓ Cₓ (into ``loss_sum``) in one pass for the built-in costs (see Ops.output_delta)."""
         act = kernels.ACTIVATION_IDS.get(activation.name)
         if _cost_id(cost) is None or (activation.elementwise and act is None):
-            return super().output_delta(cost, activation, z, a, target, out, loss_sum)
+            with self._on_device():
+                return super().output_delta(cost, activation, z, a, target, out, loss_sum)
         stable = _stable(cost, activation)
         if z is None and activation.needs_z and not stable:
             raise ValueError(f"the output delta through {activation.name}′ needs z; got z=None")

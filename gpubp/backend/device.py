@@ -6,6 +6,8 @@ import functools
 import os
 import re
 
+import numpy as np
+
 from .ops import Ops
 
 DEVICE_ENV = "GPUBP_DEVICE"
@@ -36,12 +38,15 @@ def parse_device(device: str | None) -> tuple[str, int | None]:
 
 
 def cuda_unavailable_reason(index: int | None = None) -> str | None:
-    """Why CUDA device ``index`` (default: the current one) cannot be used, or None if it can."""
+    """Why CUDA device ``index`` (default: the current one) cannot be used, or None if it can.
+
+    Usable means that gpubp can run there: besides CuPy and a visible GPU, NVRTC and the CUDA headers
+    compile and run a small kernel, and cuBLAS makes a handle (checked once per device and process).
+    """
     try:
         import cupy
     except ImportError as exc:
-        return (f"CuPy is not installed ({exc}); install gpubp[cuda12] or gpubp[cuda13] "
-                "to match your CUDA driver")
+        return f"CuPy is not installed ({exc}); install it with: {install_command()}"
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDARuntimeError, driver missing, …
@@ -50,6 +55,48 @@ def cuda_unavailable_reason(index: int | None = None) -> str | None:
         return "no CUDA GPU is visible (cupy.cuda.runtime.getDeviceCount() == 0)"
     if index is not None and not 0 <= index < count:
         return f"cuda:{index} does not exist; {count} GPU(s) visible (cuda:0 … cuda:{count - 1})"
+    return _toolkit_unusable_reason(cupy.cuda.runtime.getDevice() if index is None else index)
+
+
+def install_command() -> str:
+    """The pip command that installs CuPy with the CUDA libraries gpubp needs, for the installed CuPy."""
+    from importlib import metadata
+
+    for major in (13, 12):
+        try:
+            metadata.distribution(f"cupy-cuda{major}x")
+        except metadata.PackageNotFoundError:
+            continue
+        return f"pip install 'gpubp[cuda{major}]'"
+    return "pip install 'gpubp[cuda13]' (or 'gpubp[cuda12]' for a CUDA 12 driver)"
+
+
+#: the smallest kernel compiled and launched the way gpubp's own are (RawModule, NVRTC, CUDA headers)
+_PROBE_KERNEL = 'extern "C" __global__ void gpubp_probe(float* x) { if (threadIdx.x == 0) x[0] = 1.0f; }'
+
+
+@functools.lru_cache(maxsize=None)
+def _toolkit_unusable_reason(index: int) -> str | None:
+    """Why NVRTC (with the CUDA headers) or cuBLAS does not work on cuda:``index``; None when both do."""
+    import cupy
+
+    from .kernels import NVRTC_OPTIONS
+
+    with cupy.cuda.Device(index):
+        try:
+            x = cupy.zeros((1,), dtype=np.float32)
+            cupy.RawModule(code=_PROBE_KERNEL, options=NVRTC_OPTIONS).get_function("gpubp_probe")(
+                (1,), (32,), (x,))
+            if float(x.get()[0]) != 1.0:
+                raise RuntimeError("the test kernel ran but did not write its result")
+        except Exception as exc:  # CuPy's RuntimeError('Failed to find CUDA headers…'), NVRTC load errors, …
+            return (f"NVRTC and the CUDA headers cannot compile and run a kernel on cuda:{index} "
+                    f"({type(exc).__name__}: {exc}); install them with: {install_command()}")
+        try:
+            cupy.cuda.Device(index).cublas_handle
+        except Exception as exc:  # the cuBLAS library cannot be loaded
+            return (f"cuBLAS cannot be loaded on cuda:{index} ({type(exc).__name__}: {exc}); install it "
+                    f"with: {install_command()}")
     return None
 
 

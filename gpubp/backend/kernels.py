@@ -107,6 +107,12 @@ def get_function(device_id: int, name: str) -> Any:
         except cupy.cuda.compiler.CompileException as exc:
             raise KernelCompileError(f"NVRTC failed to compile gpubp kernel file {file} "
                                      f"({kernel_dir() / file}):\n{exc}") from exc
+        except (RuntimeError, OSError, ImportError) as exc:  # no NVRTC, no CUDA headers (not the source)
+            from .device import DeviceError, install_command
+
+            raise DeviceError(f"cannot compile gpubp kernel file {file} on cuda:{device_id}: NVRTC or the "
+                              f"CUDA headers are missing ({type(exc).__name__}: {exc}); install them with: "
+                              f"{install_command()}") from exc
         _modules[(device_id, file)] = module
         _functions[key] = function
     return function

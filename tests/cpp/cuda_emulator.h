@@ -100,6 +100,19 @@ T atomicAdd(T* address, T value) {
     return old;
 }
 
+inline unsigned long long atomicCAS(unsigned long long* address, unsigned long long compare,
+                                    unsigned long long value) {
+    std::lock_guard<std::mutex> lock(emu_atomic_mutex);
+    const unsigned long long old = *address;
+    if (old == compare) *address = value;
+    return old;
+}
+
+inline long long __double_as_longlong(double d) {
+    long long bits;
+    std::memcpy(&bits, &d, sizeof bits);
+    return bits;
+}
 inline float __int_as_float(int bits) {
     float f;
     std::memcpy(&f, &bits, sizeof f);

@@ -1,124 +1,372 @@
-"""Just enough of CuPy, on the CPU, to run ``CupyOps`` and gpubp's CUDA kernels without a GPU.
+"""Just enough of CuPy 14, on the CPU, to run ``CupyOps``, gpubp's CUDA kernels and its NCCL path without a GPU,
+and as strict as CuPy where gpubp could go wrong.
 
-Arrays are NumPy arrays of a subclass (``ndarray``) in host memory, "device 0". ``RawModule(code=...)``
-compiles the kernel source it is given (gpubp.backend.kernels.module_source, as NVRTC would get it) with
-g++ and tests/cpp/cuda_emulator.h into a shared library; calling a function runs the grid on CPU threads.
-Each call checks its arguments against the kernel's C signature (read from the preprocessed source) the
-way the CUDA driver would need them: pointers get arrays of the pointee type (or a null), ``int`` an
-``np.int32``, ``size_t`` an ``np.uint64``, ``float``/``double`` an ``np.float32``/``np.float64``, so a
-wrong argument order, width or dtype fails here instead of silently reading garbage on a GPU.
+Devices. Two emulated GPUs (``PHYSICAL_GPUS``), of which CUDA_VISIBLE_DEVICES selects and renumbers the
+visible ones, as the CUDA runtime does. Each host thread has a current device (``cupy.cuda.Device(i)`` as a
+context or ``.use()``); arrays live in host memory but belong to the device that was current when they were
+made (``a.device.id``). As in CuPy's _kernel.pyx / _reduction.pyx, an elementwise operation, reduction,
+matmul, fill, astype, indexed read or assignment on an array of another device than the current one raises
+ValueError ("... Peer access is unavailable between these devices."), and a kernel launched with an
+argument from another device, or while another device is current than the one its module was loaded on,
+fails as the CUDA driver would. Copies (``cupy.asarray``, ``.copy()``) and ``get``/``asnumpy`` work across
+devices, as in CuPy.
 
-A test sets ``BUILD_DIR`` (where the kernel libraries go) and puts this module in ``sys.modules["cupy"]``.
+Kernels. ``RawModule(code=..., options=...)`` compiles the source it is given (as NVRTC would get it;
+``-D`` options are honoured) with g++ and tests/cpp/cuda_emulator.h into a shared library, cached on disk
+under ``BUILD_DIR`` (several processes may share it); calling a function runs the grid on CPU threads.
+Each call checks its arguments against the kernel's C signature the way the CUDA driver would need them:
+pointers get arrays of the pointee type (or a null), ``int`` an ``np.int32``, ``size_t`` an ``np.uint64``,
+``float``/``double`` an ``np.float32``/``np.float64``. ``MISSING = "headers"`` makes every compile raise
+the RuntimeError CuPy raises without the CUDA headers; ``MISSING = "cublas"`` makes cuBLAS fail to load.
+
+Streams and NCCL. Work on the default (null) stream runs at once. NCCL collectives on another stream are
+queued there and run only when an event recorded after them is waited on, or the stream or its device is
+synchronised: a missing ``wait_event`` leaves the sum undone, as a race would on a GPU. ``cuda.nccl`` has
+CuPy 14's API (``get_unique_id() -> bytes``, ``NcclCommunicator(int ndev, bytes commId, int rank,
+config=None)``, ``allReduce``/``broadcast`` on device pointers and a stream handle) and sums between
+processes over MPI (mpi4py), so several ranks under ``mpiexec`` train on "their" GPUs.
+
+A test calls :func:`install` (monkeypatch, in one process) or sets the environment of
+:func:`install_from_environment` (a subprocess, e.g. an MPI rank).
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
+import numbers
 import os
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
 import threading
 import types
+import weakref
 from pathlib import Path
 
 import numpy as np
 
 EMULATOR = Path(__file__).parent / "cuda_emulator.h"
+PHYSICAL_GPUS = 2
 SM_COUNT = 1
-#: where the emulated kernel libraries are built (set by the test)
+#: where the emulated kernel libraries are built (set by the test, or env GPUBP_EMULATED_CUPY_BUILD)
 BUILD_DIR: Path | None = None
-_current_device = 0
+#: a piece of the CUDA toolkit to pretend is not installed: None, "headers" or "cublas"
+MISSING: str | None = None
+#: what CuPy raises where the CUDA headers cannot be found (no CUDA toolkit, no cuda-toolkit wheels)
+HEADERS_MISSING_MESSAGE = ("Failed to find CUDA headers. Please install the CUDA Toolkit, or pip install "
+                           "cupy-cuda13x[ctk]")
+CUBLAS_MISSING_MESSAGE = ("CuPy failed to load libcublas.so.13: OSError: libcublas.so.13: cannot open shared "
+                          "object file: No such file or directory")
+ENV_BUILD, ENV_MISSING = "GPUBP_EMULATED_CUPY_BUILD", "GPUBP_EMULATED_CUPY_MISSING"
+__version__ = "14.2.0 (emulated)"
 
 
-class ndarray(np.ndarray):
-    """A host array standing in for a device array (always on device 0)."""
-
-    @property
-    def device(self):
-        return types.SimpleNamespace(id=0)
-
-    def get(self) -> np.ndarray:
-        return np.array(self, copy=True).view(np.ndarray)
-
-    def set(self, value) -> None:
-        self[...] = value
+class CUDARuntimeError(RuntimeError):
+    pass
 
 
-def _wrap(x):
-    return x.view(ndarray) if isinstance(x, np.ndarray) and not isinstance(x, ndarray) else x
-
-
-def asarray(x, dtype=None):
-    return _wrap(np.asarray(x, dtype=dtype))
-
-
-def asnumpy(x):
-    return np.asarray(x).view(np.ndarray)
-
-
-def ascontiguousarray(x):
-    return _wrap(np.ascontiguousarray(x))
-
-
-def get_array_module(*args):
-    return np
-
-
-def _refuse_host_arrays(name: str, args, kwargs) -> None:
-    """CuPy's functions refuse NumPy arrays (host memory); so does the emulation."""
-    for x in (*args, *kwargs.values()):
-        if isinstance(x, np.ndarray) and not isinstance(x, ndarray):
-            raise TypeError(f"cupy.{name}: Unsupported type <class 'numpy.ndarray'> (a host array where "
-                            "CuPy needs a device array)")
-
-
-def take(a, indices, axis=None, out=None):
-    """cupy.take: no ``mode`` argument (out-of-range indices wrap)."""
-    _refuse_host_arrays("take", (a, indices), {} if out is None else {"out": out})
-    return _wrap(np.take(a, indices, axis=axis, out=out, mode="wrap"))
-
-
-def __getattr__(name):
-    """Everything else: NumPy's function, refusing host arrays as CuPy does, returning emulated arrays."""
-    attr = getattr(np, name)
-    if not callable(attr) or isinstance(attr, type):
-        return attr
-
-    def call(*args, **kwargs):
-        _refuse_host_arrays(name, args, kwargs)
-        return _wrap(attr(*args, **kwargs))
-
-    return call
-
-
-# ---- cupy.cuda ------------------------------------------------------------------------------------
-class Device:
-    def __init__(self, index: int = 0) -> None:
-        if index != 0:
-            raise ValueError(f"the emulator has one device (0), not {index}")
-        self.id = index
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-    def synchronize(self) -> None:
-        pass
+class CUDADriverError(RuntimeError):
+    pass
 
 
 class CompileException(Exception):
     pass
 
 
-runtime = types.SimpleNamespace(cudaDevAttrMultiProcessorCount=16, getDevice=lambda: _current_device,
-                                getDeviceCount=lambda: 1,
-                                deviceGetAttribute=lambda attr, dev: SM_COUNT)
-cuda = types.SimpleNamespace(Device=Device, runtime=runtime,
-                             compiler=types.SimpleNamespace(CompileException=CompileException))
+# ---- devices ------------------------------------------------------------------------------------------
+def _visible() -> list[int]:
+    """The physical GPUs this process sees, in CUDA_VISIBLE_DEVICES order (all when it is unset)."""
+    spec = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if spec is None:
+        return list(range(PHYSICAL_GPUS))
+    visible = []
+    for item in spec.split(","):
+        if not item.strip().isdigit() or int(item) >= PHYSICAL_GPUS:
+            break  # the CUDA runtime stops at the first invalid entry
+        visible.append(int(item))
+    return visible
+
+
+_thread = threading.local()
+
+
+def _current() -> int:
+    return getattr(_thread, "device", 0)
+
+
+def _check_ordinal(index: int) -> int:
+    if not isinstance(index, numbers.Integral) or not 0 <= index < len(_visible()):
+        raise CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
+    return int(index)
+
+
+class Device:
+    """cupy.cuda.Device: a context that makes the device current, and restores the previous one."""
+
+    def __init__(self, device=None) -> None:
+        self.id = _current() if device is None else _check_ordinal(device)
+        self._previous: list[int] = []
+
+    def __enter__(self):
+        self._previous.append(_current())
+        _thread.device = self.id
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _thread.device = self._previous.pop()
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Device) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return self.id
+
+    def __repr__(self) -> str:
+        return f"<CUDA Device {self.id}>"
+
+    def use(self) -> None:
+        _thread.device = self.id
+
+    def synchronize(self) -> None:
+        for stream in list(_streams.values()):
+            if stream.device_id == self.id:
+                stream.synchronize()
+
+    @property
+    def pci_bus_id(self) -> str:
+        return f"0000:{_visible()[self.id] + 1:02X}:00.0"
+
+    @property
+    def compute_capability(self) -> str:
+        return "90"
+
+    @property
+    def cublas_handle(self) -> int:
+        if MISSING == "cublas":
+            raise RuntimeError(CUBLAS_MISSING_MESSAGE)
+        return 0x1000 + self.id
+
+
+def _device_attribute(attr: int, device: int) -> int:
+    _check_ordinal(device)
+    return SM_COUNT
+
+
+def _device_properties(device: int) -> dict:
+    _check_ordinal(device)
+    return {"name": f"Emulated GPU {_visible()[device]}".encode(), "major": 9, "minor": 0}
+
+
+def _set_device(device: int) -> None:
+    _thread.device = _check_ordinal(device)
+
+
+runtime = types.SimpleNamespace(
+    cudaDevAttrMultiProcessorCount=16, CUDARuntimeError=CUDARuntimeError, getDevice=_current,
+    setDevice=_set_device, getDeviceCount=lambda: len(_visible()), deviceGetAttribute=_device_attribute,
+    getDeviceProperties=_device_properties, runtimeGetVersion=lambda: 13000)
+
+
+# ---- arrays -------------------------------------------------------------------------------------------
+#: live allocations: start address -> (bytes, device); what a raw device pointer (NCCL) may point into
+_allocations: dict[int, tuple[int, int]] = {}
+
+
+def _register(root: np.ndarray, device: int) -> None:
+    start = root.__array_interface__["data"][0]
+    if root.nbytes and start not in _allocations:
+        _allocations[start] = (root.nbytes, device)
+        weakref.finalize(root, _allocations.pop, start, None)
+
+
+def _device_of_pointer(ptr: int, nbytes: int) -> int:
+    for start, (size, device) in _allocations.items():
+        if start <= ptr and ptr + nbytes <= start + size:
+            return device
+    raise CUDARuntimeError(f"cudaErrorInvalidValue: {ptr:#x} (+{nbytes} bytes) is not device memory")
+
+
+class MemoryPointer:
+    def __init__(self, ptr: int, device_id: int) -> None:
+        self.ptr, self.device_id = ptr, device_id
+
+
+def _peer_check(arrays, what: str) -> None:
+    """CuPy's check of every operand against the current device (emulated GPUs have no peer access)."""
+    current = _current()
+    for x in arrays:
+        if isinstance(x, ndarray) and x._device_id != current:
+            raise ValueError(f"{what}: the device where the array resides ({x._device_id}) is different "
+                             f"from the current device ({current}). Peer access is unavailable between "
+                             "these devices.")
+
+
+def _refuse_host(arrays, what: str) -> None:
+    """CuPy's functions refuse NumPy arrays (host memory); so does the emulation."""
+    for x in arrays:
+        if isinstance(x, np.ndarray) and not isinstance(x, ndarray) and x.ndim > 0:
+            raise TypeError(f"{what}: Unsupported type <class 'numpy.ndarray'> (a host array where CuPy "
+                            "needs a device array)")
+
+
+def _flat(items):
+    for x in items:
+        if isinstance(x, (list, tuple)):
+            yield from _flat(x)
+        else:
+            yield x
+
+
+def _plain(x):
+    return x.view(np.ndarray) if isinstance(x, ndarray) else x
+
+
+class ndarray(np.ndarray):
+    """A host array standing in for an array on device ``device.id``."""
+
+    _device_id = 0
+
+    def __array_finalize__(self, obj) -> None:
+        self._device_id = obj._device_id if isinstance(obj, ndarray) else _current()
+        if self.base is None:  # a new allocation (astype, copy, …)
+            _register(self, self._device_id)
+
+    @property
+    def device(self) -> Device:
+        return Device(self._device_id)
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        return {"shape": self.shape, "typestr": self.dtype.str, "strides": None if self.flags.c_contiguous
+                else self.strides, "data": (self.__array_interface__["data"][0], False), "version": 3}
+
+    @property
+    def data(self) -> MemoryPointer:
+        return MemoryPointer(self.__array_interface__["data"][0], self._device_id)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        outs = kwargs.get("out") or ()
+        operands = [*inputs, *outs]
+        _refuse_host(operands, f"cupy.{ufunc.__name__}")
+        _peer_check(operands, f"cupy.{ufunc.__name__}")
+        if outs:
+            kwargs["out"] = tuple(_plain(o) for o in outs)
+        result = getattr(ufunc, method)(*(_plain(x) for x in inputs), **kwargs)
+        if outs:
+            return outs[0] if len(outs) == 1 else outs
+        if isinstance(result, tuple):
+            return tuple(_wrap(np.asarray(r)) for r in result)
+        return _wrap(np.asarray(result)) if isinstance(result, (np.ndarray, np.generic)) else result
+
+    def __array_function__(self, func, types_, args, kwargs):
+        if not func.__name__.endswith("_like"):
+            operands = list(_flat([*args, *kwargs.values()]))
+            _refuse_host(operands, f"cupy.{func.__name__}")
+            _peer_check(operands, f"cupy.{func.__name__}")
+        result = super().__array_function__(func, types_, args, kwargs)
+        return _wrap(result) if isinstance(result, np.ndarray) else result
+
+    # methods NumPy runs in C (no ufunc): the kernels CuPy launches for them check the device too
+    def __setitem__(self, key, value) -> None:
+        _peer_check([self, value, *_flat([key])], "cupy.ndarray.__setitem__")
+        super().__setitem__(key, value)
+
+    def __getitem__(self, key):
+        if any(isinstance(k, (np.ndarray, list)) for k in _flat([key])):  # advanced indexing: a kernel
+            _peer_check([self, *_flat([key])], "cupy.ndarray.__getitem__")
+        return super().__getitem__(key)
+
+    def fill(self, value) -> None:
+        _peer_check([self], "cupy.ndarray.fill")
+        super().fill(value)
+
+    def astype(self, dtype, *args, **kwargs):
+        _peer_check([self], "cupy.ndarray.astype")
+        return super().astype(dtype, *args, **kwargs)
+
+    def argmax(self, *args, **kwargs):
+        _peer_check([self], "cupy.ndarray.argmax")
+        return _wrap(np.asarray(super().argmax(*args, **kwargs)))
+
+    def argmin(self, *args, **kwargs):
+        _peer_check([self], "cupy.ndarray.argmin")
+        return _wrap(np.asarray(super().argmin(*args, **kwargs)))
+
+    def copy(self, order="C"):
+        """A copy on the current device, from any device (CuPy copies between devices)."""
+        return _wrap(np.array(self.view(np.ndarray), order=order, copy=True))
+
+    def get(self) -> np.ndarray:
+        return np.array(self, copy=True).view(np.ndarray)
+
+    def set(self, value) -> None:
+        np.copyto(self.view(np.ndarray), value)
+
+
+def _wrap(x):
+    """A NumPy result as an emulated array on the current device (emulated arrays pass through)."""
+    if not isinstance(x, np.ndarray) or isinstance(x, ndarray):
+        return x
+    root = x
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    _register(root, _current())
+    return x.view(ndarray)
+
+
+def asarray(x, dtype=None):
+    """On the current device: host data is uploaded; an array of another device is copied over."""
+    if isinstance(x, ndarray) and x._device_id != _current():
+        x = x.copy()
+    if isinstance(x, ndarray):
+        return x if dtype is None or x.dtype == np.dtype(dtype) else x.astype(dtype)
+    return _wrap(np.array(x, dtype=dtype, copy=True))
+
+
+def array(x, dtype=None, copy=True):
+    return asarray(x, dtype).copy() if copy else asarray(x, dtype)
+
+
+def asnumpy(x):
+    return np.asarray(x).view(np.ndarray)
+
+
+def ascontiguousarray(x, dtype=None):
+    _peer_check([x], "cupy.ascontiguousarray")
+    return _wrap(np.ascontiguousarray(x, dtype=dtype))
+
+
+def get_array_module(*args):
+    return sys.modules[__name__]
+
+
+def take(a, indices, axis=None, out=None):
+    """cupy.take: no ``mode`` argument (out-of-range indices wrap)."""
+    operands = [a, indices] + ([] if out is None else [out])
+    _refuse_host(operands, "cupy.take")
+    _peer_check(operands, "cupy.take")
+    result = np.take(_plain(a), _plain(indices), axis=axis, out=_plain(out), mode="wrap")
+    return out if out is not None else _wrap(result)
+
+
+def __getattr__(name):
+    """Everything else: NumPy's function, refusing host arrays and other devices' arrays as CuPy does,
+    returning emulated arrays on the current device."""
+    attr = getattr(np, name)
+    if not callable(attr) or isinstance(attr, type):
+        return attr
+
+    def call(*args, **kwargs):
+        operands = list(_flat([*args, *kwargs.values()]))
+        _refuse_host(operands, f"cupy.{name}")
+        _peer_check(operands, f"cupy.{name}")
+        return _wrap(attr(*args, **kwargs))
+
+    return call
 
 
 class RandomState:
@@ -132,7 +380,68 @@ class RandomState:
 random = types.SimpleNamespace(RandomState=RandomState)
 
 
-# ---- RawModule ----------------------------------------------------------------------------------
+# ---- streams and events -------------------------------------------------------------------------------
+_streams: dict[int, "Stream"] = {}
+_null_streams: dict[int, "Stream"] = {}
+
+
+class Stream:
+    """A queue of deferred work (NCCL collectives) on the device current at its creation."""
+
+    def __init__(self, null: bool = False, non_blocking: bool = False) -> None:
+        self.device_id = _current()
+        self._work: list = []
+        self._done = 0  # how many queued items have run
+        self.ptr = 0 if null else id(self)
+        if not null:
+            _streams[self.ptr] = self
+
+    def enqueue(self, work) -> None:
+        if self.ptr == 0:
+            work()
+        else:
+            self._work.append(work)
+
+    def _run_until(self, count: int) -> None:
+        while self._done < count:
+            work = self._work[self._done]
+            self._done += 1
+            work()
+
+    def record(self, event: "Event | None" = None) -> "Event":
+        if self.device_id != _current():
+            raise CUDARuntimeError("cudaErrorInvalidResourceHandle: an event recorded on a stream of device "
+                                   f"{self.device_id} while device {_current()} is current")
+        event = event or Event()
+        event.stream, event.count = self, len(self._work)
+        return event
+
+    def wait_event(self, event: "Event") -> None:
+        if event.stream is not None:
+            event.stream._run_until(event.count)
+
+    def synchronize(self) -> None:
+        self._run_until(len(self._work))
+
+
+class Event:
+    def __init__(self, *args, **kwargs) -> None:
+        self.stream: Stream | None = None
+        self.count = 0
+
+    def synchronize(self) -> None:
+        if self.stream is not None:
+            self.stream.wait_event(self)
+
+
+def get_current_stream() -> Stream:
+    device = _current()
+    if device not in _null_streams:
+        _null_streams[device] = Stream(null=True)
+    return _null_streams[device]
+
+
+# ---- RawModule ----------------------------------------------------------------------------------------
 _SCALARS = {"int": np.int32, "size_t": np.uint64, "float": np.float32, "double": np.float64}
 _POINTEES = {"float": np.float32, "double": np.float64, "long long": np.int64}
 _CTYPES = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.uint64): ctypes.c_uint64,
@@ -156,22 +465,32 @@ def _signatures(preprocessed: str) -> dict[str, list[tuple[str, str]]]:
     return found
 
 
-def _build(code: str) -> tuple:
-    key = hashlib.sha256(code.encode()).hexdigest()[:16]
+def _build(code: str, defines: tuple[str, ...]) -> tuple:
+    """(library, signatures) of ``code``, built once per source and options (on disk, across processes)."""
+    key = hashlib.sha256(repr((code, defines)).encode() + EMULATOR.read_bytes()).hexdigest()[:16]
     with _lock:
         if key in _compiled:
             return _compiled[key]
-        folder = BUILD_DIR / key
-        folder.mkdir(parents=True, exist_ok=True)
-        source, lib = folder / "kernels.cpp", folder / "kernels.so"
-        source.write_text(code)
-        flags = ["-std=c++17", "-D__CUDACC__", "-include", str(EMULATOR), "-x", "c++"]
-        pre = subprocess.run([_compiler(), *flags, "-E", str(source)], capture_output=True, text=True)
-        built = subprocess.run([_compiler(), *flags, "-O1", "-shared", "-fPIC", "-pthread", str(source),
-                                "-o", str(lib)], capture_output=True, text=True)
-        if pre.returncode or built.returncode:
-            raise CompileException(f"emulated compile failed:\n{pre.stderr}\n{built.stderr}")
-        _compiled[key] = (ctypes.CDLL(str(lib)), _signatures(pre.stdout))
+        folder = Path(BUILD_DIR or os.environ[ENV_BUILD]) / key
+        lib, sig_file = folder / "kernels.so", folder / "signatures.json"
+        if not (lib.exists() and sig_file.exists()):
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=folder) as tmp:  # build aside, then rename into place
+                source = Path(tmp) / "kernels.cpp"
+                source.write_text(code)
+                flags = ["-std=c++17", "-D__CUDACC__", *defines, "-include", str(EMULATOR), "-x", "c++"]
+                pre = subprocess.run([_compiler(), *flags, "-E", str(source)], capture_output=True, text=True)
+                built = subprocess.run([_compiler(), *flags, "-O1", "-shared", "-fPIC", "-pthread",
+                                        str(source), "-o", str(Path(tmp) / "kernels.so")],
+                                       capture_output=True, text=True)
+                if pre.returncode or built.returncode:
+                    raise CompileException(f"emulated compile failed:\n{pre.stderr}\n{built.stderr}")
+                (Path(tmp) / "signatures.json").write_text(json.dumps(_signatures(pre.stdout)))
+                os.replace(Path(tmp) / "kernels.so", lib)
+                os.replace(Path(tmp) / "signatures.json", sig_file)
+        signatures = {name: [tuple(p) for p in params]
+                      for name, params in json.loads(sig_file.read_text()).items()}
+        _compiled[key] = (ctypes.CDLL(str(lib)), signatures)
         return _compiled[key]
 
 
@@ -200,19 +519,23 @@ _pools: dict[int, _ThreadPool] = {}
 
 
 class RawModule:
+    """Compiled and loaded on the current device when a function is first asked for, as in CuPy."""
+
     def __init__(self, code: str, options: tuple = ()) -> None:
-        self.code, self.options = code, options
+        self.code, self.options = code, tuple(options)
 
     def get_function(self, name: str) -> "Function":
-        lib, signatures = _build(self.code)
+        if MISSING == "headers":
+            raise RuntimeError(HEADERS_MISSING_MESSAGE)
+        lib, signatures = _build(self.code, tuple(o for o in self.options if o.startswith("-D")))
         if name not in signatures:
             raise KeyError(f"no kernel {name} in the module")
-        return Function(lib, name, signatures[name])
+        return Function(lib, name, signatures[name], _current())
 
 
 class Function:
-    def __init__(self, lib, name: str, signature: list[tuple[str, str]]) -> None:
-        self.lib, self.name, self.signature = lib, name, signature
+    def __init__(self, lib, name: str, signature: list[tuple[str, str]], device_id: int) -> None:
+        self.lib, self.name, self.signature, self.device_id = lib, name, signature, device_id
         self.fn = getattr(lib, name)
         self.launches = 0
 
@@ -228,6 +551,9 @@ class Function:
                     continue
                 if not isinstance(arg, ndarray):
                     raise TypeError(f"{self.name}: {pname} ({ctype}) needs a device array, got {type(arg)}")
+                if arg._device_id != self.device_id:
+                    raise CUDADriverError(f"CUDA_ERROR_ILLEGAL_ADDRESS: {self.name} runs on device "
+                                          f"{self.device_id} but {pname} is on device {arg._device_id}")
                 if arg.dtype != _POINTEES[pointee]:
                     raise TypeError(f"{self.name}: {pname} is {ctype}, got an array of {arg.dtype}")
                 if not arg.flags.c_contiguous:
@@ -242,6 +568,9 @@ class Function:
         return converted
 
     def __call__(self, grid: tuple, block: tuple, args: tuple) -> None:
+        if _current() != self.device_id:
+            raise CUDADriverError(f"CUDA_ERROR_INVALID_HANDLE: {self.name} was loaded on device "
+                                  f"{self.device_id} and launched while device {_current()} is current")
         cargs = self._convert(args)
         blocks, threads = int(grid[0]), int(block[0])
         if blocks < 1 or threads < 1 or threads % 32 or threads > 1024:
@@ -262,3 +591,137 @@ class Function:
         pool.run(run)
         if lib.emu_launch_failed():
             raise RuntimeError(f"{self.name}: a thread missed a barrier (deadlock in the emulated launch)")
+
+
+# ---- NCCL (CuPy 14's cupy.cuda.nccl), summing over MPI --------------------------------------------------
+class NcclError(RuntimeError):
+    pass
+
+
+#: how many collectives this process has queued, by name (a test's proof that the NCCL path ran)
+nccl_calls = {"allReduce": 0, "broadcast": 0}
+
+
+_NCCL_TYPES = {7: np.float32, 8: np.float64}
+_NCCL_OPS = {0: "SUM"}
+
+
+def _get_unique_id() -> bytes:
+    return os.urandom(128)
+
+
+class NcclCommunicator:
+    """``NcclCommunicator(int ndev, bytes commId, int rank, config=None)``: made collectively by ``ndev``
+    MPI processes, one per GPU, on the device current at construction."""
+
+    def __init__(self, ndev, commId, rank, config=None) -> None:
+        for name, value in (("ndev", ndev), ("rank", rank)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"an integer is required for {name!r}; got {type(value).__name__}")
+        if not isinstance(commId, bytes):
+            raise TypeError(f"Argument 'commId' has incorrect type (expected bytes, got "
+                            f"{type(commId).__name__})")
+        if len(commId) != 128:
+            raise ValueError(f"commId must be the 128 bytes of get_unique_id(); got {len(commId)}")
+        from mpi4py import MPI
+
+        self._device = _current()
+        bus = Device(self._device).pci_bus_id
+        peers = MPI.COMM_WORLD.allgather((commId, int(ndev), int(rank), bus))
+        if any(p[0] != commId or p[1] != ndev for p in peers) or len(peers) != ndev:
+            raise NcclError("NCCL_ERROR_INVALID_USAGE: the ranks passed different ids or sizes")
+        if sorted(p[2] for p in peers) != list(range(ndev)):
+            raise NcclError(f"NCCL_ERROR_INVALID_ARGUMENT: ranks {[p[2] for p in peers]} are not 0…{ndev - 1}")
+        buses = [p[3] for p in peers]
+        if len(set(buses)) != len(buses):
+            raise NcclError(f"NCCL_ERROR_INVALID_USAGE: Duplicate GPU detected (PCI bus ids {buses})")
+        self._mpi = MPI.COMM_WORLD.Split(0, int(rank))
+        self._rank, self._size = int(rank), int(ndev)
+
+    def rank_id(self) -> int:
+        return self._rank
+
+    def size(self) -> int:
+        return self._size
+
+    def device_id(self) -> int:
+        return self._device
+
+    def destroy(self) -> None:
+        self._mpi.Free()
+
+    def _buffer(self, ptr: int, count: int, datatype: int) -> np.ndarray:
+        if datatype not in _NCCL_TYPES:
+            raise NcclError(f"NCCL_ERROR_INVALID_ARGUMENT: datatype {datatype}")
+        itemsize = np.dtype(_NCCL_TYPES[datatype]).itemsize
+        device = _device_of_pointer(ptr, count * itemsize)
+        if device != self._device:
+            raise NcclError(f"NCCL_ERROR_INVALID_ARGUMENT: a buffer on device {device} for a communicator "
+                            f"of device {self._device}")
+        raw = (ctypes.c_char * (count * itemsize)).from_address(ptr)
+        return np.frombuffer(raw, dtype=_NCCL_TYPES[datatype], count=count)
+
+    def _stream(self, handle: int) -> Stream:
+        stream = get_current_stream() if handle == 0 else _streams.get(handle)
+        if stream is None or stream.device_id != self._device:
+            raise NcclError(f"NCCL_ERROR_INVALID_ARGUMENT: stream {handle:#x} is not a stream of device "
+                            f"{self._device}")
+        return stream
+
+    def allReduce(self, sendbuf: int, recvbuf: int, count: int, datatype: int, op: int, stream: int) -> None:
+        from mpi4py import MPI
+
+        if op not in _NCCL_OPS:
+            raise NcclError(f"NCCL_ERROR_INVALID_ARGUMENT: op {op}")
+        send, recv = self._buffer(sendbuf, count, datatype), self._buffer(recvbuf, count, datatype)
+        nccl_calls["allReduce"] += 1
+
+        def work() -> None:
+            self._mpi.Allreduce(MPI.IN_PLACE if sendbuf == recvbuf else send, recv, op=MPI.SUM)
+
+        self._stream(stream).enqueue(work)
+
+    def broadcast(self, sendbuf: int, recvbuf: int, count: int, datatype: int, root: int,
+                  stream: int) -> None:
+        send, recv = self._buffer(sendbuf, count, datatype), self._buffer(recvbuf, count, datatype)
+        nccl_calls["broadcast"] += 1
+
+        def work() -> None:
+            if self._rank == root and sendbuf != recvbuf:
+                recv[...] = send
+            self._mpi.Bcast(recv, root=root)
+
+        self._stream(stream).enqueue(work)
+
+
+nccl = types.ModuleType("cupy.cuda.nccl")
+nccl.__dict__.update(available=True, NcclError=NcclError, NcclCommunicator=NcclCommunicator,
+                     get_unique_id=_get_unique_id, get_version=lambda: 22707, NCCL_SUM=0,
+                     NCCL_FLOAT32=7, NCCL_FLOAT=7, NCCL_FLOAT64=8, NCCL_DOUBLE=8)
+
+cuda = types.ModuleType("cupy.cuda")
+cuda.__dict__.update(Device=Device, runtime=runtime, Stream=Stream, Event=Event,
+                     get_current_stream=get_current_stream, nccl=nccl, CUDARuntimeError=CUDARuntimeError,
+                     compiler=types.SimpleNamespace(CompileException=CompileException))
+
+
+def modules() -> dict[str, types.ModuleType]:
+    """What to put in ``sys.modules`` for ``import cupy`` and ``from cupy.cuda import nccl`` to find this."""
+    return {"cupy": sys.modules[__name__], "cupy.cuda": cuda, "cupy.cuda.nccl": nccl}
+
+
+def install(monkeypatch, build_dir: Path) -> types.ModuleType:
+    """This module as ``cupy`` for the rest of a test (pytest's monkeypatch undoes it)."""
+    global BUILD_DIR
+    BUILD_DIR = build_dir
+    for name, module in modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return sys.modules[__name__]
+
+
+def install_from_environment() -> None:
+    """In a subprocess: be ``cupy`` when env GPUBP_EMULATED_CUPY_BUILD names a build folder."""
+    global MISSING
+    if os.environ.get(ENV_BUILD):
+        MISSING = os.environ.get(ENV_MISSING) or None
+        sys.modules.update(modules())

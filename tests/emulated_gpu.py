@@ -1,0 +1,66 @@
+"""Running gpubp's CUDA path without a GPU: tests/cpp/emulated_cupy.py swapped in for ``cupy``.
+
+``emulated_gpus(build_dir)`` makes ``import cupy`` (and ``from cupy.cuda import nccl``) give the emulation,
+with two emulated GPUs, cuda:0 current, and gpubp's caches of the real CuPy (its CupyOps module and
+instances, loaded kernels, the per-device usability check) emptied on the way in and out.
+``environment(build_dir)`` is the same for a subprocess (an MPI rank runs ``install_from_environment``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from gpubp.backend import device as device_module
+from gpubp.backend import kernels
+
+EMULATED_CUPY = Path(__file__).resolve().parent / "cpp" / "emulated_cupy.py"
+
+
+def load_emulated_cupy():
+    """The emulation module (loaded once, as ``emulated_cupy``)."""
+    module = sys.modules.get("emulated_cupy")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("emulated_cupy", EMULATED_CUPY)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["emulated_cupy"] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def _forget_cuda_state() -> None:
+    device_module._cupy_ops.cache_clear()
+    device_module._toolkit_unusable_reason.cache_clear()
+
+
+@contextlib.contextmanager
+def emulated_gpus(build_dir: Path, missing: str | None = None) -> Iterator:
+    """The emulated CuPy as ``cupy`` inside the block; ``missing``: "headers" or "cublas" to leave out."""
+    import pytest
+
+    fake = load_emulated_cupy()
+    with pytest.MonkeyPatch.context() as mp:
+        fake.install(mp, build_dir)
+        mp.setattr(fake, "MISSING", missing)
+        mp.delitem(sys.modules, "gpubp.backend.cupy_ops", raising=False)  # re-imported on the emulation
+        mp.setattr(kernels, "_modules", {})
+        mp.setattr(kernels, "_functions", {})
+        fake.runtime.setDevice(0)
+        _forget_cuda_state()
+        try:
+            yield fake
+        finally:
+            fake.runtime.setDevice(0)
+            _forget_cuda_state()
+
+
+def environment(build_dir: Path, missing: str | None = None) -> dict[str, str]:
+    """Environment variables that make a subprocess (tests/distributed_worker.py) use the emulation."""
+    fake = load_emulated_cupy()
+    env = {fake.ENV_BUILD: str(build_dir)}
+    if missing:
+        env[fake.ENV_MISSING] = missing
+    return env
