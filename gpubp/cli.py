@@ -1,4 +1,5 @@
-"""The ``gpubp`` command line: ``train``, ``evaluate``, ``info``, ``bench`` and ``selftest``.
+"""The ``gpubp`` command line: ``train``, ``evaluate``, ``predict``, ``export``, ``info``, ``bench`` and
+``selftest``.
 
 User errors (missing data, a bad --sizes string, an unknown activation, an unwritable --save path, …) are
 found before training starts and print one line ``gpubp: error: …`` to stderr with exit status 2.
@@ -18,6 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import datasets
+from .datasets.dataset import map_splits
+from .metrics import confusion_matrix
 from .backend import cuda_unavailable_reason, get_ops
 
 #: exit statuses
@@ -28,6 +31,11 @@ INTERRUPTED = 130
 SPEED_SAMPLES = 1000
 #: the data set ``gpubp evaluate`` picks for a model of this input width when --data is not given
 INPUT_WIDTHS = {784: "mnist", 64: "digits"}
+#: --output and --cost when neither is given, and --lr when not given, per task
+TASK_DEFAULTS = {"classification": ("softmax", "log_likelihood"), "regression": ("identity", "quadratic")}
+#: --lr when not given: the book's η = 3.0 for the quadratic cost, 0.5 for cross-entropy and log-likelihood;
+#: 0.01 for regression, whose unbounded outputs diverge at those rates
+DEFAULT_LR = {"quadratic": 3.0, "cross_entropy": 0.5, "log_likelihood": 0.5, "regression": 0.01}
 
 
 class CliError(Exception):
@@ -42,8 +50,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gpubp", description="Train and evaluate backpropagation networks on MNIST "
-                                               "or the 8x8 digits, on the CPU or a CUDA GPU.")
+    parser = _Parser(prog="gpubp", description="Train and evaluate backpropagation networks on MNIST, "
+                                               "the 8x8 digits or your own IDX/NPZ/CSV data, on the CPU "
+                                               "or a CUDA GPU; apply and export the models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a network and report validation accuracy per epoch")
@@ -53,12 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "of the data; the first and last must match the data)")
     train.add_argument("--activation", default="sigmoid", help="hidden activation (default sigmoid)")
     train.add_argument("--output", default=None,
-                       help="output activation, e.g. softmax (default: same as --activation)")
-    train.add_argument("--cost", default="quadratic",
-                       help="quadratic, cross_entropy or log_likelihood (default quadratic)")
+                       help="output activation, e.g. softmax (default: by the task, see --cost)")
+    train.add_argument("--cost", default=None,
+                       help="quadratic, cross_entropy or log_likelihood (default: softmax output with "
+                            "log_likelihood for classification, identity with quadratic for regression)")
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--batch-size", type=int, default=10)
-    train.add_argument("--lr", type=float, default=3.0, help="learning rate η (default 3.0)")
+    train.add_argument("--lr", type=float, default=None,
+                       help="learning rate η (default: 3.0 for classification with the quadratic cost, 0.5 "
+                            "with cross_entropy or log_likelihood, 0.01 for regression)")
     train.add_argument("--optimizer", default="sgd", help="sgd, momentum or adam (default sgd)")
     train.add_argument("--momentum", type=float, default=0.9, help="μ for --optimizer momentum")
     decay = train.add_mutually_exclusive_group()
@@ -81,13 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="data-parallel training over the ranks of gpubp.distributed.init()")
     train.set_defaults(run=cmd_train)
 
-    evaluate = commands.add_parser("evaluate", help="loss, accuracy and confusion matrix of a saved model")
+    evaluate = commands.add_parser("evaluate", help="loss and accuracy with the confusion matrix "
+                                                    "(regression: MSE, MAE, R²) of a saved model")
     evaluate.add_argument("model", help="a model written by gpubp train --save (.npz)")
-    _data_options(evaluate, default=None, default_help="from the model's input width: 784 mnist, 64 digits")
+    _data_options(evaluate, default=None, default_help="the file the model was trained on, else by its input "
+                                                       "width: 784 mnist, 64 digits")
     evaluate.add_argument("--set", dest="subset", choices=("test", "validation", "train"), default="test",
                           help="which part of the data to evaluate on (default test)")
     evaluate.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
     evaluate.set_defaults(run=cmd_evaluate)
+
+    _model_commands(commands)
 
     info = commands.add_parser("info", help="versions, GPUs, the device 'auto' picks, kernel check")
     info.set_defaults(run=cmd_info)
@@ -111,14 +127,68 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _data_options(parser: argparse.ArgumentParser, default: str | None, default_help: str) -> None:
-    parser.add_argument("--data", choices=datasets.NAMES, default=default,
-                        help=f"data set (default: {default_help})")
+    parser.add_argument("--data", default=default, metavar="NAME|PATH",
+                        help=f"{' or '.join(datasets.NAMES)}, or your own data: a folder of IDX files, an .npz "
+                             f"or a .csv (default: {default_help})")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="folder whose mnist/ holds the MNIST IDX files (default: env GPUBP_DATA, "
                              "else ~/.cache/gpubp)")
     parser.add_argument("--split", choices=("book", "full"), default="book",
                         help="book: train/validation/test (MNIST 50k/10k/10k); full: train/test "
                              "(60k/10k), monitoring the test set")
+    _file_data_options(parser)
+
+
+def _file_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default=None, metavar="COLUMN",
+                        help="the target column of a .csv (default: the last column)")
+    parser.add_argument("--test-fraction", type=float, default=None, metavar="F",
+                        help=f"share of the rows of a file without a test split that become the test set "
+                             f"(seeded; default {datasets.DEFAULT_TEST_FRACTION})")
+    parser.add_argument("--standardize", action="store_true",
+                        help="scale features to mean 0, std 1 as fitted on the training split (stored "
+                             "in the saved model and applied again by evaluate and predict)")
+
+
+def load_data(args: argparse.Namespace, name: str, dtype: str, device: str | None,
+              standardize: bool | None = None) -> datasets.Dataset:
+    """The data set of ``--data`` (a name or a path) with the file options of ``args``."""
+    return datasets.load(name, args.data_dir, split=args.split, dtype=dtype, device=device,
+                         target=args.target, test_fraction=args.test_fraction,
+                         standardize=args.standardize if standardize is None else standardize)
+
+
+def outputs_text(data: datasets.Dataset) -> str:
+    if data.task == "classification":
+        return f"{data.n_classes} classes"
+    return f"{data.n_outputs} regression target{'s' * (data.n_outputs > 1)}"
+
+
+def task_defaults(args: argparse.Namespace, task: str) -> tuple[str | None, str, float, str]:
+    """(output, cost, lr, note): neither --output nor --cost given, both follow the task (classification:
+    softmax + log_likelihood; regression: identity + quadratic); one given, the other completes it as
+    before (--cost log_likelihood implies softmax; else the output is --activation, regression identity;
+    the cost is log_likelihood for a softmax output, else quadratic). --lr defaults by task and cost."""
+    output, cost = args.output, args.cost
+    if output is None and cost is None:
+        output, cost = TASK_DEFAULTS[task]
+    elif output is None:
+        output = "softmax" if cost == "log_likelihood" else "identity" if task == "regression" else None
+    elif cost is None:
+        cost = "log_likelihood" if output == "softmax" and task == "classification" else "quadratic"
+    lr = args.lr if args.lr is not None else DEFAULT_LR["regression"] if task == "regression" else \
+        DEFAULT_LR.get(cost, DEFAULT_LR["quadratic"])
+    chosen = [f"{what} {value}" for what, value, given in (("output", output or args.activation, args.output),
+                                                            ("cost", cost, args.cost), ("lr", lr, args.lr))
+              if given is None]
+    note = f"{task}: " + ", ".join(chosen) + " (defaults for the task)" if chosen else f"{task}"
+    return output, cost, lr, note
+
+
+def format_results(result: dict[str, float]) -> str:
+    """"loss 0.1234  accuracy 95.00%" or "loss …  mse …  mae …  r2 …"."""
+    return "  ".join(f"{name} {100 * value:.2f}%" if name == "accuracy" else f"{name} {value:.4f}"
+                     for name, value in result.items())
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -169,8 +239,8 @@ class EpochReport:
         if self.verbose:
             parts = [f"epoch {epoch}/{self.epochs}", f"loss {logs['loss']:.4f}"]
             if "val_loss" in logs:
-                parts += [f"{self.monitor} loss {logs['val_loss']:.4f}",
-                          f"{self.monitor} accuracy {100 * logs['val_accuracy']:.2f}%"]
+                held_out = {k.removeprefix("val_"): v for k, v in logs.items() if k.startswith("val_")}
+                parts += [f"{self.monitor} {text}" for text in format_results(held_out).split("  ")]
             parts.append(f"{self.seconds[-1]:.3g} s ({self.n_train / self.seconds[-1]:,.0f} samples/s)")
             _say("  ".join(parts))
         if self.speed_data is not None:
@@ -208,14 +278,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         device = comm.device  # this rank's GPU (cuda:local_rank) or the CPU
     main_rank = comm is None or comm.rank == 0
 
-    data = datasets.load(args.data, args.data_dir, split=args.split, dtype=args.dtype, device=device)
-    sizes = args.sizes or [data.n_features, 30, data.n_classes]
-    if sizes[0] != data.n_features or sizes[-1] != data.n_classes:
+    data = load_data(args, args.data, dtype=args.dtype, device=device)
+    sizes = args.sizes or [data.n_features, 30, data.n_outputs]
+    if sizes[0] != data.n_features or sizes[-1] != data.n_outputs:
         raise CliError(f"--sizes {','.join(map(str, sizes))} does not fit {args.data}: it has "
-                       f"{data.n_features} inputs and {data.n_classes} classes, so sizes must be "
-                       f"{data.n_features},...,{data.n_classes}")
-    net = Network(sizes, activation=args.activation, output=args.output, cost=args.cost,
+                       f"{data.n_features} inputs and {outputs_text(data)}, so sizes must be "
+                       f"{data.n_features},...,{data.n_outputs}")
+    output, cost, lr, task_note = task_defaults(args, data.task)
+    net = Network(sizes, activation=args.activation, output=output, cost=cost,
                   device=device, dtype=args.dtype, seed=args.seed)
+    net.metadata.update(data.model_metadata())
     X, y = data.train
     weight_decay = args.weight_decay if args.l2 is None else args.l2 / len(X)
     monitor, held_out = ("validation", data.validation) if data.validation is not None \
@@ -223,12 +295,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     speed_data = (X[:SPEED_SAMPLES], y[:SPEED_SAMPLES]) if plot is not None and main_rank else None
     report = EpochReport(args.epochs, len(X), monitor, speed_data, verbose=main_rank)
     if main_rank:
-        _say(f"{net!r}\n{data!r}\ntraining {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, "
+        _say(f"{net!r}\n{data!r}\n{task_note}\ntraining {args.epochs} epochs, batch {args.batch_size}, lr {lr}, "
              f"{args.optimizer}" + (f", weight decay {weight_decay:.3g}" if weight_decay else "")
              + (f", {comm.size} ranks" if comm is not None else ""))
     status = 0
     try:
-        net.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+        net.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, lr=lr, optimizer=args.optimizer,
                 momentum=args.momentum, weight_decay=weight_decay, validation_data=held_out,
                 progress=main_rank and _progress_wanted(args.progress), seed=args.seed,
                 callbacks=[report], distributed=comm)
@@ -242,9 +314,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if history.get("val_accuracy"):
         best = int(np.argmax(history["val_accuracy"]))
         _say(f"best epoch {best + 1}: {monitor} accuracy {100 * history['val_accuracy'][best]:.2f}%")
+    elif history.get("val_r2"):
+        best = int(np.argmax(history["val_r2"]))
+        _say(f"best epoch {best + 1}: {monitor} r2 {history['val_r2'][best]:.4f}  mse "
+             f"{history['val_mse'][best]:.4f}")
     if monitor != "test":
-        result = net.evaluate(*data.test)
-        _say(f"test (final model): loss {result['loss']:.4f}  accuracy {100 * result['accuracy']:.2f}%")
+        _say(f"test (final model): {format_results(net.evaluate(*data.test))}")
     if report.seconds:
         _say(f"time per epoch: {np.median(report.seconds):.3g} s (median of {len(report.seconds)})")
     if save is not None:
@@ -258,44 +333,142 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # ---- evaluate ---------------------------------------------------------------------------------------
-def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
-    """counts[i, j] = how many samples of class i were predicted as j."""
-    return np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
-
-
-def format_confusion(counts: np.ndarray) -> str:
+def format_confusion(counts: np.ndarray, names: Sequence[Any] | None = None) -> str:
+    """The matrix as text, rows and columns labelled by the class names (default: the class codes)."""
     k = len(counts)
-    width = max(len(str(int(counts.max()))), len(str(k - 1)), 4)
-    lines = ["true\\pred " + " ".join(str(j).rjust(width) for j in range(k))]
-    for i in range(k):
-        lines.append(str(i).rjust(9) + " " + " ".join(str(int(c)).rjust(width) for c in counts[i]))
+    labels = [str(name) for name in (names if names is not None else range(k))]
+    width = max(len(str(int(counts.max()))), *(len(label) for label in labels), 4)
+    first = max(9, *(len(label) for label in labels))
+    lines = ["true\\pred".ljust(first) + " " + " ".join(label.rjust(width) for label in labels)]
+    for label, row in zip(labels, counts):
+        lines.append(label.rjust(first) + " " + " ".join(str(int(c)).rjust(width) for c in row))
     return "\n".join(lines)
+
+
+def evaluation_data(args: argparse.Namespace, net: Any) -> tuple[str, datasets.Dataset]:
+    """(name, data) for ``gpubp evaluate``: --data, else the file the model was trained on (from its
+    metadata), else the built-in set of its input width; a file is split again with the model's stored test
+    fraction and split seed, so its test set is the one held out in training. Loaded on the host, with the
+    features standardised by the model's stored standardisation (or, without one, fitted anew for
+    --standardize)."""
+    meta = net.metadata
+    saved = meta.get("data") or {}
+    name = args.data or saved.get("path") or INPUT_WIDTHS.get(net.sizes[0])
+    if name is None:
+        raise CliError(f"{args.model} takes {net.sizes[0]} inputs, which matches no built-in data set "
+                       f"({', '.join(f'{d} {w}' for w, d in INPUT_WIDTHS.items())}); pass --data")
+    options: dict[str, Any] = {}
+    if name not in datasets.NAMES:
+        if args.data is None and not Path(name).exists():
+            raise CliError(f"{args.model} was trained on {name}, which no longer exists; pass --data")
+        options = dict(target=args.target or meta.get("target"), seed=saved.get("split_seed", 0),
+                       test_fraction=args.test_fraction or saved.get("test_fraction"))
+    data = datasets.load(name, args.data_dir, split=args.split, dtype=net.dtype.name, device="cpu",
+                         standardize=args.standardize and not meta.get("standardization"), **options)
+    if data.feature_names and meta.get("feature_names") and data.feature_names != tuple(meta["feature_names"]):
+        data = _reorder_features(data, meta["feature_names"], name)
+    if data.class_names and meta.get("class_names") and data.class_names != tuple(meta["class_names"]):
+        data = _recode_classes(data, meta["class_names"], name)
+    if meta.get("standardization"):
+        scaling = datasets.Standardization.from_json(meta["standardization"], net.sizes[0])
+        data = map_splits(data, lambda split: (scaling.apply(split[0]), split[1]))
+    return str(name), data
+
+
+def _reorder_features(data: datasets.Dataset, names: Sequence[str], source: str) -> datasets.Dataset:
+    """``data`` with its feature columns in the order ``names`` (the model's); CliError if they differ."""
+    if set(names) != set(data.feature_names):
+        raise CliError(f"{source}: feature columns {', '.join(data.feature_names)} differ from the model's "
+                       f"{', '.join(names)}")
+    order = [data.feature_names.index(name) for name in names]
+    return map_splits(data, lambda split: (split[0][:, order], split[1]), feature_names=tuple(names))
+
+
+def _recode_classes(data: datasets.Dataset, names: Sequence[Any], source: str) -> datasets.Dataset:
+    """``data`` with its class codes renumbered as the model's class ``names``; CliError for a class the
+    model does not know."""
+    unknown = [name for name in data.class_names if name not in names]
+    if unknown:
+        raise CliError(f"{source}: class {unknown[0]!r} is not one the model knows ({', '.join(map(str, names))})")
+    codes = np.array([list(names).index(name) for name in data.class_names], dtype=np.int64)
+    return map_splits(data, lambda split: (split[0], codes[split[1]]), class_names=tuple(names),
+                      n_classes=len(names))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .serialization import load
 
     net = load(args.model, device=args.device)
-    name = args.data or INPUT_WIDTHS.get(net.sizes[0])
-    if name is None:
-        raise CliError(f"{args.model} takes {net.sizes[0]} inputs, which matches no built-in data set "
-                       f"({', '.join(f'{d} {w}' for w, d in INPUT_WIDTHS.items())})")
-    data = datasets.load(name, args.data_dir, split=args.split, dtype=net.dtype.name, device=args.device)
+    name, data = evaluation_data(args, net)
     part = getattr(data, args.subset)
     if part is None:
         raise CliError(f"--set {args.subset}: the {args.split} split has no {args.subset} set; "
                        "use --split book")
     if net.sizes[0] != data.n_features:
         raise CliError(f"{args.model} takes {net.sizes[0]} inputs but {name} has {data.n_features}")
+    if data.task != net.task:
+        raise CliError(f"{args.model} is a {net.task} model but {name} holds {outputs_text(data)}")
     X, y = part
     result = net.evaluate(X, y)
+    _say(f"{net!r}\n{name} {args.subset}: {len(X)} samples")
+    if net.task == "regression":
+        _say("\n".join(f"{key} {value:.6g}" for key, value in result.items()))
+        return 0
     labels = net.ops.to_numpy(y)
     predicted = net.predict(X)
-    _say(f"{net!r}\n{name} {args.subset}: {len(labels)} samples")
     _say(f"loss {result['loss']:.4f}\naccuracy {100 * result['accuracy']:.2f}% "
          f"({int((predicted == labels).sum())}/{len(labels)})")
     _say("confusion matrix (rows: true class, columns: predicted class):")
-    _say(format_confusion(confusion_matrix(labels, predicted, max(net.sizes[-1], data.n_classes))))
+    k = max(net.sizes[-1], data.n_classes)
+    names = data.class_names if data.class_names is not None and len(data.class_names) == k else None
+    _say(format_confusion(confusion_matrix(labels, predicted, k), names))
+    return 0
+
+
+# ---- predict, export ---------------------------------------------------------------------------------
+def _model_commands(commands: Any) -> None:
+    predict = commands.add_parser("predict", help="apply a saved model to a .csv, .npz/.npy or IDX images "
+                                                  "file: class names (or values) as CSV or .npy")
+    predict.add_argument("model", help="a model written by gpubp train --save (.npz)")
+    predict.add_argument("input", help="a .csv with the training feature columns (by name), an .npz or .npy "
+                                       "of samples, or an IDX images file")
+    predict.add_argument("--out", default=None, metavar="FILE",
+                         help="write here: .npy for an array, else CSV (default: CSV to standard output)")
+    predict.add_argument("--proba", action="store_true",
+                         help="also one column per class: the output activation (softmax: probability)")
+    predict.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
+    predict.set_defaults(run=cmd_predict)
+
+    export = commands.add_parser("export", help="write a saved model as ONNX (.onnx) or safetensors "
+                                                "(.safetensors) for use outside gpubp")
+    export.add_argument("model", help="a model written by gpubp train --save (.npz)")
+    export.add_argument("out", help="OUT.onnx or OUT.safetensors")
+    export.set_defaults(run=cmd_export)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .prediction import predictions, read_inputs, write_predictions
+    from .serialization import load
+
+    out = check_writable(args.out, "--out") if args.out else None
+    net = load(args.model, device=args.device)
+    header, columns = predictions(net, read_inputs(args.input, net), proba=args.proba)
+    write_predictions(header, columns, out, sys.stdout)
+    if out is not None:
+        _say(f"wrote {len(columns[0])} predictions to {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import FORMATS
+    from .serialization import load
+
+    out = check_writable(args.out, "export")
+    if out.suffix.lower() not in FORMATS:
+        raise CliError(f"export {args.out}: the name must end in {' or '.join(FORMATS)}")
+    net = load(args.model, device="cpu")
+    net.export(str(out))
+    _say(f"wrote {out}")
     return 0
 
 

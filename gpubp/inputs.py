@@ -111,6 +111,13 @@ def labels_of(target: Any, ops: Ops) -> np.ndarray:
     return ops.to_numpy(target.argmax(axis=1)).astype(np.int64)
 
 
+def target_vectors(target: Any, width: int, ops: Ops) -> np.ndarray:
+    """Device targets as host float rows (n, width): float targets as they are, class labels one-hot."""
+    if target.ndim == 2:
+        return ops.to_numpy(target)
+    return np.eye(width)[ops.to_numpy(target).astype(np.int64)]
+
+
 def positive_int(value: Any, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")

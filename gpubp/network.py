@@ -23,6 +23,7 @@ from .activations import Activation, get_activation
 from .backend import get_ops
 from .costs import Cost, CrossEntropy, LogLikelihood, get_cost
 from .initializers import init_parameters
+from .metrics import METRICS, accuracy, regression_metrics
 from .optimizers import Optimizer, make_optimizer
 
 Array = Any
@@ -275,8 +276,24 @@ class Network:
                 classes = self.ops.to_numpy(a.argmax(axis=1)).astype(np.int64)
         return classes[0] if single else classes
 
+    @property
+    def task(self) -> str:
+        """"classification" or "regression": ``metadata["task"]`` when set, else regression exactly when
+        the output activation is the identity. Setting it stores it in ``metadata``."""
+        task = self.metadata.get("task")
+        if task in METRICS:
+            return task
+        return "regression" if self.output.name == "identity" else "classification"
+
+    @task.setter
+    def task(self, task: str) -> None:
+        if task not in METRICS:
+            raise ValueError(f"task must be one of {', '.join(METRICS)}; got {task!r}")
+        self.metadata["task"] = task
+
     def evaluate(self, X: Any, Y: Any) -> dict[str, float]:
-        """{"loss": mean cost, "accuracy": fraction of samples whose predicted class is the target's}."""
+        """{"loss": mean cost} and, by ``task``, "accuracy" (the fraction of samples whose predicted class
+        is the target's) for classification, or "mse", "mae" and "r2" for regression."""
         with self.ops.activate():
             x, single = inputs.check_inputs(X, self.sizes[0], self.ops, self.dtype)
             return self._evaluate(x, self._targets(Y, len(x), single=single))
@@ -285,11 +302,13 @@ class Network:
         a = self._forward_chunks(x)
         loss = self._loss(a, target)
         if target is None or len(x) == 0:
-            return {"loss": loss, "accuracy": float("nan")}
+            return {"loss": loss, **{name: float("nan") for name in METRICS[self.task]}}
+        if self.task == "regression":
+            return {"loss": loss, **regression_metrics(self.ops.to_numpy(a),
+                                                       inputs.target_vectors(target, self.sizes[-1], self.ops))}
         pred = self.ops.to_numpy(a[:, 0] > 0.5) if self.sizes[-1] == 1 else \
             self.ops.to_numpy(a.argmax(axis=1))
-        accuracy = float(np.mean(pred.astype(np.int64) == inputs.labels_of(target, self.ops)))
-        return {"loss": loss, "accuracy": accuracy}
+        return {"loss": loss, "accuracy": accuracy(pred.astype(np.int64), inputs.labels_of(target, self.ops))}
 
     # ---- training ---------------------------------------------------------------------------------
     def fit(self, X: Any, Y: Any, epochs: int, batch_size: int, lr: float, optimizer: str = "sgd",
@@ -298,7 +317,8 @@ class Network:
             progress: bool | None = None, seed: int | None = None,
             callbacks: Iterable[Callable[["Network", int, dict], Any]] | None = None,
             distributed: Any = None) -> dict[str, list]:
-        """Mini-batch gradient descent; returns the history of per-epoch "loss", "val_loss", "val_accuracy".
+        """Mini-batch gradient descent; returns the history of per-epoch "loss", "val_loss" and "val_accuracy"
+        (regression: "val_mse", "val_mae", "val_r2").
 
         "loss" is the mean training cost over the epoch's batches, measured in their forward passes.
         Each epoch draws a new order of the samples (from ``seed``). On NaN/inf the parameters are put
@@ -324,6 +344,13 @@ class Network:
         from .serialization import save
 
         save(self, path)
+
+    def export(self, path: str) -> None:
+        """Write the model for use outside gpubp: ``.onnx`` (standard ONNX operators) or ``.safetensors``
+        (``layers.{l}.weight``/``bias``); see ``gpubp.export``."""
+        from .export import export
+
+        export(self, path)
 
     def __repr__(self) -> str:
         return (f"Network(sizes={self.sizes}, activation={self.activation.name!r}, "

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from . import inputs
+from .metrics import METRICS
 from .optimizers import optimizer_name
 
 #: under distributed training (NCCL), weight gradients at least this large are summed across ranks as soon
@@ -71,7 +72,7 @@ class Trainer:
             optimizer = net._optimizer_for(self.optimizer_name, self.lr, self.momentum, self.weight_decay)
             history: dict[str, list] = {"loss": []}
             if validation is not None:
-                history.update(val_loss=[], val_accuracy=[])
+                history.update({f"val_{name}": [] for name in ("loss", *METRICS[net.task])})
             net.history = history
             rng = net._shuffle_rng = self._shuffle_rng()
             if self.comm is not None:
@@ -173,7 +174,7 @@ class Trainer:
                 self._check_finite(epoch, logs["loss"], state, snapshot, optimizer, steps_before)
                 if validation is not None:
                     result = net._evaluate(*validation)
-                    logs.update(val_loss=result["loss"], val_accuracy=result["accuracy"])
+                    logs.update({f"val_{name}": value for name, value in result.items()})
                 if bar is not None:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
             for key, value in logs.items():
