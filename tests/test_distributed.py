@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -240,10 +241,10 @@ def test_two_ranks_on_two_emulated_gpus_train_like_one_process(emulation, tmp_pa
         assert f"Communicator(rank={rank}, size=2, device='{device}', transport='MPI+NCCL')" in output, output
     if problem == "buckets":
         assert "rank 0: early buckets [1]" in output, output
-    steps = 2 * 4  # 2 epochs of 4 batches: a bucket per step, 1 or 2 more pieces, one loss sum per epoch
-    calls = {"gpu": f"{{'allReduce': {steps + 2}, 'broadcast': 1}}",
-             "buckets": f"{{'allReduce': {2 * 2 * 3 + 2}, 'broadcast': 1}}"}[problem]
-    assert f"rank 1: NCCL calls {calls}" in output, output
+    # per step one sum of the gradient (gpu: 2 epochs of 4 batches) or three pieces (buckets: 2 epochs of 2
+    # batches), plus one loss sum per epoch; the parameters and optimizer state broadcast from rank 0
+    sums = {"gpu": 2 * 4 + 2, "buckets": 2 * 2 * 3 + 2}[problem]
+    assert re.search(rf"rank 1: NCCL calls {{'allReduce': {sums}, 'broadcast': [1-9]\d*}}", output), output
     net, X, Y, fit = worker.problem(problem)
     with emulated_gpus(build):
         history = net.to("cuda:0").fit(X, Y, **fit)
