@@ -8,6 +8,7 @@ with no optimizer state.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -21,31 +22,53 @@ from .optimizers import optimizer_name
 
 FORMAT = "gpubp-network"
 FORMAT_VERSION = 2
+#: how far from the end of a zip its end record may start (22 bytes plus a comment of up to 64 KiB)
+END_RECORD_SEARCH = 22 + 65535
+#: the end record's member count of a zip64 archive, whose real count zipfile reads from the zip64 record
+ZIP64_ENTRIES = 0xFFFF
 REQUIRED = ("format", "format_version", "sizes", "activation", "output", "cost", "dtype", "params")
 
 
 def save(net: Any, path: str | os.PathLike) -> None:
-    """Write ``net`` to ``path`` exactly (no suffix is added): a temp file in the same folder, fsynced, then
-    renamed over ``path``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot save to {path!r}: folder {folder!r} does not exist")
+    """Write ``net`` to ``path`` exactly (no suffix is added), atomically (see ``write_npz``)."""
+    write_npz(path, model_fields(net))
+
+
+def model_fields(net: Any, params: Any = None, optimizer_state: dict[str, Any] | None = None,
+                 shuffle_state: dict | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a model file: ``net``'s description, its parameters, optimizer state, shuffle
+    generator state and metadata. ``params``, ``optimizer_state`` (``{"t": steps, buffer: array}``, arrays
+    on the net's device) and ``shuffle_state`` replace the net's own (a checkpoint of an earlier moment)."""
+    to_host = net.ops.to_numpy
+    if shuffle_state is None and net._shuffle_rng is not None:
+        shuffle_state = net._shuffle_rng.bit_generator.state
     arrays = {
         "format": np.array(FORMAT), "format_version": np.array(FORMAT_VERSION),
         "sizes": np.array(net.sizes, dtype=np.int64), "activation": np.array(net.activation.name),
         "output": np.array(net.output.name), "cost": np.array(net.cost.name),
         "builtin_cost": np.array(net.cost.name in COSTS and type(net.cost) is type(COSTS[net.cost.name])),
-        "dtype": np.array(net.dtype.name), "params": net.ops.to_numpy(net.parameters()),
+        "dtype": np.array(net.dtype.name),
+        "params": to_host(net.parameters() if params is None else params),
         "metadata": np.array(json.dumps(net.metadata, allow_nan=False)),
-        "shuffle_rng": np.array("" if net._shuffle_rng is None else
-                                json.dumps(net._shuffle_rng.bit_generator.state)),
+        "shuffle_rng": np.array("" if shuffle_state is None else json.dumps(shuffle_state)),
     }
     optimizer = net.optimizer
     if optimizer is not None:
+        state = optimizer.state_dict() if optimizer_state is None else optimizer_state
         arrays["optimizer"] = np.array(optimizer.name)
-        arrays.update({f"optimizer.{k}": v for k, v in optimizer.state_dict().items()})
-    fd, tmp = tempfile.mkstemp(prefix=".gpubp-", suffix=".tmp", dir=folder)
+        arrays.update({f"optimizer.{k}": np.asarray(to_host(v)) for k, v in state.items()})
+    return arrays
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], temp_prefix: str = ".gpubp-") -> None:
+    """``np.savez`` to ``path``, atomically: a temp file in the same folder, fsynced, renamed over ``path``,
+    then the folder fsynced so that the rename itself survives a crash. The old ``path`` stays intact
+    until the new file is complete."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot save to {path!r}: folder {folder!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix, suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -56,6 +79,22 @@ def save(net: Any, path: str | os.PathLike) -> None:
         with _ignore_missing():
             os.unlink(tmp)
         raise
+    fsync_folder(folder)
+
+
+def fsync_folder(folder: str) -> None:
+    """Make the folder's entries (a rename, a new or deleted file) durable (a no-op where folders cannot be
+    opened, e.g. on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the rename is then as durable as they allow
+    finally:
+        os.close(fd)
 
 
 def load(path: str | os.PathLike, device: str | None = None, cost: Cost | Any = None) -> Any:
@@ -71,30 +110,50 @@ def load(path: str | os.PathLike, device: str | None = None, cost: Cost | Any = 
         path += ".npz"  # as numpy.load would find what numpy.savez("name") wrote
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such model file: {path!r}")
-    fields = _read(path)
-    sizes = [int(s) for s in fields["sizes"]]
+    fields = check_model_fields(read_npz(path, repr(path)), repr(path))
+    description = model_description(fields, repr(path))
     if cost is None:
         if not bool(fields.get("builtin_cost", True)):
-            raise ValueError(f"{path!r} was saved with a user-defined cost {str(fields['cost'])!r}; "
+            raise ValueError(f"{path!r} was saved with a user-defined cost {description['cost']!r}; "
                              "pass it again: gpubp.load(path, cost=...)")
-        cost = str(fields["cost"])
+        cost = description["cost"]
     try:
-        net = Network(sizes, activation=str(fields["activation"]), output=str(fields["output"]),
-                      cost=cost, device=device, dtype=str(fields["dtype"]))
+        net = Network(description["sizes"], activation=description["activation"],
+                      output=description["output"], cost=cost, device=device, dtype=description["dtype"])
     except ValueError as exc:
         raise ValueError(f"{path!r} holds an invalid model description: {exc}") from exc
-    params = fields["params"]
-    if params.shape != net.parameters().shape:
-        raise ValueError(f"{path!r} is damaged: {params.size} parameters stored, sizes {sizes} need "
-                         f"{net.parameters().size}")
-    if not np.isfinite(params).all():
-        raise ValueError(f"{path!r} holds NaN or infinite parameters")
-    net._load_parameters(params)
-    _restore_training_state(net, fields, path)
+    restore_fields(net, fields, repr(path))
     return net
 
 
-def _restore_training_state(net: Any, fields: dict[str, np.ndarray], path: str) -> None:
+def model_description(fields: dict[str, np.ndarray], name: str) -> dict[str, Any]:
+    """sizes, activation, output, cost and dtype as stored (ValueError if a field has the wrong type)."""
+    description: dict[str, Any] = {}
+    for key in ("activation", "output", "cost", "dtype"):
+        value = fields[key]
+        if value.dtype.kind != "U" or value.ndim != 0:
+            raise ValueError(f"{name} is damaged: field {key!r} is not a text value")
+        description[key] = str(value)
+    sizes = fields["sizes"]
+    if sizes.dtype.kind not in "iu" or sizes.ndim != 1:
+        raise ValueError(f"{name} is damaged: field 'sizes' is not a vector of integers")
+    return {"sizes": [int(s) for s in sizes], **description}
+
+
+def restore_fields(net: Any, fields: dict[str, np.ndarray], name: str) -> None:
+    """Parameters and training state from a model file's fields into ``net`` (of the same description);
+    ValueError naming ``name`` if they do not fit."""
+    params = fields["params"]
+    if params.shape != net.parameters().shape:
+        raise ValueError(f"{name} is damaged: {params.size} parameters stored, sizes {net.sizes} need "
+                         f"{net.parameters().size}")
+    if not np.isfinite(params).all():
+        raise ValueError(f"{name} holds NaN or infinite parameters")
+    net._load_parameters(params)
+    _restore_training_state(net, fields, name)
+
+
+def _restore_training_state(net: Any, fields: dict[str, np.ndarray], name: str) -> None:
     """Format 2's metadata, shuffle generator and optimizer state into ``net`` (ValueError if damaged)."""
     try:
         metadata = json.loads(str(fields.get("metadata", "{}")))
@@ -107,34 +166,71 @@ def _restore_training_state(net: Any, fields: dict[str, np.ndarray], path: str) 
             net._shuffle_rng = rng
         net.metadata = metadata
         if "optimizer" in fields:
-            name = str(fields["optimizer"])
-            optimizer = net._optimizer_for(optimizer_name(name), lr=1e-3, momentum=0.9, weight_decay=0.0)
+            optimizer = net._optimizer_for(optimizer_name(str(fields["optimizer"])), lr=1e-3, momentum=0.9, weight_decay=0.0)
             prefix = "optimizer."
             optimizer.load_state_dict({k[len(prefix):]: v for k, v in fields.items() if k.startswith(prefix)})
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ValueError(f"{path!r} holds a damaged training state: {exc}") from exc
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        raise ValueError(f"{name} holds a damaged training state: {exc}") from exc
 
 
-def _read(path: str) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ValueError("not an .npz archive")
-            missing = [k for k in REQUIRED if k not in data.files]
-            if missing:
-                raise ValueError(f"missing fields {missing}")
-            fields = {k: data[k] for k in data.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise ValueError(f"{path!r} is not a readable gpubp model file ({type(exc).__name__}: {exc})") \
-            from exc
-    if str(fields["format"]) != FORMAT:
-        raise ValueError(f"{path!r} is not a gpubp model file (format {str(fields['format'])!r})")
-    version = int(fields["format_version"])
-    if version > FORMAT_VERSION:
-        raise ValueError(f"{path!r} uses format version {version}; this gpubp reads up to "
+def read_npz(source: str | bytes, name: str, kind: str = "gpubp model file") -> dict[str, np.ndarray]:
+    """Every array of the .npz file at ``source`` (a path, or the file's bytes); ``name`` is how messages
+    call it and ``kind`` what it should be. Strict: each member's CRC-32 is checked, pickled data is
+    refused, and whatever the zip or .npy parser raises on damaged bytes becomes a ValueError saying what
+    is wrong."""
+    stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # OSError as is
+    fields: dict[str, np.ndarray] = {}
+    with stream:
+        try:
+            if stream.read(1) == b"\x80":
+                raise ValueError("it is a Python pickle, which gpubp never reads")
+            stream.seek(0)
+            with zipfile.ZipFile(stream) as archive:
+                declared = _declared_entries(stream)
+                if declared != ZIP64_ENTRIES and len(archive.infolist()) != declared:
+                    raise ValueError(f"its central directory lists {len(archive.infolist())} members where "
+                                     f"the end record declares {declared}")
+                for member in archive.infolist():
+                    key = member.filename.removesuffix(".npy")
+                    if key == member.filename or key in fields:
+                        raise ValueError(f"member {member.filename!r} is not a distinct .npy array")
+                    data = io.BytesIO(archive.read(member))  # checks the CRC-32 of the whole member
+                    fields[key] = np.lib.format.read_array(data, allow_pickle=False)
+                    if data.read(1):
+                        raise ValueError(f"member {member.filename!r} has bytes after its array")
+        except Exception as exc:  # damaged bytes make zipfile and numpy raise many types: all "unreadable"
+            raise ValueError(f"{name} is not a readable {kind} ({type(exc).__name__}: {exc})") from exc
+    return fields
+
+
+def _declared_entries(stream: Any) -> int:
+    """The member count in a zip's end-of-central-directory record (zipfile does not check it; a damaged
+    directory would silently lose members)."""
+    stream.seek(0, os.SEEK_END)
+    size = stream.tell()
+    stream.seek(max(0, size - END_RECORD_SEARCH))
+    tail = stream.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + 12 > len(tail):
+        raise ValueError("no end-of-central-directory record")
+    return int.from_bytes(tail[at + 10:at + 12], "little")
+
+
+def check_model_fields(fields: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+    """``fields`` if they are a gpubp model of a version this gpubp reads; ValueError otherwise."""
+    missing = [k for k in REQUIRED if k not in fields]
+    if missing:
+        raise ValueError(f"{name} is not a gpubp model file (missing fields {missing})")
+    if fields["format"].dtype.kind != "U" or str(fields["format"]) != FORMAT:
+        raise ValueError(f"{name} is not a gpubp model file (format {str(fields['format'])!r})")
+    version = fields["format_version"]
+    if version.dtype.kind not in "iu" or version.ndim != 0:
+        raise ValueError(f"{name} is damaged: format_version is not an integer")
+    if int(version) > FORMAT_VERSION:
+        raise ValueError(f"{name} uses format version {int(version)}; this gpubp reads up to "
                          f"{FORMAT_VERSION}: upgrade gpubp")
     if fields["params"].dtype.kind != "f" or fields["params"].ndim != 1:
-        raise ValueError(f"{path!r} is damaged: parameters are not a float vector")
+        raise ValueError(f"{name} is damaged: parameters are not a float vector")
     return fields
 
 
