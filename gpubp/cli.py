@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "installed)")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel training over the ranks of gpubp.distributed.init()")
+    train.add_argument("--checkpoint", default=None, metavar="DIR",
+                       help="write checkpoints to DIR; the same command run again resumes from them")
+    train.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                       help="checkpoint every N epochs (default 1), and always at the end or on Ctrl-C")
     train.set_defaults(run=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="loss and accuracy with the confusion matrix "
@@ -303,7 +307,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         net.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, lr=lr, optimizer=args.optimizer,
                 momentum=args.momentum, weight_decay=weight_decay, validation_data=held_out,
                 progress=main_rank and _progress_wanted(args.progress), seed=args.seed,
-                callbacks=[report], distributed=comm)
+                callbacks=[report], distributed=comm, checkpoint=args.checkpoint,
+                checkpoint_every=args.checkpoint_every)
     except KeyboardInterrupt as exc:
         status = INTERRUPTED
         if main_rank:

@@ -316,7 +316,8 @@ class Network:
             validation_data: tuple[Any, Any] | None = None, shuffle: bool = True,
             progress: bool | None = None, seed: int | None = None,
             callbacks: Iterable[Callable[["Network", int, dict], Any]] | None = None,
-            distributed: Any = None) -> dict[str, list]:
+            distributed: Any = None, checkpoint: str | None = None,
+            checkpoint_every: int = 1) -> dict[str, list]:
         """Mini-batch gradient descent; returns the history of per-epoch "loss", "val_loss" and "val_accuracy"
         (regression: "val_mse", "val_mae", "val_r2").
 
@@ -326,6 +327,10 @@ class Network:
         the current batch, keeps ``self.history`` and raises KeyboardInterrupt. ``distributed`` is a
         ``gpubp.distributed.Communicator`` (or True for ``gpubp.distributed.init()``): each rank trains on
         its shard of every global batch.
+
+        ``checkpoint`` is a directory: every ``checkpoint_every`` epochs, at the end and when training is
+        interrupted, the state at the end of the last completed epoch is written there (gpubp.checkpoint),
+        and a later ``fit`` with the same arguments resumes from it exactly.
         """
         from .training import Trainer
 
@@ -335,7 +340,8 @@ class Network:
             distributed = _distributed.init("cpu" if self.device == "cpu" else "cuda")
         trainer = Trainer(self, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                           momentum=momentum, weight_decay=weight_decay, shuffle=shuffle,
-                          progress=progress, seed=seed, callbacks=callbacks, comm=distributed)
+                          progress=progress, seed=seed, callbacks=callbacks, comm=distributed,
+                          checkpoint=checkpoint, checkpoint_every=checkpoint_every)
         return trainer.run(X, Y, validation_data)
 
     # ---- persistence ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -18,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from . import inputs
+from .checkpoint import Checkpointer, say
 from .metrics import METRICS
 from .optimizers import optimizer_name
 
@@ -33,7 +35,8 @@ class Trainer:
 
     def __init__(self, net: Any, *, epochs: int, batch_size: int, lr: float, optimizer: str,
                  momentum: float, weight_decay: float, shuffle: bool, progress: bool | None,
-                 seed: int | None, callbacks: Iterable[Callable] | None, comm: Any) -> None:
+                 seed: int | None, callbacks: Iterable[Callable] | None, comm: Any,
+                 checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1) -> None:
         self.net = net
         self.epochs = inputs.positive_int(epochs, "epochs", minimum=0)
         self.batch_size = inputs.positive_int(batch_size, "batch_size")
@@ -58,6 +61,8 @@ class Trainer:
                              "every rank needs at least one sample of each mini-batch")
         main_rank = comm is None or comm.rank == 0
         self.progress = main_rank and (sys.stderr.isatty() if progress is None else bool(progress))
+        every = inputs.positive_int(checkpoint_every, "checkpoint_every")
+        self.checkpoints = None if checkpoint is None else Checkpointer(checkpoint, every, comm)
 
     def run(self, X: Any, Y: Any, validation_data: Any) -> dict[str, list]:
         if self.comm is not None and self.net.device != self.comm.device:
@@ -69,23 +74,52 @@ class Trainer:
             if len(x) == 0:
                 raise ValueError("fit needs at least one training sample; X is empty")
             validation = self._validation(validation_data)
+            resumed, self.identity, self._restart_point = None, self._run(len(x), validation), None
+            if self.checkpoints is not None:
+                resumed = self.checkpoints.open(net, self.optimizer_name, self.identity)
             optimizer = net._optimizer_for(self.optimizer_name, self.lr, self.momentum, self.weight_decay)
             history: dict[str, list] = {"loss": []}
             if validation is not None:
                 history.update({f"val_{name}": [] for name in ("loss", *METRICS[net.task])})
+            if resumed is not None:
+                history = resumed.history
             net.history = history
-            rng = net._shuffle_rng = self._shuffle_rng()
+            rng = net._shuffle_rng = net._shuffle_rng if resumed is not None else self._shuffle_rng()
             if self.comm is not None:
-                self._agree_across_ranks(len(x), optimizer)
+                self._agree_across_ranks(len(x), optimizer, rng)
+            if resumed is not None and self._report_resume(resumed):
+                return history
             # under MPI every rank must take the same branch: there Ctrl-C ends the job at once
             deferred = _deferred_interrupt() if self.comm is None else contextlib.nullcontext({"hit": False})
             with ops.errstate(), deferred as interrupt:
-                self._epochs(x, target, validation, optimizer, rng, history, interrupt)
+                try:
+                    self._epochs(x, target, validation, optimizer, rng, history, interrupt,
+                                 first=1 if resumed is None else resumed.epoch + 1)
+                except BaseException:
+                    self._checkpoint_restart_point()
+                    raise
         return history
 
-    def _agree_across_ranks(self, n: int, optimizer: Any) -> None:
-        """Check that every rank trains the same model on equally long data, then start from rank 0's
-        parameters and optimizer state."""
+    def _run(self, n: int, validation: Any) -> dict[str, Any]:
+        """What identifies this run to its checkpoints: the data size and the fit arguments that shape the
+        trajectory (``epochs`` may grow on a resume)."""
+        return {"samples": n, "validation_samples": None if validation is None else len(validation[0]),
+                "batch_size": self.batch_size, "optimizer": self.optimizer_name, "lr": self.lr,
+                "momentum": self.momentum if self.optimizer_name == "momentum" else None,
+                "weight_decay": self.weight_decay, "shuffle": self.shuffle,
+                "seed": None if self.seed is None else int(self.seed), "epochs": self.epochs}
+
+    def _report_resume(self, resumed: Any) -> bool:
+        """Say on rank 0 where training resumes; True when the run has nothing left to do."""
+        complete = self.checkpoints.complete(resumed, self.epochs)
+        if self.checkpoints.main_rank:
+            say(f"{resumed.name}: the run is complete ({resumed.epoch} epochs); nothing left to do" if complete
+                else f"resuming from {resumed.name}: epoch {resumed.epoch} of {self.epochs} done")
+        return complete
+
+    def _agree_across_ranks(self, n: int, optimizer: Any, rng: np.random.Generator) -> None:
+        """Check that every rank trains the same model on equally long data from the same shuffle state
+        (a resumed checkpoint included), then start from rank 0's parameters and optimizer state."""
         net, comm = self.net, self.comm
         tail = n % self.batch_size
         if 0 < tail < comm.size:
@@ -102,6 +136,8 @@ class Trainer:
         optimizer.t = int(steps[0])
         for buffer in optimizer.state_arrays():
             comm.broadcast(buffer, root=0)
+        resume = json.dumps([len(net.history["loss"]), rng.bit_generator.state], sort_keys=True)
+        comm.check_same(np.frombuffer(resume.encode(), np.uint8), "epoch reached and shuffle generator state")
 
     def _validation(self, validation_data: Any) -> tuple[Any, Any] | None:
         if validation_data is None:
@@ -131,7 +167,7 @@ class Trainer:
         self.comm.broadcast(seed, root=0)
         return int(seed[0])
 
-    def _epochs(self, x, target, validation, optimizer, rng, history, interrupt) -> None:
+    def _epochs(self, x, target, validation, optimizer, rng, history, interrupt, first: int) -> None:
         net, ops, n, bs, comm = self.net, self.net.ops, len(x), self.batch_size, self.comm
         xs, ts = x, target
         if self.shuffle:
@@ -143,10 +179,12 @@ class Trainer:
         buckets = None if comm is None else GradientBuckets(net, comm)
         batches = [(start, min(start + bs, n)) for start in range(0, n, bs)]
         every = max(1, len(batches) // PROGRESS_UPDATES)
-        for epoch in range(1, self.epochs + 1):
+        for epoch in range(first, self.epochs + 1):
+            self._restart_point = None
             for source, saved in zip(state, snapshot):
                 ops.copy(source, out=saved)
             steps_before = optimizer.t
+            self._restart_point = (epoch - 1, snapshot, steps_before, rng.bit_generator.state)
             if self.shuffle:
                 order = ops.permutation(n, rng)
                 ops.take_rows(x, order, out=xs)
@@ -183,8 +221,27 @@ class Trainer:
                 self._print_epoch(epoch, logs)
             if interrupt["hit"]:
                 raise KeyboardInterrupt(f"training interrupted in epoch {epoch} after {done} of {n} samples")
-            if any(cb(net, epoch, dict(logs)) is False for cb in self.callbacks):
+            stop = any(cb(net, epoch, dict(logs)) is False for cb in self.callbacks)
+            end = stop or epoch == self.epochs
+            if self.checkpoints is not None and (end or epoch % self.checkpoints.every == 0):
+                self.checkpoints.write(net, epoch, history, self.identity, finished=end)
+            if stop:
                 break
+
+    def _checkpoint_restart_point(self) -> None:
+        """Training stopped by an exception (Ctrl-C, divergence, …): checkpoint the end of the last completed
+        epoch, from the copy taken when the current epoch began, unless that checkpoint exists already."""
+        point = self._restart_point
+        if self.checkpoints is None or point is None or point[0] <= self.checkpoints.last_written:
+            return
+        epoch, snapshot, steps, shuffle_state = point
+        optimizer = self.net.optimizer
+        state = dict(zip(optimizer.buffers, snapshot[1:]), t=np.array(steps, dtype=np.int64))
+        try:
+            self.checkpoints.write(self.net, epoch, self.net.history, self.identity, finished=False,
+                                   params=snapshot[0], optimizer_state=state, shuffle_state=shuffle_state)
+        except Exception as exc:
+            say(f"could not write the checkpoint of epoch {epoch}: {exc}")
 
     def _check_finite(self, epoch: int, loss: float, state: list, snapshot: list, optimizer: Any,
                       steps_before: int) -> None:
