@@ -1,0 +1,351 @@
+"""Checkpoints: runs killed at random moments resume bitwise exactly; damaged, foreign and pickled files are
+reported and skipped; another run's checkpoint is refused; an unusable directory is found before training."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gpubp
+from gpubp import checkpoint as ckpt
+from gpubp.checkpoint import CheckpointDirectoryError, CheckpointWarning, read_checkpoint
+
+import checkpoint_worker as worker
+from test_distributed import _mpiexec, needs_mpi
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().parent / "checkpoint_worker.py"
+PROCESS_TIMEOUT = 60
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+                OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+def run_killed(cmd: list[str], directory: Path, kills: int, seed: int, log: Path,
+               max_delay: float) -> tuple[int, int]:
+    """Start ``cmd`` ``kills`` times, each killed (its whole process group, SIGKILL) at a random moment up to
+    ``max_delay`` s after it wrote its first checkpoint, then once more to the end. Returns (kills that hit
+    a running process, kills that left a checkpoint write unfinished: a temp file in ``directory``)."""
+    rng = np.random.default_rng(seed)
+    hits = during_write = 0
+    for attempt in range(kills + 1):
+        before = _checkpoints(directory)
+        with open(log, "a") as err:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                                    text=True, env=_env(), start_new_session=True)
+        try:
+            assert proc.stdout.readline().strip() == "ready", log.read_text()
+            if attempt < kills:
+                deadline = time.monotonic() + PROCESS_TIMEOUT
+                while _checkpoints(directory) == before and proc.poll() is None:
+                    assert time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.002)
+                time.sleep(rng.uniform(0, max_delay))
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    hits += 1
+                proc.wait(PROCESS_TIMEOUT)
+                during_write += any(p.name.startswith(ckpt.TEMP_PREFIX) for p in directory.glob(".*"))
+            else:
+                proc.stdout.read()
+                assert proc.wait(PROCESS_TIMEOUT) == 0, log.read_text()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.stdout.close()
+    return hits, during_write
+
+
+def _checkpoints(directory: Path) -> set[str]:
+    return {p.name for p in directory.glob("ckpt-*.npz")} if directory.is_dir() else set()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_killed_at_random_moments_and_resumed_equals_one_uninterrupted_run(optimizer, tmp_path):
+    net, X, y, fit = worker.problem(optimizer)
+    history = net.fit(X, y, **fit)
+    directory, result, log = tmp_path / "ckpt", tmp_path / "result.npz", tmp_path / "stderr.txt"
+    cmd = [sys.executable, str(WORKER), "api", optimizer, str(directory), str(result)]
+    hits, during_write = run_killed(cmd, directory, kills=4, seed=len(optimizer), log=log, max_delay=0.1)
+    assert hits >= 3, f"only {hits} kills hit a running process"
+    assert during_write >= 1, "no kill landed inside a checkpoint write"
+    assert log.read_text().count("resuming from") == 4, log.read_text()
+    with np.load(result) as saved:
+        np.testing.assert_array_equal(saved["params"], net.parameters())
+        for key, values in history.items():
+            assert saved[f"history_{key}"].tolist() == values, key
+
+
+@needs_mpi
+def test_two_ranks_killed_and_resumed_equal_an_uninterrupted_two_rank_run(tmp_path):
+    pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn (pip install gpubp[digits])")
+    train = ["train", "--data", "digits", "--distributed", "--device", "cpu", "--sizes", "64,12,10",
+             "--epochs", "10", "--batch-size", "64", "--optimizer", "momentum", "--weight-decay", "1e-4",
+             "--lr", "0.5", "--no-progress", "--checkpoint"]
+    mpi = [_mpiexec(), "-n", "2", sys.executable, str(WORKER), "cli"]
+    whole, pieces = tmp_path / "whole", tmp_path / "pieces"
+    run_killed(mpi + train + [str(whole)], whole, kills=0, seed=0, log=tmp_path / "whole.txt", max_delay=0)
+    hits, _ = run_killed(mpi + train + [str(pieces)], pieces, kills=2, seed=1, log=tmp_path / "log.txt",
+                         max_delay=0.1)
+    assert hits == 2, f"only {hits} kills hit a running job"
+    assert (tmp_path / "log.txt").read_text().count("resuming from") == 2
+    expected, got = (read_checkpoint(d / "ckpt-000010.npz") for d in (whole, pieces))
+    np.testing.assert_array_equal(got.fields["params"], expected.fields["params"])
+    np.testing.assert_array_equal(got.fields["optimizer.velocity"], expected.fields["optimizer.velocity"])
+    assert got.history == expected.history and got.finished
+
+
+# ---- in one process ---------------------------------------------------------------------------------------
+def make(optimizer="adam"):
+    net, X, y, fit = worker.problem(optimizer)
+    return net, X, y, dict(fit, epochs=6)
+
+
+def params(net):
+    return np.array(net.parameters(), copy=True)
+
+
+def test_files_written_kept_and_readable_as_models(tmp_path):
+    net, X, y, fit = make()
+    history = net.fit(X, y, checkpoint=tmp_path, checkpoint_every=4, **dict(fit, epochs=9))
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-000008.npz", "ckpt-000009.npz"]  # every 4th, the end
+    last = read_checkpoint(tmp_path / "ckpt-000009.npz")
+    assert (last.epoch, last.finished, last.history) == (9, True, history)
+    assert last.run["lr"] == 0.05 and last.run["samples"] == 45 and last.run["epochs"] == 9
+    model = gpubp.load(tmp_path / "ckpt-000009.npz", device="cpu")  # a checkpoint is also a model file
+    np.testing.assert_array_equal(model.parameters(), net.parameters())
+    assert model.optimizer.t == net.optimizer.t
+
+
+def test_resume_after_interruption_in_process_and_extension_of_a_finished_run(tmp_path, capsys):
+    whole, X, y, fit = make("momentum")
+    history = whole.fit(X, y, **dict(fit, epochs=8))
+
+    def interrupt(net, epoch, logs):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    first, _, _, _ = make("momentum")
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(X, y, checkpoint=tmp_path, checkpoint_every=10, callbacks=[interrupt], **fit)
+    assert os.listdir(tmp_path) == ["ckpt-000002.npz"]  # the end of the last completed epoch
+    second, _, _, _ = make("momentum")
+    second.fit(X, y, checkpoint=tmp_path, checkpoint_every=10, **fit)  # to epoch 6: finished
+    assert "resuming from" in capsys.readouterr().err
+    third, _, _, _ = make("momentum")
+    assert third.fit(X, y, checkpoint=tmp_path, **dict(fit, epochs=8)) == history  # extended to 8
+    np.testing.assert_array_equal(params(third), params(whole))
+    fourth, _, _, _ = make("momentum")
+    assert fourth.fit(X, y, checkpoint=tmp_path, **dict(fit, epochs=8)) == history
+    assert "nothing left to do" in capsys.readouterr().err
+    np.testing.assert_array_equal(params(fourth), params(whole))
+    with pytest.raises(ValueError, match="reached epoch 8, past the epochs=5"):
+        make("momentum")[0].fit(X, y, checkpoint=tmp_path, **dict(fit, epochs=5))
+
+
+def test_ctrl_c_between_batches_checkpoints_the_last_completed_epoch(tmp_path):
+    whole, X, y, fit = make()
+    whole.fit(X, y, **fit)
+
+    def press_ctrl_c(net, epoch, logs):
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # seen after the next batch, mid-epoch 3
+
+    net, _, _, _ = make()
+    with pytest.raises(KeyboardInterrupt, match="interrupted in epoch 3"):
+        net.fit(X, y, checkpoint=tmp_path, checkpoint_every=5, callbacks=[press_ctrl_c], **fit)
+    assert len(net.history["loss"]) == 3 and read_checkpoint(tmp_path / "ckpt-000002.npz").epoch == 2
+    resumed, _, _, _ = make()
+    assert resumed.fit(X, y, checkpoint=tmp_path, **fit) == whole.history
+    np.testing.assert_array_equal(params(resumed), params(whole))
+
+
+def test_divergence_checkpoints_the_last_good_epoch(tmp_path):
+    net, X, y, fit = make("sgd")
+
+    def explode(net, epoch, logs):
+        if epoch == 3:
+            net.optimizer.lr = float("inf")  # epoch 4 diverges
+
+    with pytest.raises(FloatingPointError, match="epoch 4"):
+        net.fit(X, y, checkpoint=tmp_path, checkpoint_every=10, callbacks=[explode], **fit)
+    saved = read_checkpoint(tmp_path / "ckpt-000003.npz")
+    assert saved.epoch == 3 and not saved.finished
+    np.testing.assert_array_equal(saved.fields["params"], net.parameters())  # put back to epoch 3's end
+
+
+def test_a_callback_that_stops_training_finishes_the_run(tmp_path, capsys):
+    net, X, y, fit = make()
+    history = net.fit(X, y, checkpoint=tmp_path, callbacks=[lambda n, e, logs: e < 2], **fit)
+    assert len(history["loss"]) == 2 and read_checkpoint(tmp_path / "ckpt-000002.npz").finished
+    again, _, _, _ = make()
+    assert again.fit(X, y, checkpoint=tmp_path, **dict(fit, epochs=20)) == history
+    assert "nothing left to do" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(lr=0.1), "lr 0.05 there, 0.1 here"),
+    (dict(batch_size=10), "batch_size 9 there, 10 here"),
+    (dict(optimizer="sgd"), "optimizer 'adam' there, 'sgd' here"),
+    (dict(seed=12), "seed 11 there, 12 here"),
+    ("data", "samples 45 there, 44 here"),
+    ("model", "sizes [5, 8, 3] there, [5, 9, 3] here"),
+])
+def test_a_checkpoint_of_another_run_is_refused_and_left_as_it_was(tmp_path, change, message):
+    net, X, y, fit = make()
+    net.fit(X, y, checkpoint=tmp_path, **fit)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    other, _, _, _ = make()
+    start = params(other)
+    if change == "data":
+        X, y = X[:-1], y[:-1]
+    elif change == "model":
+        other = gpubp.Network([5, 9, 3], activation="tanh", output="softmax", cost="log_likelihood",
+                              device="cpu", dtype="float64", seed=2)
+        start = params(other)
+    else:
+        fit = dict(fit, **change)
+    with pytest.raises(ValueError, match=f"ckpt-000006.npz belongs to a different training run.*{re.escape(message)}"):
+        other.fit(X, y, checkpoint=tmp_path, **fit)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    np.testing.assert_array_equal(params(other), start)
+
+
+class Planted:
+    """Unpickling this would create the file ``path``."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit_flip", "random", "empty", "foreign_npz", "model_file",
+                                    "pickle", "object_array"])
+def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, damage):
+    whole, X, y, fit = make()
+    whole.fit(X, y, **fit)
+    net, _, _, _ = make()
+    net.fit(X, y, checkpoint=tmp_path, **dict(fit, epochs=4))  # leaves ckpt-000003 and ckpt-000004
+    newest = tmp_path / "ckpt-000004.npz"
+    data, marker = newest.read_bytes(), tmp_path.parent / f"unpickled-{damage}"
+    if damage == "truncated":
+        newest.write_bytes(data[:len(data) // 2])
+    elif damage == "bit_flip":  # in a parameter
+        at = zipfile.ZipFile(newest).getinfo("params.npy").header_offset + 200
+        newest.write_bytes(data[:at] + bytes([data[at] ^ 4]) + data[at + 1:])
+    elif damage == "random":
+        newest.write_bytes(np.random.default_rng(0).bytes(len(data)))
+    elif damage == "empty":
+        newest.write_bytes(b"")
+    elif damage == "foreign_npz":
+        np.savez(newest, weights=np.ones(3))
+    elif damage == "model_file":
+        net.save(newest)
+    elif damage == "pickle":
+        newest.write_bytes(pickle.dumps(Planted(str(marker))))
+    else:
+        np.savez(newest, **{k: v for k, v in np.load(tmp_path / "ckpt-000003.npz").items()},
+                 planted=np.array([Planted(str(marker))], dtype=object))
+    (tmp_path / "notes.txt").write_text("mine")
+    resumed, _, _, _ = make()
+    with pytest.warns(CheckpointWarning) as caught:
+        history = resumed.fit(X, y, checkpoint=tmp_path, **fit)
+    messages = [str(w.message) for w in caught]
+    assert any(m.startswith(f"skipping checkpoint {newest}: ") for m in messages), messages
+    assert any("notes.txt" in m and "left alone" in m for m in messages), messages
+    if damage in ("pickle", "object_array"):
+        assert any("pickle" in m for m in messages), messages
+    assert not marker.exists()
+    assert history == whole.history
+    np.testing.assert_array_equal(params(resumed), params(whole))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_only_unusable_files_start_afresh(tmp_path):
+    (tmp_path / "ckpt-000005.npz").write_bytes(b"garbage")
+    whole, X, y, fit = make()
+    whole.fit(X, y, **fit)
+    net, _, _, _ = make()
+    with pytest.warns(CheckpointWarning, match="ckpt-000005.npz"):
+        net.fit(X, y, checkpoint=tmp_path, **fit)
+    np.testing.assert_array_equal(params(net), params(whole))
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-000005.npz", "ckpt-000006.npz"]
+
+
+def test_unwritable_directory_is_an_error_before_training(tmp_path):
+    (tmp_path / "file").write_text("")
+    net, X, y, fit = make()
+    start, calls = params(net), []
+    with pytest.raises(CheckpointDirectoryError, match="cannot write checkpoints to .*file/run"):
+        net.fit(X, y, checkpoint=tmp_path / "file" / "run", callbacks=[lambda *a: calls.append(a)], **fit)
+    np.testing.assert_array_equal(params(net), start)
+    assert calls == [] and net.history == {}
+
+
+def test_read_only_and_full_directories_are_errors_before_training(tmp_path, monkeypatch):
+    net, X, y, fit = make()
+    calls = []
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(ckpt.tempfile, "mkstemp", refuse)
+    with pytest.raises(CheckpointDirectoryError, match="Read-only file system"):
+        net.fit(X, y, checkpoint=tmp_path, callbacks=[lambda *a: calls.append(a)], **fit)
+    monkeypatch.undo()
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt.os, "posix_fallocate", full, raising=False)
+    with pytest.raises(OSError, match="No space left on device .a checkpoint needs about"):
+        net.fit(X, y, checkpoint=tmp_path, callbacks=[lambda *a: calls.append(a)], **fit)
+    assert calls == [] and os.listdir(tmp_path) == []
+
+
+def test_leftovers_of_a_crashed_write_are_cleared(tmp_path):
+    (tmp_path / f"{ckpt.TEMP_PREFIX}abc.tmp").write_bytes(b"half a checkpoint")
+    net, X, y, fit = make()
+    net.fit(X, y, checkpoint=tmp_path, **dict(fit, epochs=1))
+    assert os.listdir(tmp_path) == ["ckpt-000001.npz"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(checkpoint_every=0), "checkpoint_every must be an integer >= 1"),
+    (dict(checkpoint=3), "checkpoint must be a directory path"),
+])
+def test_bad_checkpoint_arguments(tmp_path, kwargs, message):
+    net, X, y, fit = make()
+    with pytest.raises(ValueError, match=message):
+        net.fit(X, y, **dict(dict(checkpoint=tmp_path), **kwargs), **fit)
+
+
+def test_cli_resumes_when_the_same_command_runs_again(tmp_path, capsys):
+    pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn (pip install gpubp[digits])")
+    from gpubp.cli import main
+
+    command = ["train", "--data", "digits", "--device", "cpu", "--sizes", "64,8,10", "--batch-size", "50",
+               "--no-progress", "--checkpoint", str(tmp_path), "--checkpoint-every", "2"]
+    assert main(command + ["--epochs", "3"]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-000002.npz", "ckpt-000003.npz"]
+    assert main(command + ["--epochs", "4"]) == 0
+    assert "resuming from" in capsys.readouterr().err
+    assert main(command + ["--epochs", "4"]) == 0
+    assert "nothing left to do" in capsys.readouterr().err
+    assert main(command + ["--epochs", "4", "--lr", "1"]) == 2
+    assert "lr 3.0 there, 1.0 here" in capsys.readouterr().err
