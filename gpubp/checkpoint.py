@@ -31,7 +31,7 @@ import numpy as np
 
 from .optimizers import OPTIMIZERS
 from .serialization import (check_model_fields, fsync_folder, model_description, model_fields, read_npz,
-                            restore_fields, write_npz)
+                            restore_fields, text_field, write_npz)
 
 FORMAT = "gpubp-checkpoint"
 VERSION = 1
@@ -79,7 +79,7 @@ def read_checkpoint(source: str | os.PathLike | bytes, name: str | None = None) 
                            "checkpoint.finished", "checkpoint.run") if k not in fields]
     if missing:
         raise ValueError(f"{name} is a gpubp model file but not a checkpoint (missing {missing})")
-    if _text(fields, "checkpoint.format", name) != FORMAT:
+    if text_field(fields, "checkpoint.format", name) != FORMAT:
         raise ValueError(f"{name} is not a gpubp checkpoint (format {str(fields['checkpoint.format'])!r})")
     version = _integer(fields, "checkpoint.version", name, minimum=1)
     if version > VERSION:
@@ -90,7 +90,7 @@ def read_checkpoint(source: str | os.PathLike | bytes, name: str | None = None) 
     if finished.dtype != np.bool_ or finished.ndim != 0:
         raise ValueError(f"{name} is damaged: checkpoint.finished is not a boolean")
     try:
-        run = json.loads(_text(fields, "checkpoint.run", name))
+        run = json.loads(text_field(fields, "checkpoint.run", name))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{name} is damaged: checkpoint.run is not JSON ({exc})") from exc
     if not isinstance(run, dict) or not isinstance(run.get("epochs"), int):
@@ -147,13 +147,13 @@ class Checkpointer:
         checkpoint = read_checkpoint(data, name.decode())
         differences = _differences(checkpoint, net, run)
         if differences:
-            raise ValueError(f"{checkpoint.name} belongs to a different training run ({'; '.join(differences)}); "
-                             f"nothing was changed. Use another checkpoint directory than {self.directory}, "
+            raise ValueError(f"{checkpoint.name} belongs to a different training run "
+                             f"({'; '.join(differences)}); nothing was changed. Use another checkpoint directory than {self.directory}, "
                              "or delete it to start afresh")
         if checkpoint.epoch > run["epochs"]:
             raise ValueError(f"{checkpoint.name} has reached epoch {checkpoint.epoch}, past the epochs="
-                             f"{run['epochs']} asked for: ask for epochs >= {checkpoint.epoch} to continue it, "
-                             "or use another checkpoint directory")
+                             f"{run['epochs']} asked for: ask for epochs >= {checkpoint.epoch} to continue "
+                             "it, or use another checkpoint directory")
         restore_fields(net, checkpoint.fields, checkpoint.name)
         self.last_written = checkpoint.epoch
         return checkpoint
@@ -161,7 +161,8 @@ class Checkpointer:
     def complete(self, checkpoint: Checkpoint, epochs: int) -> bool:
         """Whether the run of ``checkpoint`` has nothing left to do for ``epochs`` epochs: it reached them,
         or a callback stopped it before the epochs it was asked for."""
-        return checkpoint.epoch == epochs or (checkpoint.finished and checkpoint.epoch < checkpoint.run["epochs"])
+        stopped_early = checkpoint.finished and checkpoint.epoch < checkpoint.run["epochs"]
+        return checkpoint.epoch == epochs or stopped_early
 
     def write(self, net: Any, epoch: int, history: dict[str, list], run: dict[str, Any], finished: bool,
               params: Any = None, optimizer_state: dict[str, Any] | None = None,
@@ -320,13 +321,6 @@ def _remove(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _text(fields: dict[str, np.ndarray], key: str, name: str) -> str:
-    value = fields[key]
-    if value.dtype.kind != "U" or value.ndim != 0:
-        raise ValueError(f"{name} is damaged: {key} is not a text value")
-    return str(value)
 
 
 def _integer(fields: dict[str, np.ndarray], key: str, name: str, minimum: int) -> int:

@@ -128,16 +128,19 @@ def load(path: str | os.PathLike, device: str | None = None, cost: Cost | Any = 
 
 def model_description(fields: dict[str, np.ndarray], name: str) -> dict[str, Any]:
     """sizes, activation, output, cost and dtype as stored (ValueError if a field has the wrong type)."""
-    description: dict[str, Any] = {}
-    for key in ("activation", "output", "cost", "dtype"):
-        value = fields[key]
-        if value.dtype.kind != "U" or value.ndim != 0:
-            raise ValueError(f"{name} is damaged: field {key!r} is not a text value")
-        description[key] = str(value)
+    description = {key: text_field(fields, key, name) for key in ("activation", "output", "cost", "dtype")}
     sizes = fields["sizes"]
     if sizes.dtype.kind not in "iu" or sizes.ndim != 1:
         raise ValueError(f"{name} is damaged: field 'sizes' is not a vector of integers")
     return {"sizes": [int(s) for s in sizes], **description}
+
+
+def text_field(fields: dict[str, np.ndarray], key: str, name: str) -> str:
+    """The text stored in field ``key`` (ValueError if it is not one text value)."""
+    value = fields[key]
+    if value.dtype.kind != "U" or value.ndim != 0:
+        raise ValueError(f"{name} is damaged: field {key!r} is not a text value")
+    return str(value)
 
 
 def restore_fields(net: Any, fields: dict[str, np.ndarray], name: str) -> None:
@@ -166,7 +169,8 @@ def _restore_training_state(net: Any, fields: dict[str, np.ndarray], name: str) 
             net._shuffle_rng = rng
         net.metadata = metadata
         if "optimizer" in fields:
-            optimizer = net._optimizer_for(optimizer_name(str(fields["optimizer"])), lr=1e-3, momentum=0.9, weight_decay=0.0)
+            optimizer = net._optimizer_for(optimizer_name(str(fields["optimizer"])), lr=1e-3, momentum=0.9,
+                                           weight_decay=0.0)
             prefix = "optimizer."
             optimizer.load_state_dict({k[len(prefix):]: v for k, v in fields.items() if k.startswith(prefix)})
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:

@@ -113,8 +113,8 @@ class Trainer:
         """Say on rank 0 where training resumes; True when the run has nothing left to do."""
         complete = self.checkpoints.complete(resumed, self.epochs)
         if self.checkpoints.main_rank:
-            say(f"{resumed.name}: the run is complete ({resumed.epoch} epochs); nothing left to do" if complete
-                else f"resuming from {resumed.name}: epoch {resumed.epoch} of {self.epochs} done")
+            say(f"{resumed.name}: the run is complete ({resumed.epoch} epochs); nothing left to do"
+                if complete else f"resuming from {resumed.name}: epoch {resumed.epoch} of {self.epochs} done")
         return complete
 
     def _agree_across_ranks(self, n: int, optimizer: Any, rng: np.random.Generator) -> None:
@@ -229,8 +229,8 @@ class Trainer:
                 break
 
     def _checkpoint_restart_point(self) -> None:
-        """Training stopped by an exception (Ctrl-C, divergence, …): checkpoint the end of the last completed
-        epoch, from the copy taken when the current epoch began, unless that checkpoint exists already."""
+        """Training stopped by an exception (Ctrl-C, divergence, …): checkpoint the end of the last
+        completed epoch, from the copy taken when the current epoch began, unless that one exists already."""
         point = self._restart_point
         if self.checkpoints is None or point is None or point[0] <= self.checkpoints.last_written:
             return

@@ -349,3 +349,24 @@ def test_cli_resumes_when_the_same_command_runs_again(tmp_path, capsys):
     assert "nothing left to do" in capsys.readouterr().err
     assert main(command + ["--epochs", "4", "--lr", "1"]) == 2
     assert "lr 3.0 there, 1.0 here" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_gpu_run_interrupted_and_resumed_matches_an_uninterrupted_one(tmp_path, optimizer):
+    """Equal up to cuBLAS's non-determinism (float64: 1e-10), not bitwise."""
+    whole, X, y, fit = make(optimizer)
+    history = whole.to("cuda").fit(X, y, **fit)
+
+    def interrupt(net, epoch, logs):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    first, _, _, _ = make(optimizer)
+    with pytest.raises(KeyboardInterrupt):
+        first.to("cuda").fit(X, y, checkpoint=tmp_path, callbacks=[interrupt], **fit)
+    resumed, _, _, _ = make(optimizer)
+    got = resumed.to("cuda").fit(X, y, checkpoint=tmp_path, **fit)
+    np.testing.assert_allclose(gpubp.to_numpy(resumed.parameters()), gpubp.to_numpy(whole.parameters()),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got["loss"], history["loss"], rtol=1e-10)
