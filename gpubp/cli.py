@@ -370,9 +370,9 @@ def evaluation_data(args: argparse.Namespace, net: Any) -> tuple[str, datasets.D
                        test_fraction=args.test_fraction or saved.get("test_fraction"))
     data = datasets.load(name, args.data_dir, split=args.split, dtype=net.dtype.name, device="cpu",
                          standardize=args.standardize and not meta.get("standardization"), **options)
-    if data.feature_names and meta.get("feature_names") and data.feature_names != tuple(meta["feature_names"]):
+    if data.feature_names and meta.get("feature_names") and data.feature_names != meta["feature_names"]:
         data = _reorder_features(data, meta["feature_names"], name)
-    if data.class_names and meta.get("class_names") and data.class_names != tuple(meta["class_names"]):
+    if data.class_names and meta.get("class_names") and data.class_names != meta["class_names"]:
         data = _recode_classes(data, meta["class_names"], name)
     if meta.get("standardization"):
         scaling = datasets.Standardization.from_json(meta["standardization"], net.sizes[0])
@@ -386,7 +386,7 @@ def _reorder_features(data: datasets.Dataset, names: Sequence[str], source: str)
         raise CliError(f"{source}: feature columns {', '.join(data.feature_names)} differ from the model's "
                        f"{', '.join(names)}")
     order = [data.feature_names.index(name) for name in names]
-    return map_splits(data, lambda split: (split[0][:, order], split[1]), feature_names=tuple(names))
+    return map_splits(data, lambda split: (split[0][:, order], split[1]), feature_names=list(names))
 
 
 def _recode_classes(data: datasets.Dataset, names: Sequence[Any], source: str) -> datasets.Dataset:
@@ -396,7 +396,7 @@ def _recode_classes(data: datasets.Dataset, names: Sequence[Any], source: str) -
     if unknown:
         raise CliError(f"{source}: class {unknown[0]!r} is not one the model knows ({', '.join(map(str, names))})")
     codes = np.array([list(names).index(name) for name in data.class_names], dtype=np.int64)
-    return map_splits(data, lambda split: (split[0], codes[split[1]]), class_names=tuple(names),
+    return map_splits(data, lambda split: (split[0], codes[split[1]]), class_names=list(names),
                       n_classes=len(names))
 
 

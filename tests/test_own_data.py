@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -114,7 +115,7 @@ def test_idx_folder_of_a_non_mnist_data_set_trains_and_evaluates_from_the_cli(ca
 def test_load_idx_any_image_size_no_checksum_and_a_test_split_when_none(tmp_path, rng):
     write_idx_folder(tmp_path / "a", rng, gz=False)
     data = load_idx(tmp_path / "a")
-    assert data.class_names == (0, 1, 2, 3) and data.n_classes == 4 and data.task == "classification"
+    assert data.class_names == [0, 1, 2, 3] and data.n_classes == 4 and data.task == "classification"
     assert [len(s[0]) for s in data] == [200, 40, 60] and data.n_features == 30
     X = data.train[0]
     assert X.dtype == np.float32 and 0.0 <= X.min() and X.max() <= 1.0 and X.max() > 0.9
@@ -154,7 +155,7 @@ def test_npz_with_X_and_y_float_targets_is_regression(tmp_path, rng):
 def test_csv_with_string_classes(tmp_path, rng):
     path = animals_csv(tmp_path / "animals.csv", rng)
     data = load_csv(path)
-    assert data.class_names == ("bird", "cat", "dog") and data.feature_names == ("weight", "height", "age")
+    assert data.class_names == ["bird", "cat", "dog"] and data.feature_names == ["weight", "height", "age"]
     assert data.target_name == "animal" and data.task == "classification"
     rows = list(csv.reader(open(path)))[1:]
     all_X = np.array([[float(v) for v in r[:3]] for r in rows], dtype=np.float32)
@@ -167,7 +168,7 @@ def test_csv_with_string_classes(tmp_path, rng):
 def test_csv_with_a_float_target_reports_regression_metrics_never_accuracy(capsys, tmp_path, rng):
     path = prices_csv(tmp_path / "prices.csv", rng)
     data = load_csv(path, target="price")
-    assert data.task == "regression" and data.feature_names == ("rooms", "age", "floor")
+    assert data.task == "regression" and data.feature_names == ["rooms", "age", "floor"]
     model = tmp_path / "r.npz"
     status, out, err = run(capsys, "train", "--data", path, "--target", "price", "--epochs", "30",
                            "--device", "cpu", "--no-progress", "--save", model)
@@ -188,7 +189,7 @@ def test_target_column_by_name_and_integer_classes(tmp_path, rng):
     codes = [ANIMALS.index(c) * 10 for c in classes]  # integer labels 0, 10, 20
     path = write_csv(tmp_path / "t.csv", ["kind", "a", "b", "c"], [[k, *x] for k, x in zip(codes, X)])
     data = load_csv(path, target="kind", split="full")
-    assert data.class_names == (0, 10, 20) and data.feature_names == ("a", "b", "c")
+    assert data.class_names == [0, 10, 20] and data.feature_names == ["a", "b", "c"]
 
 
 def test_standardize_fits_on_the_training_split_only(capsys, tmp_path, rng):
@@ -309,7 +310,7 @@ def test_predict_regression_values(capsys, tmp_path, rng):
     X = load_csv(path, target="price").feature_names
     table = np.array([[float(v) for v in r] for r in list(csv.reader(open(path)))[1:]])
     expected = gpubp.to_numpy(net.forward(table[:, [0, 1, 3]]))[:, 0]
-    assert out.splitlines()[0] == "price" and X == ("rooms", "age", "floor")
+    assert out.splitlines()[0] == "price" and X == ["rooms", "age", "floor"]
     np.testing.assert_allclose([float(v) for v in out.splitlines()[1:]], expected, rtol=1e-6)
     assert_one_line_error(run(capsys, "predict", model, path, "--proba"), "--proba", "regression")
 
@@ -437,3 +438,20 @@ def test_unknown_data_path_and_options_for_built_in_sets(capsys, tmp_path):
     assert_one_line_error(run(capsys, "train", "--data", tmp_path / "data.txt"), "unknown kind of data file")
     with pytest.raises(ValueError, match="test_fraction must be"):
         load(str(animals_csv(tmp_path / "a.csv", np.random.default_rng(0))), test_fraction=1.5)
+
+
+# ---- real MNIST through the generic IDX loader --------------------------------------------------------------
+MNIST_DIR = Path(os.environ.get("GPUBP_DATA", "/nonexistent")) / "mnist"
+
+
+@pytest.mark.mnist
+@pytest.mark.skipif(not (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="MNIST not found: set GPUBP_DATA to a folder whose mnist/ holds the four IDX .gz files")
+def test_load_idx_reads_mnist_as_load_mnist_does():
+    from gpubp.datasets import load_mnist
+
+    generic, mnist = load_idx(MNIST_DIR, split="full"), load_mnist(MNIST_DIR.parent, split="full")
+    assert generic.class_names == list(range(10)) and generic.source["test_fraction"] is None
+    for (X, y), (Xm, ym) in zip((generic.train, generic.test), (mnist.train, mnist.test)):
+        np.testing.assert_array_equal(X, Xm)
+        np.testing.assert_array_equal(y, ym)

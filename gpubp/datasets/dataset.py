@@ -36,8 +36,8 @@ class Dataset:
     test: Split
     n_classes: int
     task: str = "classification"
-    class_names: tuple | None = None
-    feature_names: tuple[str, ...] | None = None
+    class_names: list | None = None
+    feature_names: list[str] | None = None
     target_name: str | None = None
     standardization: Any = None  # a gpubp.datasets.standardize.Standardization
     source: dict | None = None

@@ -1,5 +1,5 @@
-"""From the raw arrays of a file to a ``Dataset``: features as float rows, class codes, the seeded test and
-validation splits, optional standardisation, then the device.
+"""From the raw arrays of a file to a ``Dataset``: features as float rows (checked, so that errors name the
+file's rows), the seeded test and validation splits, optional standardisation, then the device.
 
 Splits: a file without a test split loses ``test_fraction`` of its rows (a seeded random choice) to one;
 ``split="book"`` then keeps VALIDATION_FRACTION of the remaining training rows for validation (MNIST's
@@ -59,7 +59,7 @@ def encode_classes(*label_arrays: np.ndarray) -> tuple[list[np.ndarray], tuple]:
     order (numbers numerically, text alphabetically), as Python ints or strings."""
     names = np.unique(np.concatenate([np.asarray(a).ravel() for a in label_arrays]))
     codes = [np.searchsorted(names, np.asarray(a)).astype(np.int64) for a in label_arrays]
-    return codes, tuple(n.item() if names.dtype.kind in "biu" else str(n) for n in names)
+    return codes, [n.item() if names.dtype.kind in "biu" else str(n) for n in names]
 
 
 def task_of_labels(labels: np.ndarray) -> str:
@@ -78,12 +78,12 @@ def _split_rows(n: int, fraction: float, rng: np.random.Generator, path: str | P
 
 
 def make_dataset(name: str, path: str | Path, train: Pair, test: Pair | None, *, task: str,
-                 class_names: tuple | None = None, feature_names: tuple[str, ...] | None = None,
+                 class_names: list | None = None, feature_names: list[str] | None = None,
                  target_name: str | None = None, source: dict, split: str = "book",
                  test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = SPLIT_SEED,
                  standardize_features: bool = False, dtype: str = "float32", device: str = "cpu") -> Dataset:
-    """The Dataset of raw (features, targets) arrays read from ``path``: split (see the module docstring),
-    converted, standardised when asked (fitted on the training split), and put on ``device``."""
+    """The Dataset of raw (features, targets) arrays read from ``path``: converted, split (see the module
+    docstring), standardised when asked (fitted on the training split), and put on ``device``."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     if task not in TASKS:

@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class Table:
         j = self.header.index(name)
         return [row[j] for row in self.rows]
 
-    def numeric(self, names: list[str] | tuple[str, ...]) -> np.ndarray:
+    def numeric(self, names: Sequence[str]) -> np.ndarray:
         """The columns ``names`` as a float64 array (rows, len(names)); ValueError naming the row and column
         of a missing cell, a text cell, NaN or infinity."""
         index = [self.header.index(name) for name in names]
@@ -132,7 +133,7 @@ def load_csv(path: str | os.PathLike, target: str | None = None, split: str = "b
         target = table.header[-1]
     if target not in table.header:
         raise ValueError(f"{table.path}: no column {target!r}; the columns are {', '.join(table.header)}")
-    features = tuple(name for name in table.header if name != target)
+    features = [name for name in table.header if name != target]
     if not features:
         raise ValueError(f"{table.path}: only the target column {target!r}; no feature columns")
     task, labels = _targets(table, target)
