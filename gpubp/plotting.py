@@ -23,7 +23,8 @@ def require_matplotlib() -> None:
 def plot_training(history: Mapping[str, Sequence[float]], path: str | Path,
                   grad_norms: Sequence[tuple[int, Sequence[float]]] = (), title: str = "",
                   monitor: str = "validation") -> None:
-    """Write a PNG to ``path``: the loss ("loss", "val_loss"), the accuracy ("val_accuracy") and, when
+    """Write a PNG to ``path``: the loss ("loss", "val_loss"), the accuracy ("val_accuracy"; for a regression
+    R², "val_r2") and, when
     given, ``grad_norms`` as (epoch, [‖∂C/∂b¹‖, …, ‖∂C/∂bᴸ‖]) pairs on a log scale. ``monitor`` names the
     held-out set behind the val_ entries."""
     require_matplotlib()
@@ -46,9 +47,14 @@ def plot_training(history: Mapping[str, Sequence[float]], path: str | Path,
     loss_ax.legend()
 
     acc_ax = axes[1]
-    accuracy = [100.0 * v for v in history.get("val_accuracy") or []]
-    acc_ax.plot(_epochs(accuracy), accuracy, marker=".", color="tab:green")
-    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{monitor} accuracy")
+    if "val_r2" in history:  # a regression: R², never an accuracy
+        r2 = list(history["val_r2"])
+        acc_ax.plot(_epochs(r2), r2, marker=".", color="tab:green")
+        acc_ax.set(xlabel="epoch", ylabel="R²", title=f"{monitor} R²")
+    else:
+        accuracy = [100.0 * v for v in history.get("val_accuracy") or []]
+        acc_ax.plot(_epochs(accuracy), accuracy, marker=".", color="tab:green")
+        acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{monitor} accuracy")
 
     if grad_norms:
         speed_ax = axes[2]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import gzip
 import os
-import pickle
 import struct
 from pathlib import Path
 
@@ -204,7 +203,8 @@ def test_standardize_fits_on_the_training_split_only(capsys, tmp_path, rng):
     model = tmp_path / "m.npz"
     status, out, err = run(capsys, "train", "--data", path, "--standardize", "--epochs", "20", "--device",
                            "cpu", "--no-progress", "--save", model)
-    assert status == 0, err and "standardized" in out
+    assert status == 0, err
+    assert "standardized" in out
     meta = gpubp.load(model).metadata
     np.testing.assert_allclose(meta["standardization"]["std"], s.std)
     assert meta["feature_names"] == ["weight", "height", "age"] and meta["input_width"] == 3
@@ -265,7 +265,8 @@ def test_predict_proba_out_csv_and_npy(capsys, tmp_path, animals_model):
     model, path = animals_model
     out_csv, out_npy = tmp_path / "p.csv", tmp_path / "p.npy"
     status, out, err = run(capsys, "predict", model, path, "--proba", "--out", out_csv)
-    assert status == 0, err and "wrote 300 predictions" in out
+    assert status == 0, err
+    assert "wrote 300 predictions" in out
     rows = list(csv.reader(open(out_csv)))
     assert rows[0] == ["animal", "bird", "cat", "dog"] and len(rows) == 301
     probabilities = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
@@ -388,7 +389,8 @@ def test_bad_csv_files(capsys, tmp_path, damage):
 def test_npz_holding_a_pickled_object_is_refused_and_never_unpickled(capsys, tmp_path):
     path = tmp_path / "evil.npz"
     np.savez(path, X=np.array([{"a": 1}, None], dtype=object), y=np.array([0, 1]))
-    assert b"pickle" in path.read_bytes() or pickle  # holds a pickle
+    with np.load(path, allow_pickle=True) as f:
+        assert f["X"].dtype == object  # the file really holds pickled objects
     assert_one_line_error(run(capsys, "train", "--data", path), str(path), "pickled Python objects")
     with pytest.raises(ValueError, match="pickled"):
         load_npz(path)
