@@ -168,4 +168,4 @@ class NumbaOps(Ops):
         step_size = lr * np.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
         eps_hat = eps * np.sqrt(1.0 - beta2 ** step)
         cpu_kernels.adam_update(params, grad, m, v, n_weights, t(grad_scale), t(weight_decay), t(beta1),
-                                t(1.0 - beta1), t(beta2), t(1.0 - beta2), float(step_size), float(eps_hat))
+                                t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(step_size), t(eps_hat))
