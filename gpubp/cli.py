@@ -519,12 +519,15 @@ def kernel_check() -> str:
 
 
 def _gpus() -> list[str]:
-    if cuda_unavailable_reason() is not None:
-        return []
-    import cupy
+    """The GPUs CuPy sees, usable or not (none where CuPy or the driver is missing)."""
+    try:
+        import cupy
 
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # ImportError, CUDARuntimeError: cuda_unavailable_reason says which
+        return []
     names = []
-    for index in range(cupy.cuda.runtime.getDeviceCount()):
+    for index in range(count):
         name = cupy.cuda.runtime.getDeviceProperties(index)["name"]
         names.append(f"cuda:{index} {name.decode() if isinstance(name, bytes) else name}")
     return names
@@ -540,7 +543,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     reason = cuda_unavailable_reason()
     _say("GPUs:      " + ("; ".join(gpus) if gpus else f"none ({reason})"))
     auto = get_ops("auto")
-    _say(f"auto:      {auto.device}" + ("" if gpus else " (no usable GPU)"))
+    _say(f"auto:      {auto.device}" + ("" if reason is None else " (no usable GPU)" if not gpus else
+                                          f" (the GPU is not usable: {reason})"))
     _say(f"cpu:       {cpu_backend_description()}")
     _say(f"env GPUBP_DEVICE={os.environ.get('GPUBP_DEVICE', '(unset)')}  "
          f"GPUBP_DATA={os.environ.get(datasets.DATA_ENV, '(unset)')}")
