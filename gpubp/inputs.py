@@ -101,6 +101,21 @@ def check_targets(Y: Any, n: int, width: int, ops: Ops, dtype: np.dtype, needs_t
     return ops.asarray(arr, dtype=dtype)
 
 
+def check_sample_weight(weights: Any, n: int, ops: Ops, dtype: np.dtype) -> Any:
+    """Per-sample weights (n,) on the device: finite, >= 0, not all zero; None stays None."""
+    if weights is None:
+        return None
+    arr = _host_or_device(weights, ops, "sample_weight")
+    if arr.dtype.kind not in "biuf" or arr.ndim != 1 or len(arr) != n:
+        raise ValueError(f"sample_weight must be a vector of {n} numbers (one per sample); got "
+                         f"{arr.dtype} of shape {to_shape(weights)}")
+    if arr.dtype.kind == "f" and not _all_finite(arr, ops):
+        raise ValueError("sample_weight contains NaN or infinite values")
+    if n and (bool((arr < 0).any()) or not bool((arr > 0).any())):
+        raise ValueError("sample_weight must be >= 0 with at least one positive weight")
+    return ops.asarray(arr, dtype=dtype)
+
+
 def labels_of(target: Any, ops: Ops) -> np.ndarray:
     """Class labels (host ints) from device targets: labels as they are, one-hot/float rows by argmax,
     a single output by thresholding at 0.5."""

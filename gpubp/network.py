@@ -200,8 +200,10 @@ class Network:
 
     # ---- backward ---------------------------------------------------------------------------------
     def _backprop_sum(self, x: Array, target: Array, loss_sum: Array | None = None,
-                      layer_done: Callable[[int], Any] | None = None) -> list[Array]:
-        """BP1–BP4 for one batch: fills the flat gradient with Σₓ ∂Cₓ/∂θ; returns the δˡ buffers.
+                      layer_done: Callable[[int], Any] | None = None,
+                      weights: Array | None = None) -> list[Array]:
+        """BP1–BP4 for one batch: fills the flat gradient with Σₓ ∂Cₓ/∂θ (Σₓ wₓ ∂Cₓ/∂θ with per-sample
+        ``weights``); returns the δˡ buffers.
 
         ``layer_done(l)`` is called as soon as layer l's gradients are complete (distributed training
         starts summing them across ranks there)."""
@@ -209,8 +211,12 @@ class Network:
         ws = self._workspace(len(x))
         self._feedforward(x, ws)
         zs, activations, deltas = ws.zs, ws.activations, ws.deltas
-        delta = ops.output_delta(self.cost, acts[-1], zs[-1], activations[-1], target, deltas[-1],
-                                 loss_sum)                                          # BP1
+        if weights is None:
+            delta = ops.output_delta(self.cost, acts[-1], zs[-1], activations[-1], target, deltas[-1],
+                                     loss_sum)                                      # BP1
+        else:
+            delta = ops.weighted_output_delta(self.cost, acts[-1], zs[-1], activations[-1], target,
+                                              weights, deltas[-1], loss_sum)        # BP1, rows × wₓ
         for l in range(self.num_layers - 1, -1, -1):
             a_prev = activations[l - 1] if l > 0 else x
             ops.sum_rows(delta, out=self._nabla_b[l])                               # BP3
@@ -317,11 +323,13 @@ class Network:
             progress: bool | None = None, seed: int | None = None,
             callbacks: Iterable[Callable[["Network", int, dict], Any]] | None = None,
             distributed: Any = None, checkpoint: str | None = None,
-            checkpoint_every: int = 1) -> dict[str, list]:
+            checkpoint_every: int = 1, sample_weight: Any = None) -> dict[str, list]:
         """Mini-batch gradient descent; returns the history of per-epoch "loss", "val_loss" and "val_accuracy"
         (regression: "val_mse", "val_mae", "val_r2").
 
         "loss" is the mean training cost over the epoch's batches, measured in their forward passes.
+        With ``sample_weight`` (n,) each batch's cost is the weighted mean Σₓ wₓCₓ / Σₓ wₓ, and "loss"
+        the weighted mean over the epoch.
         Each epoch draws a new order of the samples (from ``seed``). On NaN/inf the parameters are put
         back to the end of the previous epoch and FloatingPointError names the epoch. Ctrl-C finishes
         the current batch, keeps ``self.history`` and raises KeyboardInterrupt. ``distributed`` is a
@@ -342,7 +350,7 @@ class Network:
                           momentum=momentum, weight_decay=weight_decay, shuffle=shuffle,
                           progress=progress, seed=seed, callbacks=callbacks, comm=distributed,
                           checkpoint=checkpoint, checkpoint_every=checkpoint_every)
-        return trainer.run(X, Y, validation_data)
+        return trainer.run(X, Y, validation_data, sample_weight)
 
     # ---- persistence ------------------------------------------------------------------------------
     def save(self, path: str) -> None:

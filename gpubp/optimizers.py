@@ -26,6 +26,9 @@ class Optimizer:
     name = ""
     #: names of the state buffers, each an array shaped like the flat parameters
     buffers: tuple[str, ...] = ()
+    #: False: λ is the decay of the mean cost (C + λ/2 Σw²). True: λ is per unit of batch weight, as
+    #: scikit-learn's ``alpha`` (C + λ/2 Σw² / m), so a step's decay is λ·s with s = grad_scale = 1/m
+    decay_per_sample = False
 
     def __init__(self, ops: Ops, params: Array, n_weights: int, lr: float, weight_decay: float,
                  momentum: float = 0.9) -> None:
@@ -41,6 +44,10 @@ class Optimizer:
 
     def step(self, grad: Array, grad_scale: float) -> None:
         raise NotImplementedError
+
+    def decay(self, grad_scale: float) -> float:
+        """The L2 strength of this step (see ``decay_per_sample``)."""
+        return self.weight_decay * grad_scale if self.decay_per_sample else self.weight_decay
 
     def state_arrays(self) -> list[Array]:
         """The state buffers on the device, in ``buffers`` order."""
@@ -81,7 +88,7 @@ class SGD(Optimizer):
 
     def step(self, grad, grad_scale):
         self.t += 1
-        self.ops.sgd_update(self.params, grad, self.lr, grad_scale, self.weight_decay, self.n_weights)
+        self.ops.sgd_update(self.params, grad, self.lr, grad_scale, self.decay(grad_scale), self.n_weights)
 
 
 class Momentum(Optimizer):
@@ -93,23 +100,41 @@ class Momentum(Optimizer):
     def step(self, grad, grad_scale):
         self.t += 1
         self.ops.momentum_update(self.params, grad, self.velocity, self.lr, self.momentum, grad_scale,
-                                 self.weight_decay, self.n_weights)
+                                 self.decay(grad_scale), self.n_weights)
+
+
+class Nesterov(Optimizer):
+    """Nesterov's momentum (Sutskever et al. 2013's form): v ← μv − η ∂C/∂w; w ← w + μv − η ∂C/∂w."""
+
+    name = "nesterov"
+    buffers = ("velocity",)
+
+    def step(self, grad, grad_scale):
+        self.t += 1
+        self.ops.nesterov_update(self.params, grad, self.velocity, self.lr, self.momentum, grad_scale,
+                                 self.decay(grad_scale), self.n_weights)
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba) with β₁ = 0.9, β₂ = 0.999, ε = 1e-8 and bias correction."""
+    """Adam (Kingma & Ba) with bias correction; β₁ = 0.9, β₂ = 0.999, ε = 1e-8 unless set on the instance.
+
+    ``eps_on_corrected_v`` True (the paper): w ← w − η m̂ / (√v̂ + ε). False (scikit-learn's MLP):
+    w ← w − η m̂ / (√v̂ + ε/√(1−β₂ᵗ)), i.e. ε added to √v before the bias correction.
+    """
 
     name = "adam"
     buffers = ("m", "v")
     beta1, beta2, eps = 0.9, 0.999, 1e-8
+    eps_on_corrected_v = True
 
     def step(self, grad, grad_scale):
         self.t += 1
+        eps = self.eps if self.eps_on_corrected_v else self.eps / np.sqrt(1.0 - self.beta2 ** self.t)
         self.ops.adam_update(self.params, grad, self.m, self.v, self.lr, self.beta1, self.beta2,
-                             self.eps, self.t, grad_scale, self.weight_decay, self.n_weights)
+                             eps, self.t, grad_scale, self.decay(grad_scale), self.n_weights)
 
 
-OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "adam": Adam}
+OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "adam": Adam}
 
 
 def optimizer_name(name: str) -> str:

@@ -64,7 +64,7 @@ class Trainer:
         every = inputs.positive_int(checkpoint_every, "checkpoint_every")
         self.checkpoints = None if checkpoint is None else Checkpointer(checkpoint, every, comm)
 
-    def run(self, X: Any, Y: Any, validation_data: Any) -> dict[str, list]:
+    def run(self, X: Any, Y: Any, validation_data: Any, sample_weight: Any = None) -> dict[str, list]:
         if self.comm is not None and self.net.device != self.comm.device:
             self.net.to(self.comm.device)  # another GPU than this rank's: NCCL sums on comm.device only
         net, ops = self.net, self.net.ops
@@ -73,6 +73,7 @@ class Trainer:
             target = net._targets(Y, len(x))
             if len(x) == 0:
                 raise ValueError("fit needs at least one training sample; X is empty")
+            weights = inputs.check_sample_weight(sample_weight, len(x), ops, net.dtype)
             validation = self._validation(validation_data)
             resumed, self.identity, self._restart_point = None, self._run(len(x), validation), None
             if self.checkpoints is not None:
@@ -93,7 +94,7 @@ class Trainer:
             deferred = _deferred_interrupt() if self.comm is None else contextlib.nullcontext({"hit": False})
             with ops.errstate(), deferred as interrupt:
                 try:
-                    self._epochs(x, target, validation, optimizer, rng, history, interrupt,
+                    self._epochs(x, target, weights, validation, optimizer, rng, history, interrupt,
                                  first=1 if resumed is None else resumed.epoch + 1)
                 except BaseException:
                     self._checkpoint_restart_point()
@@ -167,12 +168,13 @@ class Trainer:
         self.comm.broadcast(seed, root=0)
         return int(seed[0])
 
-    def _epochs(self, x, target, validation, optimizer, rng, history, interrupt, first: int) -> None:
+    def _epochs(self, x, target, weights, validation, optimizer, rng, history, interrupt, first: int) -> None:
         net, ops, n, bs, comm = self.net, self.net.ops, len(x), self.batch_size, self.comm
-        xs, ts = x, target
+        xs, ts, wts = x, target, weights
         if self.shuffle:
             xs = ops.empty(x.shape, x.dtype)
             ts = None if target is None else ops.empty(target.shape, target.dtype)
+            wts = None if weights is None else ops.empty(weights.shape, weights.dtype)
         loss_sum = ops.zeros((1,), net.dtype)
         state = [net._params] + optimizer.state_arrays()
         snapshot = [ops.empty(s.shape, s.dtype) for s in state]
@@ -190,17 +192,24 @@ class Trainer:
                 ops.take_rows(x, order, out=xs)
                 if ts is not None:
                     ops.take_rows(target, order, out=ts)
+                if wts is not None:
+                    ops.take_rows(weights, order, out=wts)
+            # the gradient of batch [start, stop) is divided by its size, or by its total weight
+            totals = [stop - start for start, stop in batches] if wts is None else \
+                _batch_totals(ops.to_numpy(wts.cumsum(dtype=np.float64)), batches)
             loss_sum.fill(0)
             with _progress_bar(self.progress, n, epoch, self.epochs) as bar:
                 for i, (start, stop) in enumerate(batches):
                     lo, hi = (start, stop) if comm is None else _shard(comm, start, stop)
+                    batch_weights = None if wts is None else wts[lo:hi]
                     if comm is None:
-                        net._backprop_sum(xs[lo:hi], None if ts is None else ts[lo:hi], loss_sum)
+                        net._backprop_sum(xs[lo:hi], None if ts is None else ts[lo:hi], loss_sum,
+                                          weights=batch_weights)
                     else:
                         net._backprop_sum(xs[lo:hi], None if ts is None else ts[lo:hi], loss_sum,
-                                          buckets.layer_done)
+                                          buckets.layer_done, batch_weights)
                         buckets.finish()
-                    optimizer.step(net._grad, 1.0 / (stop - start))
+                    optimizer.step(net._grad, 1.0 / totals[i] if totals[i] > 0 else 0.0)
                     if bar is not None and (i % every == 0 or stop == n):
                         bar.update(stop - bar.n)
                     if interrupt["hit"]:
@@ -208,7 +217,7 @@ class Trainer:
                 if comm is not None:
                     comm.allreduce_sum(loss_sum)
                 done = stop
-                logs = {"loss": ops.item(loss_sum) / done}
+                logs = {"loss": ops.item(loss_sum) / sum(totals[:i + 1])}
                 self._check_finite(epoch, logs["loss"], state, snapshot, optimizer, steps_before)
                 if validation is not None:
                     result = net._evaluate(*validation)
@@ -299,6 +308,12 @@ class GradientBuckets:
         for wait in self.pending:
             wait()
         self.pending = []
+
+
+def _batch_totals(cumulative: np.ndarray, batches: list[tuple[int, int]]) -> list[float]:
+    """Σ wₓ of each batch [start, stop) from the running sum of the (shuffled) weights."""
+    return [float(cumulative[stop - 1] - (cumulative[start - 1] if start else 0.0))
+            for start, stop in batches]
 
 
 def _shard(comm: Any, start: int, stop: int) -> tuple[int, int]:

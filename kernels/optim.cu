@@ -8,6 +8,8 @@
 //   (decay = 1 − ηλ, step = η s; the biases skip the decay).
 // gpubp_momentum_update_T(params, grad, velocity, n, n_weights, s, lambda, lr, mu):
 //   v ← μv − η (s·g + λw); w ← w + v.
+// gpubp_nesterov_update_T(params, grad, velocity, n, n_weights, s, lambda, lr, mu):
+//   g ← s·g + λw; v ← μv − ηg; w ← w + μv − ηg.
 // gpubp_adam_update_T(params, grad, m, v, n, n_weights, s, lambda, beta1, one_minus_beta1, beta2,
 //                     one_minus_beta2, step_size, eps_hat):
 //   g ← s·g + λw; m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; w ← w − (m / (√v + ε̂))·α̂,
@@ -31,6 +33,18 @@
             const T vi = velocity[i] * mu - gi * lr;                                                     \
             velocity[i] = vi;                                                                            \
             params[i] += vi;                                                                             \
+        }                                                                                                \
+    }                                                                                                    \
+    extern "C" __global__ void gpubp_nesterov_update_##SUFFIX(T* params, const T* grad, T* velocity,    \
+                                                              size_t n, size_t n_weights, T s,          \
+                                                              T lambda, T lr, T mu) {                   \
+        for (size_t i = gpubp::global_thread(); i < n; i += gpubp::grid_stride()) {                      \
+            T gi = grad[i] * s;                                                                          \
+            if (i < n_weights) gi += lambda * params[i];                                                 \
+            const T step = gi * lr;                                                                      \
+            const T vi = velocity[i] * mu - step;                                                        \
+            velocity[i] = vi;                                                                            \
+            params[i] = (params[i] + mu * vi) - step;                                                    \
         }                                                                                                \
     }                                                                                                    \
     extern "C" __global__ void gpubp_adam_update_##SUFFIX(                                               \

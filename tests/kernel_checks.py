@@ -15,11 +15,11 @@ def assert_delta_close(got, expected, cost, a, y, rtol, atol):
 
 
 def apply_update(backend, method, params, grad, state1, state2, hyper):
-    """One SGD or momentum step, or two Adam steps, of ``backend`` on the given buffers."""
+    """One SGD, momentum or Nesterov step, or two Adam steps, of ``backend`` on the given buffers."""
     if method == "sgd":
         backend.sgd_update(params, grad, **hyper)
-    elif method == "momentum":
-        backend.momentum_update(params, grad, state1, momentum=0.9, **hyper)
+    elif method in ("momentum", "nesterov"):
+        getattr(backend, f"{method}_update")(params, grad, state1, momentum=0.9, **hyper)
     else:
         for step in (1, 2):
             backend.adam_update(params, grad.copy(), state1, state2, beta1=0.9, beta2=0.999, eps=1e-8,

@@ -32,7 +32,7 @@ def test_unknown_names_list_the_valid_ones():
         gpubp.Network([2, 2, 2], activation="softmax", device="cpu")
     with pytest.raises(ValueError, match=r"unknown cost 'mse'.*quadratic, cross_entropy, log_likelihood"):
         gpubp.Network([2, 2], cost="mse", device="cpu")
-    with pytest.raises(ValueError, match=r"unknown optimizer 'rmsprop'.*sgd, momentum, adam"):
+    with pytest.raises(ValueError, match=r"unknown optimizer 'rmsprop'.*sgd, momentum, nesterov, adam"):
         gpubp.Network([2, 2], device="cpu").fit(np.zeros((2, 2)), [0, 1], 1, 1, 0.1, optimizer="rmsprop")
 
 

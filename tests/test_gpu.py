@@ -193,7 +193,7 @@ def test_output_delta_rejects_mismatched_arrays(cupy, gpu):
 @pytest.mark.parametrize("n", [0, 1, 7, 4099])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("method", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("method", ["sgd", "momentum", "nesterov", "adam"])
 def test_optimizer_updates(cupy, gpu, cpu, rng, method, dtype, weight_decay, n):
     params = rng.standard_normal(n).astype(dtype)
     grad = rng.standard_normal(n).astype(dtype)
@@ -205,7 +205,7 @@ def test_optimizer_updates(cupy, gpu, cpu, rng, method, dtype, weight_decay, n):
     dev = [cupy.asarray(x) for x in (params, grad, *state)]
     for ops, (p, g, s1, s2) in ((cpu, host), (gpu, dev)):
         apply_update(ops, method, p, g, s1, s2, hyper)
-    used = {"sgd": 1, "momentum": 3, "adam": 4}[method]
+    used = {"sgd": 1, "momentum": 3, "nesterov": 3, "adam": 4}[method]
     for name, d, h in zip(("params", "grad", "m/velocity", "v"), dev[:used], host[:used]):
         if name != "grad":  # the reference scales grad in place; the kernels leave it as it was
             close(d, h, dtype, what=f"{method} {name}")
@@ -265,7 +265,7 @@ def blobs(rng, n=1500, features=10, classes=3):
     return rng.standard_normal((n, features)) + centres[y], y
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])
 def test_fit_on_gpu_matches_cpu_accuracy(cupy, rng, optimizer):
     X, y = blobs(rng)
     results = []

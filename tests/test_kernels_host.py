@@ -228,7 +228,7 @@ def test_emulated_output_delta_and_loss(emulated, rng, act, cost, dtype, acc, la
 @pytest.mark.parametrize("n", [0, 7, 1001])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("method", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("method", ["sgd", "momentum", "nesterov", "adam"])
 def test_emulated_optimizer_updates(emulated, rng, method, dtype, weight_decay, n):
     fake_cupy, ops = emulated
     host = [rng.standard_normal(n).astype(dtype) for _ in range(4)]
@@ -261,7 +261,7 @@ CONFIGS = [  # (sizes, activation, output, cost, labels)
 ]
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c[1]}-{c[2]}-{c[3]}")
 def test_emulated_network_trains_like_numpy(emulated, rng, config, optimizer):
     """Network on "cuda:0" (the emulated CupyOps) vs "cpu": same batches (no shuffle), same parameters."""
@@ -305,3 +305,43 @@ def test_emulated_network_takes_host_inputs_and_shuffles_on_device(emulated, rng
     net.save(tmp_path / "gpu.npz")
     cpu = gpubp.load(tmp_path / "gpu.npz", device="cpu")
     np.testing.assert_allclose(cpu.forward(X), gpubp.to_numpy(net.forward(X)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("config", CONFIGS[:3], ids=lambda c: f"{c[1]}-{c[2]}-{c[3]}")
+def test_emulated_weighted_fit_like_numpy(emulated, rng, config):
+    """fit(sample_weight=...) on the emulated CupyOps (weighted δᴸ rows and loss, device shuffle of the
+    weights) matches the CPU."""
+    sizes, activation, output, cost, labels = config
+    X = rng.standard_normal((30, sizes[0]))
+    Y = rng.integers(0, sizes[-1], 30) if labels else rng.random((30, sizes[-1]))
+    w = rng.random(30) * 2
+    nets = [gpubp.Network(sizes, activation=activation, output=output, cost=cost, device=device,
+                          dtype="float64", seed=3) for device in ("cpu", "cuda:0")]
+    histories = [net.fit(X, Y, epochs=2, batch_size=8, lr=0.05, optimizer="nesterov", shuffle=False,
+                         progress=False, sample_weight=w) for net in nets]
+    np.testing.assert_allclose(histories[1]["loss"], histories[0]["loss"], rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(nets[1].parameters()), nets[0].parameters(), rtol=1e-9,
+                               atol=1e-12)
+
+
+def test_emulated_sklearn_estimator(emulated):
+    """gpubp.sklearn on the emulated GPU: trains there, predicts like its CPU twin, pickles to the host."""
+    pytest.importorskip("sklearn")
+    import pickle
+    import warnings
+
+    from gpubp.sklearn import MLPClassifier
+
+    X = np.random.default_rng(0).standard_normal((40, 5))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    kw = dict(hidden_layer_sizes=(6,), max_iter=5, random_state=0, dtype="float64", shuffle=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gpu = MLPClassifier(device="cuda:0", **kw).fit(X, y, sample_weight=np.arange(40) % 3)
+        cpu = MLPClassifier(device="cpu", **kw).fit(X, y, sample_weight=np.arange(40) % 3)
+    assert gpu.network_.ops is emulated[1]
+    np.testing.assert_allclose(gpu.predict_proba(X), cpu.predict_proba(X), rtol=1e-9)
+    state = gpu.__getstate__()["network_"]
+    assert type(state["params"]) is np.ndarray
+    assert all(type(v) is np.ndarray for v in state["optimizer"]["state"].values())
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(gpu)).predict(X), gpu.predict(X))

@@ -260,6 +260,15 @@ class CupyOps(Ops):
                      (params, grad, velocity, np.uint64(params.size), np.uint64(n_weights),
                       t(grad_scale), t(weight_decay), t(lr), t(momentum)))
 
+    def nesterov_update(self, params: Array, grad: Array, velocity: Array, lr: float,
+                        momentum: float, grad_scale: float, weight_decay: float,
+                        n_weights: int) -> None:
+        """g ← s·g + λw; v ← μv − ηg; w ← w + μv − ηg in one pass."""
+        suffix, t = self._suffix(params, grad, velocity), params.dtype.type
+        self._launch(f"gpubp_nesterov_update_{suffix}", params.size,
+                     (params, grad, velocity, np.uint64(params.size), np.uint64(n_weights),
+                      t(grad_scale), t(weight_decay), t(lr), t(momentum)))
+
     def adam_update(self, params: Array, grad: Array, m: Array, v: Array, lr: float, beta1: float,
                     beta2: float, eps: float, step: int, grad_scale: float, weight_decay: float,
                     n_weights: int) -> None:

@@ -29,7 +29,8 @@ KERNELS: dict[str, tuple[str, ...]] = {
     "output.cu": ("gpubp_output_delta_f32_f32", "gpubp_output_delta_f32_f64",
                   "gpubp_output_delta_f64_f64"),
     "optim.cu": ("gpubp_sgd_update_f32", "gpubp_sgd_update_f64", "gpubp_momentum_update_f32",
-                 "gpubp_momentum_update_f64", "gpubp_adam_update_f32", "gpubp_adam_update_f64"),
+                 "gpubp_momentum_update_f64", "gpubp_nesterov_update_f32", "gpubp_nesterov_update_f64",
+                 "gpubp_adam_update_f32", "gpubp_adam_update_f64"),
 }
 _FILE_OF = {name: file for file, names in KERNELS.items() for name in names}
 

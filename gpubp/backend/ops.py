@@ -120,6 +120,16 @@ class Ops:
         self.xp.copyto(out, g)
         return self.backprop_activation(activation, z, a, out, out)
 
+    def weighted_output_delta(self, cost: Cost, activation: Activation, z: Array, a: Array,
+                              target: Array, weights: Array, out: Array,
+                              loss_sum: Array | None = None) -> Array:
+        """BP1 for the weighted cost Σₓ wₓCₓ: δᴸ rows times wₓ, and Σₓ wₓCₓ added into ``loss_sum``."""
+        self.output_delta(cost, activation, z, a, target, out)
+        if loss_sum is not None:
+            costs = cost.fn(a, self.dense_target(target, a) if cost.needs_target else None)
+            loss_sum += self.xp.vdot(weights, self.xp.asarray(costs, dtype=a.dtype))
+        return self.xp.multiply(out, weights[:, None], out=out)
+
     def subtract_target(self, a: Array, target: Array, out: Array) -> Array:
         """out = a − y, with y one-hot from integer labels gathered in place."""
         if target.ndim == 1:
@@ -185,13 +195,26 @@ class Ops:
                         momentum: float, grad_scale: float, weight_decay: float,
                         n_weights: int) -> None:
         """v ← μv − η (s·g + λw); w ← w + v."""
+        self._velocity_step(params, grad, velocity, lr, momentum, grad_scale, weight_decay, n_weights)
+        params += velocity
+
+    def nesterov_update(self, params: Array, grad: Array, velocity: Array, lr: float,
+                        momentum: float, grad_scale: float, weight_decay: float,
+                        n_weights: int) -> None:
+        """g ← s·g + λw; v ← μv − ηg; w ← w + μv − ηg (Nesterov's look-ahead step)."""
+        self._velocity_step(params, grad, velocity, lr, momentum, grad_scale, weight_decay, n_weights)
+        params += self.xp.multiply(velocity, momentum, out=self.scratch(params, 1))
+        params -= grad
+
+    def _velocity_step(self, params: Array, grad: Array, velocity: Array, lr: float, momentum: float,
+                       grad_scale: float, weight_decay: float, n_weights: int) -> None:
+        """grad ← η (s·g + λw) in place; v ← μv − grad."""
         grad *= grad_scale
         if weight_decay:
             grad[:n_weights] += weight_decay * params[:n_weights]
         grad *= lr
         velocity *= momentum
         velocity -= grad
-        params += velocity
 
     def adam_update(self, params: Array, grad: Array, m: Array, v: Array, lr: float, beta1: float,
                     beta2: float, eps: float, step: int, grad_scale: float, weight_decay: float,
