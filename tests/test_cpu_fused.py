@@ -109,7 +109,7 @@ def test_output_delta_and_loss(fused, ref, rng, act, cost, dtype, acc, labels):
 @pytest.mark.parametrize("n", [0, 7, 1001])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("method", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("method", ["sgd", "momentum", "nesterov", "adam"])
 def test_optimizer_updates_equal_the_reference(fused, ref, rng, method, dtype, weight_decay, n):
     """The fused updates do NumPy's arithmetic in NumPy's order: equal to the last bit, except float32 Adam,
     whose bias-corrected step and ε are rounded to float32 before use (NumPy: after), an ulp apart."""

@@ -298,6 +298,22 @@ def momentum_update(params, grad, velocity, n_weights, s, lam, lr, mu):
 
 
 @jit
+def _nesterov_span(params, grad, velocity, lo, hi, s, lam, lr, mu):
+    for i in range(lo, hi):
+        step = (grad[i] * s + lam * params[i]) * lr
+        v = velocity[i] * mu - step
+        velocity[i] = v
+        params[i] = (params[i] + v * mu) - step
+
+
+@jit
+def nesterov_update(params, grad, velocity, n_weights, s, lam, lr, mu):
+    """g ← s·g + λw; v ← μv − η g; w ← w + μv − η g (λ on the weights only)."""
+    _nesterov_span(params, grad, velocity, 0, n_weights, s, lam, lr, mu)
+    _nesterov_span(params, grad, velocity, n_weights, params.size, s, params.dtype.type(0), lr, mu)
+
+
+@jit
 def _adam_span(params, grad, m, v, lo, hi, s, lam, beta1, one_minus_beta1, beta2, one_minus_beta2,
                step_size, eps_hat):
     for i in range(lo, hi):

@@ -156,6 +156,18 @@ class NumbaOps(Ops):
         cpu_kernels.momentum_update(params, grad, velocity, n_weights, t(grad_scale), t(weight_decay),
                                     t(lr), t(momentum))
 
+    def nesterov_update(self, params: Array, grad: Array, velocity: Array, lr: float,
+                        momentum: float, grad_scale: float, weight_decay: float,
+                        n_weights: int) -> None:
+        """g ← s·g + λw; v ← μv − ηg; w ← w + μv − ηg in one pass."""
+        if not _fusable(params, grad, velocity) or params.ndim != 1 or \
+                not params.shape == grad.shape == velocity.shape:
+            return super().nesterov_update(params, grad, velocity, lr, momentum, grad_scale, weight_decay,
+                                           n_weights)
+        t = params.dtype.type
+        cpu_kernels.nesterov_update(params, grad, velocity, n_weights, t(grad_scale), t(weight_decay),
+                                    t(lr), t(momentum))
+
     def adam_update(self, params: Array, grad: Array, m: Array, v: Array, lr: float, beta1: float,
                     beta2: float, eps: float, step: int, grad_scale: float, weight_decay: float,
                     n_weights: int) -> None:

@@ -150,7 +150,7 @@ class Ops:
         """Float targets like ``a``: one-hot rows for integer labels (used off the fused paths only)."""
         if target.ndim == 2:
             return target
-        y = self.xp.zeros_like(a)
+        y = self.zeros(a.shape, a.dtype)
         y[self.row_index(len(a)), target] = 1.0
         return y
 
