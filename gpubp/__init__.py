@@ -4,6 +4,7 @@
 >>> net = gpubp.Network([784, 30, 10], activation="sigmoid", cost="quadratic", device="auto")
 """
 
+from . import checkpoint
 from .backend import DeviceError
 from .costs import Cost, CustomCost
 from .gradcheck import gradcheck
