@@ -110,7 +110,8 @@ def read_checkpoint(source: str | os.PathLike | bytes, name: str | None = None) 
 
 def latest_checkpoint(directory: str | os.PathLike) -> Checkpoint | None:
     """The newest good checkpoint in ``directory`` (None if there is none). Every checkpoint file found
-    damaged on the way, and files that are not checkpoints, are reported as a CheckpointWarning."""
+    damaged on the way, and files that are not checkpoints, are reported on stderr and as a
+    CheckpointWarning."""
     found = _newest_good(os.fspath(directory))
     return None if found is None else read_checkpoint(found[1], found[0])
 
@@ -236,19 +237,24 @@ def _newest_good(directory: str) -> tuple[str, bytes] | None:
     others = sorted(e for e in os.listdir(directory)
                     if not FILE_NAME.fullmatch(e) and not e.startswith(TEMP_PREFIX))
     if others:
-        warnings.warn(f"{directory} holds {len(others)} file(s) that are not gpubp checkpoints: "
-                      f"{', '.join(others[:5])}{', …' if len(others) > 5 else ''}; they are left alone",
-                      CheckpointWarning, stacklevel=3)
+        _report(f"{directory} holds {len(others)} file(s) that are not gpubp checkpoints: "
+                f"{', '.join(others[:5])}{', …' if len(others) > 5 else ''}; they are left alone")
     for epoch, path in sorted(_checkpoint_files(directory), reverse=True):
         try:
             with open(path, "rb") as f:
                 data = f.read()
-            read_checkpoint(data, path)
+            read_checkpoint(data, "it")  # the messages read "skipping checkpoint PATH: it is damaged: …"
         except (ValueError, OSError) as exc:
-            warnings.warn(f"skipping checkpoint {path}: {exc}", CheckpointWarning, stacklevel=3)
+            _report(f"skipping checkpoint {path}: {exc}")
             continue
         return path, data
     return None
+
+
+def _report(message: str) -> None:
+    """A file that cannot be used: a line on stderr and a CheckpointWarning (for code that filters them)."""
+    say(message)
+    warnings.warn(message, CheckpointWarning, stacklevel=4)
 
 
 def _check_restorable(fields: dict[str, np.ndarray], name: str) -> None:

@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -267,8 +268,11 @@ def _progress_wanted(flag: bool | None) -> bool:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointWarning
     from .network import Network
     from .plotting import plot_training, require_matplotlib
+
+    warnings.filterwarnings("ignore", category=CheckpointWarning)  # fit prints them as "gpubp: …" lines
 
     save = check_writable(args.save, "--save") if args.save else None
     plot = check_writable(args.plot, "--plot") if args.plot else None

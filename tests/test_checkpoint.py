@@ -236,7 +236,7 @@ class Planted:
 
 @pytest.mark.parametrize("damage", ["truncated", "bit_flip", "random", "empty", "foreign_npz", "model_file",
                                     "pickle", "object_array"])
-def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, damage):
+def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, damage, capsys):
     whole, X, y, fit = make()
     whole.fit(X, y, **fit)
     net, _, _, _ = make()
@@ -274,6 +274,7 @@ def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_p
     assert history == whole.history
     np.testing.assert_array_equal(params(resumed), params(whole))
     assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert f"gpubp: skipping checkpoint {newest}: " in capsys.readouterr().err  # reported on stderr too
 
 
 def test_only_unusable_files_start_afresh(tmp_path):
@@ -345,8 +346,10 @@ def test_cli_resumes_when_the_same_command_runs_again(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["ckpt-000002.npz", "ckpt-000003.npz"]
     assert main(command + ["--epochs", "4"]) == 0
     assert "resuming from" in capsys.readouterr().err
+    (tmp_path / "ckpt-000005.npz").write_bytes(b"PK")
     assert main(command + ["--epochs", "4"]) == 0
-    assert "nothing left to do" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nothing left to do" in err and err.count("ckpt-000005.npz") == 1, err
     assert main(command + ["--epochs", "4", "--lr", "1.0"]) == 2
     assert re.search(r"different training run \(lr [0-9.]+ there, 1.0 here\)", capsys.readouterr().err)
 
