@@ -76,8 +76,9 @@ class Optimizer:
             if not np.isfinite(value).all():
                 raise ValueError(f"{self.name} optimizer state {buffer!r} holds NaN or infinite values")
             values.append(value)
-        for current, value in zip(self.state_arrays(), values):
-            current[...] = self.ops.asarray(value, dtype=current.dtype)
+        with self.ops.activate():
+            for current, value in zip(self.state_arrays(), values):
+                current[...] = self.ops.asarray(value, dtype=current.dtype)
         self.t = int(t)
 
 

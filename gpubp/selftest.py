@@ -123,7 +123,8 @@ def check_backend(name: str, factory: Callable[[], Ops], dtype: str) -> Row:
     try:
         start = time.perf_counter()
         ops = factory()
-        warm_up(ops, dtype)
+        with ops.activate():  # the checks' own arrays (copies, scratch) on the backend's device
+            warm_up(ops, dtype)
         row.results["load"] = Result(time.perf_counter() - start)
     except Exception as exc:  # the kernels do not compile or load: nothing else can run
         row.results["load"] = Result(None, False, _describe(exc))
@@ -138,7 +139,7 @@ def check_backend(name: str, factory: Callable[[], Ops], dtype: str) -> Row:
     for check, run in checks.items():
         tolerance = FINITE_DIFF_TOLERANCE if check == "finite diff." else TOLERANCE[dtype]
         try:
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), ops.activate():
                 error = run(ops, dtype)
             row.results[check] = Result(error, bool(error <= tolerance),
                                         "" if error <= tolerance else f"worst error {error:.2g} > {tolerance:g}")

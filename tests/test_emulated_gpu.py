@@ -51,9 +51,9 @@ def test_the_emulation_refuses_operations_on_another_devices_arrays(gpus):
         function((1,), (32,), (x, x, np.uint64(4), np.uint64(0), np.float64(1), np.float64(1)))
 
 
-def test_a_network_on_the_second_gpu_works_while_the_first_is_current(gpus, rng):
+def test_a_network_on_the_second_gpu_works_while_the_first_is_current(gpus, rng, tmp_path):
     """Before every device operation ran in the backend's device context, predict (argmax, > 0.5), weight
-    assignment and the input checks of a CuPy array from cuda:0 raised here."""
+    assignment, the input checks of a CuPy array from cuda:0 and restoring optimizer state raised here."""
     X, y = rng.standard_normal((30, 5)), rng.integers(0, 3, 30)
     W = rng.standard_normal((7, 5))
     nets = [gpubp.Network([5, 7, 3], activation="tanh", output="softmax", cost="log_likelihood",
@@ -65,7 +65,11 @@ def test_a_network_on_the_second_gpu_works_while_the_first_is_current(gpus, rng)
         for net, single in zip(nets, binary):
             net.weights[0] = W
             history = net.fit(X, y, epochs=2, batch_size=8, lr=0.1, shuffle=False, progress=False,
-                              validation_data=(X_gpu0 if net.device != "cpu" else X, y))
+                              optimizer="momentum", validation_data=(X_gpu0 if net.device != "cpu" else X, y))
+            net.save(tmp_path / "net.npz")
+            net = gpubp.load(tmp_path / "net.npz", device=net.device)  # with the momentum buffer
+            history["loss"] += net.fit(X, y, epochs=1, batch_size=8, lr=0.1, shuffle=False, progress=False,
+                                       optimizer="momentum")["loss"]
             data = (X_gpu0, y_gpu0) if net.device != "cpu" else (X, y)
             results.append((history["loss"], net.predict(data[0]), net.evaluate(*data)["loss"],
                             net.loss(*data), gpubp.to_numpy(net.backprop(*data)[0][0]),
@@ -201,3 +205,11 @@ def test_the_nccl_unique_id_reaches_every_rank_in_the_form_cupy_takes(gpus, monk
         comm = distributed.Communicator(rank, 2, "cuda:0", None, mpi_comm=_Wire(rank, sent))
         distributed._nccl_communicator(comm, 0)
     assert nccl.made == [(2, unique_id, 0), (2, unique_id, 1)]
+
+
+def test_selftest_checks_the_second_gpu_while_the_first_is_current(gpus):
+    from gpubp import selftest
+
+    row = selftest.check_backend("cuda:1", lambda: get_ops("cuda:1"), "float32")
+    failed = {check: result.note for check, result in row.results.items() if not result.ok}
+    assert not failed and len(row.results) > 5, failed
