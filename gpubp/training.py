@@ -21,7 +21,7 @@ import numpy as np
 from . import inputs
 from .checkpoint import Checkpointer, say
 from .metrics import METRICS
-from .optimizers import optimizer_name
+from .optimizers import OPTIMIZERS, optimizer_name
 
 #: under distributed training (NCCL), weight gradients at least this large are summed across ranks as soon
 #: as their layer's BP4 is done, overlapping the rest of the backward pass
@@ -75,7 +75,8 @@ class Trainer:
                 raise ValueError("fit needs at least one training sample; X is empty")
             weights = inputs.check_sample_weight(sample_weight, len(x), ops, net.dtype)
             validation = self._validation(validation_data)
-            resumed, self.identity, self._restart_point = None, self._run(len(x), validation), None
+            self.identity, self._restart_point = self._run(len(x), validation, weights is not None), None
+            resumed = None
             if self.checkpoints is not None:
                 resumed = self.checkpoints.open(net, self.optimizer_name, self.identity)
             optimizer = net._optimizer_for(self.optimizer_name, self.lr, self.momentum, self.weight_decay)
@@ -101,12 +102,14 @@ class Trainer:
                     raise
         return history
 
-    def _run(self, n: int, validation: Any) -> dict[str, Any]:
+    def _run(self, n: int, validation: Any, weighted: bool) -> dict[str, Any]:
         """What identifies this run to its checkpoints: the data size and the fit arguments that shape the
-        trajectory (``epochs`` may grow on a resume)."""
+        trajectory (``epochs`` may grow on a resume; μ counts where a velocity uses it)."""
+        uses_momentum = "velocity" in OPTIMIZERS[self.optimizer_name].buffers
         return {"samples": n, "validation_samples": None if validation is None else len(validation[0]),
+                "sample_weight": weighted,
                 "batch_size": self.batch_size, "optimizer": self.optimizer_name, "lr": self.lr,
-                "momentum": self.momentum if self.optimizer_name == "momentum" else None,
+                "momentum": self.momentum if uses_momentum else None,
                 "weight_decay": self.weight_decay, "shuffle": self.shuffle,
                 "seed": None if self.seed is None else int(self.seed), "epochs": self.epochs}
 

@@ -29,9 +29,9 @@ WORKER = Path(__file__).resolve().parent / "checkpoint_worker.py"
 PROCESS_TIMEOUT = 60
 
 
-def _env() -> dict:
+def _env(tmp: Path) -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-                OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+                OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", TMPDIR=str(tmp))
 
 
 def run_killed(cmd: list[str], directory: Path, kills: int, seed: int, log: Path,
@@ -45,7 +45,7 @@ def run_killed(cmd: list[str], directory: Path, kills: int, seed: int, log: Path
         before = _checkpoints(directory)
         with open(log, "a") as err:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                                    text=True, env=_env(), start_new_session=True)
+                                    text=True, env=_env(log.parent), start_new_session=True)
         try:
             assert proc.stdout.readline().strip() == "ready", log.read_text()
             if attempt < kills:
@@ -156,19 +156,20 @@ def test_resume_after_interruption_in_process_and_extension_of_a_finished_run(tm
         make("momentum")[0].fit(X, y, checkpoint=tmp_path, **dict(fit, epochs=5))
 
 
-def test_ctrl_c_between_batches_checkpoints_the_last_completed_epoch(tmp_path):
-    whole, X, y, fit = make()
+@pytest.mark.parametrize("optimizer", ["adam", "nesterov"])
+def test_ctrl_c_between_batches_checkpoints_the_last_completed_epoch(tmp_path, optimizer):
+    whole, X, y, fit = make(optimizer)
     whole.fit(X, y, **fit)
 
     def press_ctrl_c(net, epoch, logs):
         if epoch == 2:
             os.kill(os.getpid(), signal.SIGINT)  # seen after the next batch, mid-epoch 3
 
-    net, _, _, _ = make()
+    net, _, _, _ = make(optimizer)
     with pytest.raises(KeyboardInterrupt, match="interrupted in epoch 3"):
         net.fit(X, y, checkpoint=tmp_path, checkpoint_every=5, callbacks=[press_ctrl_c], **fit)
     assert len(net.history["loss"]) == 3 and read_checkpoint(tmp_path / "ckpt-000002.npz").epoch == 2
-    resumed, _, _, _ = make()
+    resumed, _, _, _ = make(optimizer)
     assert resumed.fit(X, y, checkpoint=tmp_path, **fit) == whole.history
     np.testing.assert_array_equal(params(resumed), params(whole))
 
@@ -222,6 +223,19 @@ def test_a_checkpoint_of_another_run_is_refused_and_left_as_it_was(tmp_path, cha
         other.fit(X, y, checkpoint=tmp_path, **fit)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     np.testing.assert_array_equal(params(other), start)
+
+
+def test_weighted_runs_resume_exactly_and_differ_from_unweighted_ones(tmp_path):
+    whole, X, y, fit = make("momentum")
+    weights = np.linspace(0.5, 2.0, len(X))
+    whole.fit(X, y, sample_weight=weights, **fit)
+    first, _, _, _ = make("momentum")
+    first.fit(X, y, sample_weight=weights, checkpoint=tmp_path, **dict(fit, epochs=2))
+    resumed, _, _, _ = make("momentum")
+    assert resumed.fit(X, y, sample_weight=weights, checkpoint=tmp_path, **fit) == whole.history
+    np.testing.assert_array_equal(params(resumed), params(whole))
+    with pytest.raises(ValueError, match="sample_weight True there, False here"):
+        make("momentum")[0].fit(X, y, checkpoint=tmp_path, **fit)
 
 
 class Planted:
