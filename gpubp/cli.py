@@ -283,7 +283,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from . import distributed
 
         comm = distributed.init(args.device)
-        device = comm.device  # this rank's GPU (cuda:local_rank) or the CPU
+        device = comm.device  # this rank's GPU (cuda:local_rank % visible GPUs) or the CPU
     main_rank = comm is None or comm.rank == 0
 
     data = load_data(args, args.data, dtype=args.dtype, device=device)

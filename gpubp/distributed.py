@@ -1,8 +1,8 @@
 """Data-parallel training: every rank backpropagates its shard of each global mini-batch.
 
 Launch one process per device with MPI (``mpiexec -n N python train.py``); each calls :func:`init`, which
-gives its :class:`Communicator` (rank, world size, device: ``cuda:local_rank`` on GPUs, else the CPU), and
-passes it to ``Network.fit(..., distributed=comm)``. The gradient of the mean cost over a global batch of m
+gives its :class:`Communicator` (rank, world size, device: ``cuda:(local_rank % visible GPUs)`` on GPUs, else
+the CPU), and passes it to ``Network.fit(..., distributed=comm)``, which trains on ``comm.device``. The gradient of the mean cost over a global batch of m
 rows split into shards Sᵣ is
 
     ∂C/∂θ = (1/m) Σₓ ∂Cₓ/∂θ = (1/m) Σᵣ Σ_{x∈Sᵣ} ∂Cₓ/∂θ,
