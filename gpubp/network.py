@@ -108,6 +108,7 @@ class Network:
         self.weights, self.biases = self._views(self._params)
         self._nabla_w, self._nabla_b = self._views(self._grad)
         self._workspaces: dict[int, Workspace] = {}
+        self._shuffled: tuple[tuple, list] = ((), [])
         self._optimizer = None  # its state belonged to the replaced buffer
 
     def _views(self, flat: Array) -> tuple[ParameterList, ParameterList]:
@@ -172,6 +173,20 @@ class Network:
             with self.ops.activate():
                 ws = self._workspaces[m] = Workspace(self, m)
         return ws
+
+    def _shuffle_buffers(self, *arrays: Array | None) -> list[Array | None]:
+        """Buffers like ``arrays`` (None stays None) for an epoch's shuffled copy of the training data.
+
+        The network keeps them for the next ``fit`` on data of the same shapes: a data-set-sized
+        allocation per call (and, on the CPU, its first-touch page faults) costs as much as an epoch of a
+        small network when ``fit`` is called epoch by epoch, as ``partial_fit`` does."""
+        key = tuple(None if a is None else (a.shape, a.dtype.str) for a in arrays)
+        if self._shuffled[0] != key:
+            self._shuffled = ((), [])  # free the previous buffers before allocating new ones
+            with self.ops.activate():
+                buffers = [None if a is None else self.ops.empty(a.shape, a.dtype) for a in arrays]
+            self._shuffled = (key, buffers)
+        return self._shuffled[1]
 
     # ---- forward ----------------------------------------------------------------------------------
     def _feedforward(self, x: Array, ws: Workspace) -> Array:

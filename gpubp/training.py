@@ -175,9 +175,7 @@ class Trainer:
         net, ops, n, bs, comm = self.net, self.net.ops, len(x), self.batch_size, self.comm
         xs, ts, wts = x, target, weights
         if self.shuffle:
-            xs = ops.empty(x.shape, x.dtype)
-            ts = None if target is None else ops.empty(target.shape, target.dtype)
-            wts = None if weights is None else ops.empty(weights.shape, weights.dtype)
+            xs, ts, wts = net._shuffle_buffers(x, target, weights)
         loss_sum = ops.zeros((1,), net.dtype)
         state = [net._params] + optimizer.state_arrays()
         snapshot = [ops.empty(s.shape, s.dtype) for s in state]

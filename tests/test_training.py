@@ -190,3 +190,17 @@ def test_training_step_allocates_no_arrays(config, rng):
     tracemalloc.stop()
     smallest_buffer = batch * min(sizes[1:]) * 4
     assert peak < smallest_buffer, f"a training step allocated {peak} bytes"
+
+
+def test_fit_keeps_its_shuffle_buffers_for_the_next_fit_of_the_same_shapes(rng):
+    X, y = blobs(rng, n=40)
+    net = gpubp.Network([4, 5, 3], device="cpu", seed=0)
+    net.fit(X, y, epochs=1, batch_size=8, lr=0.1, progress=False)
+    buffers = list(net._shuffle_buffers(net.ops.asarray(X, dtype=net.dtype), net._targets(y, 40), None))
+    net.fit(X[::-1], y[::-1], epochs=1, batch_size=8, lr=0.1, progress=False)
+    again = net._shuffle_buffers(net.ops.asarray(X, dtype=net.dtype), net._targets(y, 40), None)
+    assert all(a is b for a, b in zip(again, buffers))
+    net.fit(X[:20], y[:20], epochs=1, batch_size=8, lr=0.1, progress=False)  # other shapes: new buffers
+    assert net._shuffled[1][0].shape == (20, 4)
+    net.to("cpu")
+    assert net._shuffled == ((), [])
