@@ -33,8 +33,12 @@ def _cost_id(cost: Cost) -> int | None:
 def _fusable(*arrays: Array) -> bool:
     """Whether the kernels can take these arrays: C-contiguous NumPy arrays of one float dtype."""
     dtype = arrays[0].dtype
-    return dtype in _FLOATS and all(type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
-                                    for x in arrays)
+    if dtype not in _FLOATS:
+        return False
+    for x in arrays:  # a plain loop: this runs several times per step, where all(generator) costs 2×
+        if type(x) is not np.ndarray or x.dtype != dtype or not x.flags.c_contiguous:
+            return False
+    return True
 
 
 def _flat(x: Array) -> Array:
