@@ -255,17 +255,21 @@ class CupyOps(Ops):
                         momentum: float, grad_scale: float, weight_decay: float,
                         n_weights: int) -> None:
         """v ← μv − η (s·g + λw); w ← w + v in one pass."""
-        suffix, t = self._suffix(params, grad, velocity), params.dtype.type
-        self._launch(f"gpubp_momentum_update_{suffix}", params.size,
-                     (params, grad, velocity, np.uint64(params.size), np.uint64(n_weights),
-                      t(grad_scale), t(weight_decay), t(lr), t(momentum)))
+        self._velocity_update("momentum", params, grad, velocity, lr, momentum, grad_scale, weight_decay,
+                              n_weights)
 
     def nesterov_update(self, params: Array, grad: Array, velocity: Array, lr: float,
                         momentum: float, grad_scale: float, weight_decay: float,
                         n_weights: int) -> None:
         """g ← s·g + λw; v ← μv − ηg; w ← w + μv − ηg in one pass."""
+        self._velocity_update("nesterov", params, grad, velocity, lr, momentum, grad_scale, weight_decay,
+                              n_weights)
+
+    def _velocity_update(self, kind: str, params: Array, grad: Array, velocity: Array, lr: float,
+                         momentum: float, grad_scale: float, weight_decay: float, n_weights: int) -> None:
+        """Launch gpubp_{kind}_update: the momentum kernels share their arguments."""
         suffix, t = self._suffix(params, grad, velocity), params.dtype.type
-        self._launch(f"gpubp_nesterov_update_{suffix}", params.size,
+        self._launch(f"gpubp_{kind}_update_{suffix}", params.size,
                      (params, grad, velocity, np.uint64(params.size), np.uint64(n_weights),
                       t(grad_scale), t(weight_decay), t(lr), t(momentum)))
 
