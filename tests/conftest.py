@@ -1,4 +1,4 @@
-"""Shared test set-up: GPU tests skip cleanly where no usable GPU exists; MPI leaves no files behind;
+"""Shared test set-up: GPU tests skip cleanly where no usable GPU exists; MPI and PyTorch leave no files behind;
 ``cpu_backend`` runs a test on each CPU backend."""
 
 from __future__ import annotations
@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -13,6 +15,21 @@ import pytest
 
 from gpubp.backend import cuda_unavailable_reason
 from gpubp.backend.device import CPU_BACKEND_ENV, CPU_BACKENDS, numba_unavailable_reason
+
+
+def pytest_configure(config):
+    """PyTorch (the cross-check baselines) writes an inductor cache to /tmp/torchinductor_<user> when its
+    optimizers load: point it into a folder of this session, removed at the end."""
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        config._gpubp_torch_cache = tempfile.mkdtemp(prefix="gpubp-tests-torchinductor-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = config._gpubp_torch_cache
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_gpubp_torch_cache", None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+        del os.environ["TORCHINDUCTOR_CACHE_DIR"]
 
 
 def pytest_collection_modifyitems(config, items):
