@@ -100,20 +100,14 @@ class Momentum(Optimizer):
 
     def step(self, grad, grad_scale):
         self.t += 1
-        self.ops.momentum_update(self.params, grad, self.velocity, self.lr, self.momentum, grad_scale,
-                                 self.decay(grad_scale), self.n_weights)
+        self.ops.velocity_update(self.name, self.params, grad, self.velocity, self.lr, self.momentum,
+                                 grad_scale, self.decay(grad_scale), self.n_weights)
 
 
-class Nesterov(Optimizer):
+class Nesterov(Momentum):
     """Nesterov's momentum (Sutskever et al. 2013's form): v ← μv − η ∂C/∂w; w ← w + μv − η ∂C/∂w."""
 
     name = "nesterov"
-    buffers = ("velocity",)
-
-    def step(self, grad, grad_scale):
-        self.t += 1
-        self.ops.nesterov_update(self.params, grad, self.velocity, self.lr, self.momentum, grad_scale,
-                                 self.decay(grad_scale), self.n_weights)
 
 
 class Adam(Optimizer):

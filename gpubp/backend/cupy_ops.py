@@ -251,23 +251,9 @@ class CupyOps(Ops):
                      (params, grad, np.uint64(params.size), np.uint64(n_weights),
                       t(1.0 - lr * weight_decay), t(lr * grad_scale)))
 
-    def momentum_update(self, params: Array, grad: Array, velocity: Array, lr: float,
-                        momentum: float, grad_scale: float, weight_decay: float,
-                        n_weights: int) -> None:
-        """v ← μv − η (s·g + λw); w ← w + v in one pass."""
-        self._velocity_update("momentum", params, grad, velocity, lr, momentum, grad_scale, weight_decay,
-                              n_weights)
-
-    def nesterov_update(self, params: Array, grad: Array, velocity: Array, lr: float,
-                        momentum: float, grad_scale: float, weight_decay: float,
-                        n_weights: int) -> None:
-        """g ← s·g + λw; v ← μv − ηg; w ← w + μv − ηg in one pass."""
-        self._velocity_update("nesterov", params, grad, velocity, lr, momentum, grad_scale, weight_decay,
-                              n_weights)
-
-    def _velocity_update(self, kind: str, params: Array, grad: Array, velocity: Array, lr: float,
-                         momentum: float, grad_scale: float, weight_decay: float, n_weights: int) -> None:
-        """Launch gpubp_{kind}_update: the momentum kernels share their arguments."""
+    def velocity_update(self, kind: str, params: Array, grad: Array, velocity: Array, lr: float,
+                        momentum: float, grad_scale: float, weight_decay: float, n_weights: int) -> None:
+        """Momentum or Nesterov (see Ops.velocity_update) as the one-pass kernel gpubp_{kind}_update."""
         suffix, t = self._suffix(params, grad, velocity), params.dtype.type
         self._launch(f"gpubp_{kind}_update_{suffix}", params.size,
                      (params, grad, velocity, np.uint64(params.size), np.uint64(n_weights),

@@ -148,27 +148,14 @@ class NumbaOps(Ops):
         t = params.dtype.type
         cpu_kernels.sgd_update(params, grad, n_weights, t(1.0 - lr * weight_decay), t(lr * grad_scale))
 
-    def momentum_update(self, params: Array, grad: Array, velocity: Array, lr: float,
-                        momentum: float, grad_scale: float, weight_decay: float,
-                        n_weights: int) -> None:
-        """v ← μv − η (s·g + λw); w ← w + v in one pass."""
-        self._velocity_update("momentum", params, grad, velocity, lr, momentum, grad_scale, weight_decay,
-                              n_weights)
-
-    def nesterov_update(self, params: Array, grad: Array, velocity: Array, lr: float,
-                        momentum: float, grad_scale: float, weight_decay: float,
-                        n_weights: int) -> None:
-        """g ← s·g + λw; v ← μv − ηg; w ← w + μv − ηg in one pass."""
-        self._velocity_update("nesterov", params, grad, velocity, lr, momentum, grad_scale, weight_decay,
-                              n_weights)
-
-    def _velocity_update(self, kind: str, params: Array, grad: Array, velocity: Array, lr: float,
-                         momentum: float, grad_scale: float, weight_decay: float, n_weights: int) -> None:
-        """cpu_kernels.{kind}_update, or the reference's where the arrays do not fit the kernel."""
+    def velocity_update(self, kind: str, params: Array, grad: Array, velocity: Array, lr: float,
+                        momentum: float, grad_scale: float, weight_decay: float, n_weights: int) -> None:
+        """Momentum or Nesterov (see Ops.velocity_update) in one pass: cpu_kernels.{kind}_update, or the
+        reference where the arrays do not fit the kernel."""
         if not _fusable(params, grad, velocity) or params.ndim != 1 or \
                 not params.shape == grad.shape == velocity.shape:
-            reference = getattr(super(), f"{kind}_update")
-            return reference(params, grad, velocity, lr, momentum, grad_scale, weight_decay, n_weights)
+            return super().velocity_update(kind, params, grad, velocity, lr, momentum, grad_scale,
+                                           weight_decay, n_weights)
         t = params.dtype.type
         getattr(cpu_kernels, f"{kind}_update")(params, grad, velocity, n_weights, t(grad_scale),
                                                t(weight_decay), t(lr), t(momentum))

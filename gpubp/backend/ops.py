@@ -195,26 +195,31 @@ class Ops:
                         momentum: float, grad_scale: float, weight_decay: float,
                         n_weights: int) -> None:
         """v ← μv − η (s·g + λw); w ← w + v."""
-        self._velocity_step(params, grad, velocity, lr, momentum, grad_scale, weight_decay, n_weights)
-        params += velocity
+        self.velocity_update("momentum", params, grad, velocity, lr, momentum, grad_scale, weight_decay,
+                             n_weights)
 
     def nesterov_update(self, params: Array, grad: Array, velocity: Array, lr: float,
                         momentum: float, grad_scale: float, weight_decay: float,
                         n_weights: int) -> None:
         """g ← s·g + λw; v ← μv − ηg; w ← w + μv − ηg (Nesterov's look-ahead step)."""
-        self._velocity_step(params, grad, velocity, lr, momentum, grad_scale, weight_decay, n_weights)
-        params += self.xp.multiply(velocity, momentum, out=self.scratch(params, 1))
-        params -= grad
+        self.velocity_update("nesterov", params, grad, velocity, lr, momentum, grad_scale, weight_decay,
+                             n_weights)
 
-    def _velocity_step(self, params: Array, grad: Array, velocity: Array, lr: float, momentum: float,
-                       grad_scale: float, weight_decay: float, n_weights: int) -> None:
-        """grad ← η (s·g + λw) in place; v ← μv − grad."""
+    def velocity_update(self, kind: str, params: Array, grad: Array, velocity: Array, lr: float,
+                        momentum: float, grad_scale: float, weight_decay: float, n_weights: int) -> None:
+        """The two velocity methods, ``kind`` "momentum" or "nesterov" (backends fuse each into one pass):
+        ηg ← η (s·g + λw) in place of grad; v ← μv − ηg; then w ← w + v, or w ← w + μv − ηg."""
         grad *= grad_scale
         if weight_decay:
             grad[:n_weights] += weight_decay * params[:n_weights]
         grad *= lr
         velocity *= momentum
         velocity -= grad
+        if kind == "momentum":
+            params += velocity
+        else:
+            params += self.xp.multiply(velocity, momentum, out=self.scratch(params, 1))
+            params -= grad
 
     def adam_update(self, params: Array, grad: Array, m: Array, v: Array, lr: float, beta1: float,
                     beta2: float, eps: float, step: int, grad_scale: float, weight_decay: float,
