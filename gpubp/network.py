@@ -194,8 +194,7 @@ class Network:
         ops, a = self.ops, x
         for W, b, act, z, a_out in zip(self.weights, self.biases, self.layer_activations, ws.zs,
                                        ws.activations):
-            ops.gemm(a, W.T, out=z)
-            a = ops.bias_activation(z, b, act, a_out)
+            a = ops.layer_forward(a, W, b, act, z, a_out)          # zˡ = aˡ⁻¹ Wˡᵀ + bˡ; aˡ = σ(zˡ)
         return a
 
     def forward(self, X: Any) -> Array:
@@ -234,14 +233,12 @@ class Network:
                                               weights, deltas[-1], loss_sum)        # BP1, rows × wₓ
         for l in range(self.num_layers - 1, -1, -1):
             a_prev = activations[l - 1] if l > 0 else x
-            ops.sum_rows(delta, out=self._nabla_b[l])                               # BP3
-            ops.gemm(delta.T, a_prev, out=self._nabla_w[l])                         # BP4
+            ops.layer_gradients(delta, a_prev, self._nabla_w[l], self._nabla_b[l])  # BP3 Σδ, BP4 δᵀa
             if layer_done is not None:
                 layer_done(l)
             if l > 0:
-                ops.gemm(delta, self.weights[l], out=deltas[l - 1])                 # δˡ⁺¹ Wˡ⁺¹
-                delta = ops.backprop_activation(acts[l - 1], zs[l - 1], activations[l - 1],
-                                                deltas[l - 1], out=deltas[l - 1])   # BP2: ⊙ σ′(zˡ)
+                delta = ops.layer_backward(delta, self.weights[l], acts[l - 1], zs[l - 1],
+                                           activations[l - 1], out=deltas[l - 1])   # BP2
         return deltas
 
     def backprop(self, X: Any, Y: Any = None, return_deltas: bool = False) -> tuple:

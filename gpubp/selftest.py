@@ -7,6 +7,8 @@ GPU) and each dtype (float32, float64), the checks are:
 - ``bias+σ``, ``σ′⊙g``, ``output δ``, ``loss``, ``optimizers``: every elementwise step on random data, for
   every activation, every cost with the outputs the network accepts for it (labels and float targets),
   and SGD / momentum / Adam with weight decay;
+- ``layers``: the network's whole-layer calls: zˡ and aˡ (every activation), BP2's δˡ (every hidden
+  activation), BP3's and BP4's sums;
 - ``BP1–BP4``: the gradients and per-layer δ of small networks;
 - ``3 steps``: the parameters after three training steps of ``Network.fit`` (one optimizer per network);
 - ``finite diff.`` (float64 only): the backend's own backprop against central differences of its own loss,
@@ -39,7 +41,8 @@ TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
 FINITE_DIFF_TOLERANCE = 1e-5
 #: parameters checked by finite differences (a seeded sample across all layers, two losses each)
 FINITE_DIFF_PARAMS = 10
-CHECKS = ("load", "bias+σ", "σ′⊙g", "output δ", "loss", "optimizers", "BP1–BP4", "3 steps", "finite diff.")
+CHECKS = ("load", "bias+σ", "σ′⊙g", "output δ", "loss", "optimizers", "layers", "BP1–BP4", "3 steps",
+          "finite diff.")
 #: (output activation, cost) pairs the network accepts
 OUTPUT_COSTS = [(name, "quadratic") for name in (*ACTIVATIONS, "softmax")] + \
                [("sigmoid", "cross_entropy"), ("softmax", "cross_entropy"), ("softmax", "log_likelihood")]
@@ -132,7 +135,7 @@ def check_backend(name: str, factory: Callable[[], Ops], dtype: str) -> Row:
     checks: dict[str, Callable[[Ops, str], float]] = {
         "bias+σ": check_bias_activation, "σ′⊙g": check_backprop_activation,
         "output δ": check_output_delta, "loss": check_loss, "optimizers": check_optimizers,
-        "BP1–BP4": check_backprop, "3 steps": check_training,
+        "layers": check_layers, "BP1–BP4": check_backprop, "3 steps": check_training,
     }
     if dtype == "float64":
         checks["finite diff."] = check_finite_differences
@@ -166,6 +169,7 @@ def warm_up(ops: Ops, dtype: str) -> None:
         ops.output_delta(COSTS["quadratic"], ACTIVATIONS["sigmoid"], a, a, _dev(ops, host.targets(2, 3, labels)),
                          ops.empty((2, 3), dtype), ops.zeros((1,), dtype))
     _apply_optimizers(ops, [_dev(ops, x) for x in host.optimizer_state(5)], n_weights=3)
+    _apply_layers(ops, NumpyOps(), host, (2, 3, 2), check=False)
     ops.synchronize()
 
 
@@ -298,6 +302,50 @@ def check_optimizers(ops: Ops, dtype: str) -> float:
     _apply_optimizers(NumpyOps(), host, n_weights=700)
     _apply_optimizers(ops, dev, n_weights=700)
     return max(_error(dev[i], host[i], ops) for i in (0, 2, 3))
+
+
+LAYER_SHAPES = [(1, 1, 1), (5, 7, 3), (BATCH, 33, 9)]
+
+
+def _apply_layers(ops: Ops, ref: Ops, data: _Data, shape: tuple[int, int, int], check: bool = True) -> float:
+    """layer_forward for every activation, layer_backward for every hidden one and layer_gradients, on one
+    (batch, inputs, outputs) shape; the worst error against ``ref`` (0 without ``check``)."""
+    m, n_in, n_out = shape
+    x, W, b, delta = data.z(m, n_in) / 2.5, data.z(n_out, n_in) / 2.5, data.b(n_out), data.z(m, n_out)
+    worst = 0.0
+
+    def compare(got: Any, expected: np.ndarray) -> None:
+        nonlocal worst
+        if check:
+            worst = max(worst, _error(got, expected, ops))
+
+    for act in (*ACTIVATIONS.values(), SOFTMAX):
+        z_ref, a_ref = np.empty((m, n_out), data.dtype), np.empty((m, n_out), data.dtype)
+        ref.layer_forward(x, W, b, act, z_ref, a_ref)
+        z, a = ops.empty((m, n_out), data.dtype), ops.empty((m, n_out), data.dtype)
+        ops.layer_forward(_dev(ops, x), _dev(ops, W), _dev(ops, b), act, z, a)
+        compare(z, z_ref)
+        compare(a, a_ref)
+    for act in ACTIVATIONS.values():
+        z = data.z(m, n_in)
+        a = act.f(np, z, np.empty_like(z))
+        expected = ref.layer_backward(delta, W, act, z, a, np.empty_like(z))
+        out = ops.empty((m, n_in), data.dtype)
+        ops.layer_backward(_dev(ops, delta), _dev(ops, W), act, _dev(ops, z), _dev(ops, a), out)
+        compare(out, expected)
+    nabla_w, nabla_b = np.empty((n_out, n_in), data.dtype), np.empty(n_out, data.dtype)
+    ref.layer_gradients(delta, x, nabla_w, nabla_b)
+    got_w, got_b = ops.empty((n_out, n_in), data.dtype), ops.empty(n_out, data.dtype)
+    ops.layer_gradients(_dev(ops, delta), _dev(ops, x), got_w, got_b)
+    compare(got_w, nabla_w)
+    compare(got_b, nabla_b)
+    return worst
+
+
+def check_layers(ops: Ops, dtype: str) -> float:
+    """The whole-layer calls of the network: zˡ = aˡ⁻¹Wˡᵀ + bˡ and aˡ = σ(zˡ), BP2, and BP3 with BP4."""
+    data, ref = _Data(np.random.default_rng(6), dtype), NumpyOps()
+    return max(_apply_layers(ops, ref, data, shape) for shape in LAYER_SHAPES)
 
 
 # ---- whole networks ---------------------------------------------------------------------------------

@@ -84,6 +84,102 @@ def test_softmax_backward(fused, ref, rng, dtype, shape):
     np.testing.assert_allclose(g, expected, **TOL[dtype])
 
 
+# ---- whole layers: Numba's BLAS call and the fused pass ---------------------------------------------
+LAYER_SHAPES = [(0, 4, 3), (1, 1, 1), (5, 7, 3), (37, 33, 9)]
+
+
+def layer_data(rng, dtype, shape):
+    """x = aˡ⁻¹ (m, n_in), W (n_out, n_in), b (n_out,) and δ (m, n_out) of one layer."""
+    m, n_in, n_out = shape
+    return (rng.standard_normal((m, n_in)).astype(dtype), rng.standard_normal((n_out, n_in)).astype(dtype),
+            rng.standard_normal(n_out).astype(dtype), rng.standard_normal((m, n_out)).astype(dtype))
+
+
+@pytest.mark.parametrize("shape", LAYER_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("act", OUTPUTS, ids=str)
+def test_layer_forward(fused, ref, rng, act, dtype, shape):
+    x, W, b, _ = layer_data(rng, dtype, shape)
+    z_ref, a_ref = np.empty((shape[0], shape[2]), dtype), np.empty((shape[0], shape[2]), dtype)
+    ref.layer_forward(x, W, b, act, z_ref, a_ref)
+    z, a = np.zeros_like(z_ref), np.zeros_like(a_ref)
+    assert fused.layer_forward(x, W, b, act, z, a) is a
+    np.testing.assert_allclose(z, z_ref, **TOL[dtype])
+    np.testing.assert_allclose(a, a_ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("shape", LAYER_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("act", list(ACTIVATIONS.values()), ids=str)
+def test_layer_backward(fused, ref, rng, act, dtype, shape):
+    """BP2 from δˡ⁺¹ (m, n_out) and Wˡ⁺¹ (n_out, n_in) into δˡ (m, n_in); z may be omitted where σ′ needs
+    only a."""
+    _, W, _, delta = layer_data(rng, dtype, shape)
+    z = (rng.standard_normal((shape[0], shape[1])) * 3).astype(dtype)
+    a = act.f(np, z, np.empty_like(z))
+    expected = ref.layer_backward(delta, W, act, z, a, np.empty_like(z))
+    out = np.zeros_like(z)
+    assert fused.layer_backward(delta, W, act, z, a, out) is out
+    np.testing.assert_allclose(out, expected, **TOL[dtype])
+    if not act.needs_z:
+        out[...] = 0
+        fused.layer_backward(delta, W, act, None, a, out)
+        np.testing.assert_allclose(out, expected, **TOL[dtype])
+
+
+@pytest.mark.parametrize("shape", LAYER_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_layer_gradients(fused, ref, rng, dtype, shape):
+    x, W, b, delta = layer_data(rng, dtype, shape)
+    nabla_w, nabla_b = np.empty_like(W), np.empty_like(b)
+    ref.layer_gradients(delta, x, nabla_w, nabla_b)
+    got_w, got_b = np.full_like(W, np.nan), np.full_like(b, np.nan)
+    fused.layer_gradients(delta, x, got_w, got_b)
+    np.testing.assert_allclose(got_w, nabla_w, **TOL[dtype])
+    np.testing.assert_array_equal(got_b, nabla_b)  # rows added in NumPy's order
+
+
+def test_layers_outside_the_kernels_run_the_reference(fused, ref, rng, monkeypatch):
+    """Strided or mixed-dtype operands, a user-defined activation, wrong shapes (NumPy's error, nothing
+    written), and no SciPy (no BLAS for Numba): the results and errors of Ops."""
+    from gpubp.backend import numba_ops
+
+    x, W, b, delta = layer_data(rng, np.float64, (6, 8, 4))
+    tanh = ACTIVATIONS["tanh"]
+
+    def forward(ops, x, W, b, act=tanh):
+        z, a = np.empty((len(x), len(W))), np.empty((len(x), len(W)))
+        ops.layer_forward(x, W, b, act, z, a)
+        return z, a
+
+    wide = rng.standard_normal((6, 16))
+    for args in [(wide[:, ::2], W, b), (x, W.astype(np.float32), b), (x, W, b.astype(np.float32))]:
+        for got, expected in zip(forward(fused, *args), forward(ref, *args)):
+            np.testing.assert_allclose(got, expected, **TOL[np.float64])  # σ: the elementwise kernel
+
+    class Cube(type(tanh)):
+        name = "cube"
+
+        def f(self, xp, z, out):
+            return xp.power(z, 3, out=out)
+
+    for got, expected in zip(forward(fused, x, W, b, Cube()), forward(ref, x, W, b, Cube())):
+        np.testing.assert_array_equal(got, expected)
+    narrow, z, a = np.ascontiguousarray(W[:, :5]), np.zeros((6, 4)), np.zeros((6, 4))
+    with pytest.raises(ValueError, match="matmul"):
+        fused.layer_forward(x, narrow, b, tanh, z, a)
+    assert not z.any() and not a.any()
+    out = np.zeros((6, 7))
+    with pytest.raises(ValueError):
+        fused.layer_backward(delta, W, tanh, out, out, out)
+    assert not out.any()
+    with pytest.raises(ValueError):
+        fused.layer_gradients(delta, x[:5], np.empty_like(W), np.empty_like(b))
+    monkeypatch.setattr(numba_ops, "_NUMBA_BLAS", False)
+    for got, expected in zip(forward(fused, x, W, b), forward(ref, x, W, b)):
+        np.testing.assert_allclose(got, expected, **TOL[np.float64])
+
+
 @pytest.mark.parametrize("labels", [False, True], ids=["dense", "labels"])
 @pytest.mark.parametrize("dtype, acc", [(np.float32, np.float32), (np.float32, np.float64),
                                         (np.float64, np.float64)], ids=["f32", "f32-f64sum", "f64"])
@@ -153,11 +249,19 @@ def test_a_training_step_allocates_nothing_in_the_kernels(fused, rng):
     import tracemalloc
 
     z, b, a = rng.standard_normal((256, 300)), rng.standard_normal(300), np.empty((256, 300))
-    fused.bias_activation(z, b, ACTIVATIONS["gelu"], a)
-    fused.backprop_activation(ACTIVATIONS["gelu"], z, a, a, a)
+    x, W, delta = rng.standard_normal((256, 50)), rng.standard_normal((300, 50)), np.empty((256, 50))
+    nabla_w, gelu = np.empty_like(W), ACTIVATIONS["gelu"]
+
+    def step():
+        fused.bias_activation(z, b, gelu, a)
+        fused.backprop_activation(gelu, z, a, a, a)
+        fused.layer_forward(x, W, b, gelu, z, a)
+        fused.layer_gradients(a, x, nabla_w, b)
+        fused.layer_backward(a, W, ACTIVATIONS["relu"], None, x, delta)
+
+    step()
     tracemalloc.start()
-    fused.bias_activation(z, b, ACTIVATIONS["gelu"], a)
-    fused.backprop_activation(ACTIVATIONS["gelu"], z, a, a, a)
+    step()
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 4096, f"{peak} bytes allocated"

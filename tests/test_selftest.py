@@ -46,16 +46,23 @@ def test_every_cpu_backend_passes(capsys):
 
 @needs_numba
 def test_a_planted_wrong_kernel_is_reported(capsys, monkeypatch):
-    """σ′ ⊙ g that forgets σ′: the fused backend's rows fail on that step and on backprop; NumPy's pass."""
+    """σ′ ⊙ g that forgets σ′, in the elementwise kernel and in BP2's layer kernel: the fused backend's rows
+    fail on those steps and on backprop; NumPy's pass."""
     from gpubp.backend import cpu_kernels
 
+    def bp2_without_sigma_prime(act, delta, w, z, a, out):
+        np.dot(delta, w, out=out)
+        return True
+
     monkeypatch.setattr(cpu_kernels, "backprop_activation", lambda act, z, a, g, out: np.copyto(out, g))
+    monkeypatch.setattr(cpu_kernels, "layer_backward", bp2_without_sigma_prime)
     status, out, rows = selftest(capsys)
     assert status == 1
     for dtype in ("float32", "float64"):
         assert rows["numpy", dtype][-1] == "ok"
         assert rows["numba", dtype][-1] == "FAILED"
-        assert f"numba {dtype} σ′⊙g: worst error" in out and f"numba {dtype} BP1–BP4: worst error" in out
+        for check in ("σ′⊙g", "layers", "BP1–BP4"):
+            assert f"numba {dtype} {check}: worst error" in out
     assert "MISMATCH" in out and "numba float32 bias+σ" not in out
 
 

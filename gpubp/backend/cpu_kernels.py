@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import njit
 
 from ..activations import GELU_C, GELU_K, LEAKY_SLOPE
@@ -29,6 +30,8 @@ SIGMOID, TANH, RELU, LEAKY_RELU, SOFTPLUS, SWISH, GELU, MISH, IDENTITY = (
                                       "mish", "identity"))
 QUADRATIC, CROSS_ENTROPY, LOG_LIKELIHOOD = (COST_IDS[n] for n in ("quadratic", "cross_entropy",
                                                                    "log_likelihood"))
+#: the id of softmax for the layer kernels (row-wise; not one of the elementwise ids)
+SOFTMAX = max(ACTIVATION_IDS.values()) + 1
 LN2 = math.log(2.0)
 GELU_3K = 3.0 * GELU_K
 
@@ -40,8 +43,10 @@ jit = njit(cache=True, nogil=True, error_model="numpy")
 # ---- σ and σ′ (gpubp/activations.py, same order of operations) ----------------------------------------
 @jit
 def _sigmoid(z, t):
-    """½ tanh(z/2) + ½."""
-    return math.tanh(z * t(0.5)) * t(0.5) + t(0.5)
+    """1 / (1 + e^−z): the reference's ½ tanh(z/2) + ½ within an ulp or two (and closer to σ for very
+    negative z, where the tanh form cancels), at a third of the cost (libm's expf against its tanhf, which
+    was a tenth of a [784, 30, 10] training step). e^−z overflows to inf for z ≪ 0, giving σ = 0."""
+    return t(1) / (t(1) + math.exp(-z))
 
 
 @jit
@@ -269,6 +274,56 @@ def output_delta(act, cost, stable, z, a, y, labels, out, loss_sum, eps, cols):
                 out[i] = grad if stable else act_df(act, z[i], ai, t) * grad
     if with_loss:
         loss_sum[0] += total + compensation
+
+
+# ---- whole layers: the matmul (BLAS, through Numba's np.dot) and the fused pass in one call ------------
+# Numba calls BLAS directly (SciPy's cython_blas), without NumPy's per-call ufunc machinery: on small batches
+# that machinery and the Python between the calls cost as much as the arithmetic. Each kernel first checks
+# the shapes and returns False, having touched nothing, when they do not fit (the caller then runs the
+# reference, which raises NumPy's error). Arrays: 2-D (1-D biases), C-contiguous, one float dtype.
+@jit
+def layer_forward(act, x, w, b, z, a):
+    """zˡ = aˡ⁻¹ Wˡᵀ + bˡ and aˡ = σ(zˡ) (``act`` SOFTMAX: row-wise) for x = aˡ⁻¹, w = Wˡ."""
+    m, n_out = z.shape
+    if m == 0 or x.shape[0] != m or w.shape[0] != n_out or w.shape[1] != x.shape[1] \
+            or b.shape[0] != n_out or a.shape != z.shape:
+        return False
+    np.dot(x, w.T, z)
+    if act == SOFTMAX:
+        bias_softmax(z.reshape(z.size), b, a.reshape(a.size), n_out)
+    else:
+        bias_activation(act, z.reshape(z.size), b, a.reshape(a.size), n_out)
+    return True
+
+
+@jit
+def layer_backward(act, delta, w, z, a, out):
+    """BP2: δˡ = (δˡ⁺¹ Wˡ⁺¹) ⊙ σ′(zˡ) into ``out``, for delta = δˡ⁺¹, w = Wˡ⁺¹ (``z`` may be ``a`` where σ′
+    needs only a)."""
+    m, n = out.shape
+    if m == 0 or delta.shape[0] != m or w.shape[0] != delta.shape[1] or w.shape[1] != n \
+            or z.shape != out.shape or a.shape != out.shape:
+        return False
+    np.dot(delta, w, out)
+    flat = out.reshape(out.size)
+    backprop_activation(act, z.reshape(z.size), a.reshape(a.size), flat, flat)
+    return True
+
+
+@jit
+def layer_gradients(delta, a_prev, nabla_w, nabla_b):
+    """BP3: ∂C/∂bˡ = Σₓ δˡ (rows added in order, as NumPy's sum(axis=0) does) and BP4: ∂C/∂Wˡ = δˡᵀ aˡ⁻¹."""
+    m, n_out = delta.shape
+    if m == 0 or a_prev.shape[0] != m or nabla_w.shape[0] != n_out or nabla_w.shape[1] != a_prev.shape[1] \
+            or nabla_b.shape[0] != n_out:
+        return False
+    np.dot(delta.T, a_prev, nabla_w)
+    for j in range(n_out):
+        nabla_b[j] = delta[0, j]
+    for r in range(1, m):
+        for j in range(n_out):
+            nabla_b[j] += delta[r, j]
+    return True
 
 
 # ---- optimizers over the flat parameter buffer (Ops.sgd_update & co.) --------------------------------

@@ -9,6 +9,8 @@ NumPy reference of ``Ops`` instead, so the backend accepts everything ``Ops`` do
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 
 from ..activations import Activation
@@ -18,6 +20,9 @@ from .kernels import ACTIVATION_IDS, COST_IDS
 from .ops import Array, Ops
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+#: Numba's np.dot calls BLAS through SciPy: without SciPy the layer methods run Ops' composition of
+#: NumPy's matmul and the elementwise kernels instead
+_NUMBA_BLAS = importlib.util.find_spec("scipy") is not None
 _IDENTITY = ACTIVATION_IDS["identity"]
 _BUILTIN_COSTS = (Quadratic, CrossEntropy, LogLikelihood)
 
@@ -36,9 +41,24 @@ def _fusable(*arrays: Array) -> bool:
     if dtype not in _FLOATS:
         return False
     for x in arrays:  # a plain loop: this runs several times per step, where all(generator) costs 2×
-        if type(x) is not np.ndarray or x.dtype != dtype or not x.flags.c_contiguous:
+        if type(x) is not np.ndarray or (x.dtype is not dtype and x.dtype != dtype) or not x.flags.c_contiguous:
             return False
     return True
+
+
+def _matrices(*arrays: Array) -> bool:
+    """Whether all these arrays are 2-D (the layer kernels are compiled for matrices)."""
+    for x in arrays:
+        if x.ndim != 2:
+            return False
+    return True
+
+
+def _activation_id(activation: Activation) -> int | None:
+    """The kernel id of a built-in activation (softmax: ``cpu_kernels.SOFTMAX``), None for any other."""
+    if activation.elementwise:
+        return ACTIVATION_IDS.get(activation.name)
+    return cpu_kernels.SOFTMAX if activation.name == "softmax" else None
 
 
 def _flat(x: Array) -> Array:
@@ -138,6 +158,35 @@ class NumbaOps(Ops):
         cpu_kernels.output_delta(act, _cost_id(cost), stable, _flat(z), _flat(a), y, labels,
                                  self._empty[a.dtype] if out is None else _flat(out), loss, eps, a.shape[1])
         return True
+
+    # ---- whole layers: BLAS and the fused pass in one compiled call -------------------------------------
+    def layer_forward(self, a_prev: Array, W: Array, b: Array, activation: Activation, z: Array,
+                      a: Array) -> Array:
+        """zˡ = aˡ⁻¹ Wˡᵀ + bˡ and aˡ = σ(zˡ) in one call (cpu_kernels.layer_forward)."""
+        act = _activation_id(activation)
+        if act is None or not _NUMBA_BLAS or not _fusable(a_prev, W, b, z, a) or not _matrices(a_prev, W, z, a) \
+                or b.ndim != 1 or not cpu_kernels.layer_forward(act, a_prev, W, b, z, a):
+            return super().layer_forward(a_prev, W, b, activation, z, a)
+        return a
+
+    def layer_backward(self, delta: Array, W: Array, activation: Activation, z: Array, a: Array,
+                       out: Array) -> Array:
+        """BP2: δˡ = (δˡ⁺¹ Wˡ⁺¹) ⊙ σ′(zˡ) in one call (cpu_kernels.layer_backward)."""
+        act = ACTIVATION_IDS.get(activation.name) if activation.elementwise else None
+        if z is None and not activation.needs_z:
+            z = a  # σ′ from a alone never reads z
+        if act is None or not _NUMBA_BLAS or a is None or z is None or not _fusable(delta, W, z, a, out) \
+                or not _matrices(delta, W, z, a, out) \
+                or not cpu_kernels.layer_backward(act, delta, W, z, a, out):
+            return super().layer_backward(delta, W, activation, z, a, out)
+        return out
+
+    def layer_gradients(self, delta: Array, a_prev: Array, nabla_w: Array, nabla_b: Array) -> None:
+        """BP3 and BP4 in one call (cpu_kernels.layer_gradients)."""
+        if not _NUMBA_BLAS or not _fusable(delta, a_prev, nabla_w, nabla_b) \
+                or not _matrices(delta, a_prev, nabla_w) or nabla_b.ndim != 1 \
+                or not cpu_kernels.layer_gradients(delta, a_prev, nabla_w, nabla_b):
+            super().layer_gradients(delta, a_prev, nabla_w, nabla_b)
 
     # ---- optimizers over the flat parameter buffer ------------------------------------------------
     def sgd_update(self, params: Array, grad: Array, lr: float, grad_scale: float,

@@ -180,6 +180,24 @@ class Ops:
         y = self.dense_target(target, a) if cost.needs_target else None
         return xp.asarray(cost.fn(a, y), dtype=a.dtype).sum()
 
+    # ---- whole layers: the network's calls (a backend may fuse each into one) -------------------------
+    def layer_forward(self, a_prev: Array, W: Array, b: Array, activation: Activation, z: Array,
+                      a: Array) -> Array:
+        """zˡ = aˡ⁻¹ Wˡᵀ + bˡ into ``z`` and aˡ = σ(zˡ) into ``a``; returns ``a``."""
+        self.gemm(a_prev, W.T, out=z)
+        return self.bias_activation(z, b, activation, a)
+
+    def layer_backward(self, delta: Array, W: Array, activation: Activation, z: Array, a: Array,
+                       out: Array) -> Array:
+        """BP2: δˡ = (δˡ⁺¹ Wˡ⁺¹) ⊙ σ′(zˡ) into ``out``, from ``delta`` = δˡ⁺¹ and ``W`` = Wˡ⁺¹; returns ``out``."""
+        self.gemm(delta, W, out=out)
+        return self.backprop_activation(activation, z, a, out, out)
+
+    def layer_gradients(self, delta: Array, a_prev: Array, nabla_w: Array, nabla_b: Array) -> None:
+        """BP3: Σₓ δˡ into ``nabla_b`` and BP4: δˡᵀ aˡ⁻¹ into ``nabla_w`` (sums of ∂Cₓ/∂b and ∂Cₓ/∂W)."""
+        self.sum_rows(delta, out=nabla_b)
+        self.gemm(delta.T, a_prev, out=nabla_w)
+
     # ---- optimizers over the flat parameter buffer ------------------------------------------------
     # ``params`` holds all weights first (``n_weights`` of them), then all biases; L2 weight decay
     # (C + λ/2 ‖w‖², ∇ += λw) applies to the weights only. ``grad_scale`` turns summed gradients into means.
