@@ -541,8 +541,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     from . import __version__
 
     _say(f"gpubp {__version__}  Python {platform.python_version()}  {platform.platform()}")
-    for module in ("numpy", "cupy", "tqdm", "matplotlib", "sklearn"):
-        _say(f"{module:<11}{_version(module)}")
+    for module in ("numpy", "scipy", "numba", "cupy", "tqdm", "matplotlib", "sklearn", "onnx", "onnxruntime",
+                   "safetensors"):
+        _say(f"{module:<10} {_version(module)}")
     gpus = _gpus()
     reason = cuda_unavailable_reason()
     _say("GPUs:      " + ("; ".join(gpus) if gpus else f"none ({reason})"))
@@ -567,8 +568,12 @@ def cpu_backend_description() -> str:
     except (ValueError, RuntimeError) as exc:
         return f"unusable: {exc}"
     if backend == "numba":
-        return f"numba {_version('numba')}: fused kernels ({how}; {CPU_BACKEND_ENV}=numpy forces the NumPy " \
-               "reference)"
+        from .backend.numba_ops import _NUMBA_BLAS
+
+        blas = "small layers' matmuls in the same call through SciPy's BLAS" if _NUMBA_BLAS else \
+            "matmuls by NumPy (install scipy for whole small layers in one call)"
+        return f"numba {_version('numba')}: fused kernels, {blas} ({how}; {CPU_BACKEND_ENV}=numpy forces " \
+               "the NumPy reference)"
     reason = numba_unavailable_reason()
     return f"numpy: the NumPy reference ({how}" + (f"; {reason})" if reason else ")")
 

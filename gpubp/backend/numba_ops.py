@@ -1,10 +1,12 @@
 """The fused CPU backend: ``Ops`` on NumPy arrays, with every elementwise step one compiled Numba pass.
 
-The CPU counterpart of ``CupyOps``: matmuls stay NumPy's (BLAS); bias + σ, σ′ ⊙ g, the output delta with its
-loss, softmax forward and backward and the SGD / momentum / Adam updates are the kernels of
-``cpu_kernels``, each one pass over memory with no temporaries. Anything those kernels do not cover (a
-user-defined cost or activation, arrays that are not C-contiguous float32/float64 of one dtype) runs the
-NumPy reference of ``Ops`` instead, so the backend accepts everything ``Ops`` does.
+The CPU counterpart of ``CupyOps``: bias + σ, σ′ ⊙ g, the output delta with its loss, softmax forward and
+backward and the SGD / momentum / Adam updates are the kernels of ``cpu_kernels``, each one pass over memory
+with no temporaries. The network's whole-layer calls (zˡ and aˡ, BP2, BP3 with BP4) are one compiled call
+each on small layers, with the matmul called from Numba (BLAS, through SciPy) rather than by NumPy, whose
+per-call overhead is a third of a step there; larger layers use NumPy's matmul. Anything the kernels do not
+cover (a user-defined cost or activation, arrays that are not C-contiguous float32/float64 of one dtype)
+runs the NumPy reference of ``Ops`` instead, so the backend accepts everything ``Ops`` does.
 """
 
 from __future__ import annotations

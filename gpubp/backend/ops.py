@@ -1,8 +1,10 @@
 """The array backend: one interface for every step of backpropagation that touches array elements.
 
 ``Ops`` is written against an array module ``self.xp`` and is the reference implementation (NumPy);
-``CupyOps`` overrides the elementwise methods with the fused CUDA kernels in ``kernels/``. The network calls
-only these methods and never branches on the device. Methods that take ``out=`` write into caller-owned
+``CupyOps`` overrides the elementwise methods with the fused CUDA kernels in ``kernels/``, ``NumbaOps`` with
+compiled CPU kernels. The network calls only these methods, a layer at a time (``layer_forward``,
+``layer_backward``, ``layer_gradients``: compositions of the smaller methods here, which a backend may fuse),
+and never branches on the device. Methods that take ``out=`` write into caller-owned
 buffers, so a training step allocates nothing once its buffers exist.
 
 Conventions: rows are samples; ``target`` is either a float array like the output (batch, k) or an integer
