@@ -246,23 +246,24 @@ def _cost_grad(cost, stable, ai, yi, eps, t):
 
 
 @jit
-def output_delta(act, cost, stable, z, a, y, labels, out, loss_sum, eps, cols):
+def output_delta(act, cost, stable, z, a, y, labels, out, loss_sum, log_eps):
     """δᴸ = ∇ₐC ⊙ σ′(zᴸ), or aᴸ − y when ``stable``, into ``out`` (skipped when it is empty); Σₓ Cₓ added
     into ``loss_sum[0]`` (skipped when empty), summed in float64 with Neumaier's compensation so that the
     loss is exact to an ulp (finite differences of it check the gradient). Targets: ``y`` like ``a``, or
-    int64 ``labels`` (rows,) when ``y`` is empty."""
+    int64 ``labels`` (rows,) when ``y`` is empty; ``log_eps`` is the clip of the logs' arguments.
+    Hyper-parameters arrive as Python floats, here and in the updates below, and are rounded to the arrays'
+    dtype as NumPy rounds them (a Python float argument costs Numba's dispatcher less than a NumPy scalar)."""
     t = a.dtype.type
+    eps = t(log_eps)
     write, labelled, with_loss = out.size > 0, y.size == 0, loss_sum.size > 0
     total, compensation = 0.0, 0.0
-    for r in range(a.size // cols):
-        base = r * cols
-        for j in range(cols):
-            i = base + j
-            ai = a[i]
+    for r in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            ai = a[r, j]
             if labelled:
                 yi = t(1) if labels[r] == j else t(0)
             else:
-                yi = y[i]
+                yi = y[r, j]
             if with_loss:
                 term = float(_cost_term(cost, ai, yi, eps, labelled, t))
                 running = total + term
@@ -273,7 +274,7 @@ def output_delta(act, cost, stable, z, a, y, labels, out, loss_sum, eps, cols):
                 total = running
             if write:
                 grad = _cost_grad(cost, stable, ai, yi, eps, t)
-                out[i] = grad if stable else act_df(act, z[i], ai, t) * grad
+                out[r, j] = grad if stable else act_df(act, z[r, j], ai, t) * grad
     if with_loss:
         loss_sum[0] += total + compensation
 
@@ -338,11 +339,14 @@ def layer_gradients(delta, a_prev, nabla_w, nabla_b):
 # ---- optimizers over the flat parameter buffer (Ops.sgd_update & co.) --------------------------------
 @jit
 def sgd_update(params, grad, n_weights, decay, step):
-    """w ← w·(1 − ηλ) − (η s)·g; the biases (from ``n_weights`` on) skip the decay."""
+    """w ← w·(1 − ηλ) − (η s)·g, ``decay`` = 1 − ηλ and ``step`` = η s; the biases (from ``n_weights`` on)
+    skip the decay."""
+    t = params.dtype.type
+    keep, eta_s = t(decay), t(step)
     for i in range(n_weights):
-        params[i] = params[i] * decay - grad[i] * step
+        params[i] = params[i] * keep - grad[i] * eta_s
     for i in range(n_weights, params.size):
-        params[i] = params[i] - grad[i] * step
+        params[i] = params[i] - grad[i] * eta_s
 
 
 @jit
@@ -357,8 +361,9 @@ def _momentum_span(params, grad, velocity, lo, hi, s, lam, lr, mu):
 @jit
 def momentum_update(params, grad, velocity, n_weights, s, lam, lr, mu):
     """g ← s·g + λw; v ← μv − η g; w ← w + v (λ on the weights only)."""
-    _momentum_span(params, grad, velocity, 0, n_weights, s, lam, lr, mu)
-    _momentum_span(params, grad, velocity, n_weights, params.size, s, params.dtype.type(0), lr, mu)
+    t = params.dtype.type
+    _momentum_span(params, grad, velocity, 0, n_weights, t(s), t(lam), t(lr), t(mu))
+    _momentum_span(params, grad, velocity, n_weights, params.size, t(s), t(0), t(lr), t(mu))
 
 
 @jit
@@ -373,8 +378,9 @@ def _nesterov_span(params, grad, velocity, lo, hi, s, lam, lr, mu):
 @jit
 def nesterov_update(params, grad, velocity, n_weights, s, lam, lr, mu):
     """g ← s·g + λw; v ← μv − η g; w ← w + μv − η g (λ on the weights only)."""
-    _nesterov_span(params, grad, velocity, 0, n_weights, s, lam, lr, mu)
-    _nesterov_span(params, grad, velocity, n_weights, params.size, s, params.dtype.type(0), lr, mu)
+    t = params.dtype.type
+    _nesterov_span(params, grad, velocity, 0, n_weights, t(s), t(lam), t(lr), t(mu))
+    _nesterov_span(params, grad, velocity, n_weights, params.size, t(s), t(0), t(lr), t(mu))
 
 
 @jit
@@ -396,7 +402,7 @@ def adam_update(params, grad, m, v, n_weights, s, lam, beta1, one_minus_beta1, b
     only). The bias corrections α̂ = η √(1−β₂ᵗ) / (1−β₁ᵗ) and ε̂ = ε √(1−β₂ᵗ) arrive rounded to the buffer's
     dtype, as in the CUDA kernel: NumPy's reference adds and multiplies them in float64 and rounds after, so
     float32 results can differ by an ulp (doing that here would keep the loop from vectorising: 17× slower)."""
-    _adam_span(params, grad, m, v, 0, n_weights, s, lam, beta1, one_minus_beta1, beta2, one_minus_beta2,
-               step_size, eps_hat)
-    _adam_span(params, grad, m, v, n_weights, params.size, s, params.dtype.type(0), beta1, one_minus_beta1, beta2,
-               one_minus_beta2, step_size, eps_hat)
+    t = params.dtype.type
+    hyper = (t(beta1), t(one_minus_beta1), t(beta2), t(one_minus_beta2), t(step_size), t(eps_hat))
+    _adam_span(params, grad, m, v, 0, n_weights, t(s), t(lam), *hyper)
+    _adam_span(params, grad, m, v, n_weights, params.size, t(s), t(0), *hyper)

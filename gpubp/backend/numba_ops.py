@@ -12,6 +12,7 @@ runs the NumPy reference of ``Ops`` instead, so the backend accepts everything `
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from .kernels import ACTIVATION_IDS, COST_IDS
 from .ops import Array, Ops
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_INT64 = np.dtype(np.int64)
 #: Numba's np.dot calls BLAS through SciPy: without SciPy the layer methods run Ops' composition of
 #: NumPy's matmul and the elementwise kernels instead
 _NUMBA_BLAS = importlib.util.find_spec("scipy") is not None
@@ -77,7 +79,9 @@ class NumbaOps(Ops):
 
     def __init__(self) -> None:
         super().__init__()
-        self._empty = {dtype: np.empty(0, dtype) for dtype in (*_FLOATS, np.dtype(np.int64))}
+        #: stand-ins for the arrays a kernel call goes without: (0, 0) floats, (0,) labels
+        self._empty = {**{dtype: np.empty((0, 0), dtype) for dtype in _FLOATS}, _INT64: np.empty(0, _INT64)}
+        self._plans: dict[tuple, tuple[int, int, bool] | None] = {}
 
     # ---- forward ------------------------------------------------------------------------------------
     def bias_activation(self, z: Array, b: Array, activation: Activation, a: Array) -> Array:
@@ -116,49 +120,61 @@ class NumbaOps(Ops):
     def output_delta(self, cost: Cost, activation: Activation, z: Array, a: Array, target: Array,
                      out: Array, loss_sum: Array | None = None) -> Array:
         """δᴸ and Σₓ Cₓ (into ``loss_sum``) in one pass for the built-in costs (see Ops.output_delta)."""
-        act = ACTIVATION_IDS.get(activation.name, -1) if activation.elementwise else _IDENTITY
-        stable = (isinstance(cost, CrossEntropy) and activation.name == "sigmoid") or \
-                 (isinstance(cost, LogLikelihood) and activation.name == "softmax")
-        if z is None and (stable or not activation.needs_z):
-            z = a
-        if _cost_id(cost) is None or act == -1 or z is None or out.shape != a.shape or z.shape != a.shape \
-                or not _fusable(z, a, out) or not self._output_kernel(cost, act, stable, z, a, target, out,
-                                                                       loss_sum):
-            return super().output_delta(cost, activation, z, a, target, out, loss_sum)
-        if not activation.elementwise and not stable:  # softmax with another cost: apply its Jacobian
-            self.backprop_activation(activation, z, a, out, out)
-        return out
+        plan = self._output_plan(cost, activation)
+        if plan is not None:
+            act, cost_id, stable = plan
+            if z is None and (stable or not activation.needs_z):
+                z = a
+            if z is not None and z.shape == a.shape == out.shape and _fusable(z, a, out) and \
+                    self._output_kernel(cost_id, act, stable, z, a, target, out, loss_sum):
+                if not activation.elementwise and not stable:  # softmax with another cost: its Jacobian
+                    self.backprop_activation(activation, z, a, out, out)
+                return out
+        return super().output_delta(cost, activation, z, a, target, out, loss_sum)
+
+    def _output_plan(self, cost: Cost, activation: Activation) -> tuple[int, int, bool] | None:
+        """(activation id, cost id, stable) of the output kernel for this pair (softmax: the identity id,
+        its Jacobian applied after), None where the kernel does not cover it; kept per pair of classes."""
+        key = (type(cost), type(activation), activation.name)
+        if key not in self._plans:
+            act = ACTIVATION_IDS.get(activation.name) if activation.elementwise else _IDENTITY
+            stable = (isinstance(cost, CrossEntropy) and activation.name == "sigmoid") or \
+                     (isinstance(cost, LogLikelihood) and activation.name == "softmax")
+            cost_id = _cost_id(cost)
+            self._plans[key] = None if act is None or cost_id is None else (act, cost_id, stable)
+        return self._plans[key]
 
     def cost_sum(self, cost: Cost, a: Array, target: Array) -> Array:
         """Σₓ Cₓ(a, y) as a 0-d array (one pass for the built-in costs)."""
         total = np.zeros(1, np.float64)
-        if _cost_id(cost) is None or not _fusable(a) or \
-                not self._output_kernel(cost, _IDENTITY, False, a, a, target, None, total):
+        cost_id = _cost_id(cost)
+        if cost_id is None or not _fusable(a) or \
+                not self._output_kernel(cost_id, _IDENTITY, False, a, a, target, None, total):
             return super().cost_sum(cost, a, target)
         return a.dtype.type(total[0])
 
-    def _output_kernel(self, cost: Cost, act: int, stable: bool, z: Array, a: Array, target: Array,
+    def _output_kernel(self, cost_id: int, act: int, stable: bool, z: Array, a: Array, target: Array,
                        out: Array | None, loss_sum: Array | None) -> bool:
         """Run cpu_kernels.output_delta; False (nothing done) where the targets or ``loss_sum`` do not fit
         it, so that the caller runs the reference instead."""
         if a.ndim != 2 or a.size == 0:
             return False
-        if target.ndim == 1 and target.dtype == np.int64 and len(target) == len(a):
-            y, labels = self._empty[a.dtype], target
+        empty = self._empty[a.dtype]
+        if target.ndim == 1 and target.dtype is _INT64 and len(target) == len(a):
+            y, labels = empty, target
         elif target.shape == a.shape and target.dtype == a.dtype and type(target) is np.ndarray:
-            y, labels = np.ascontiguousarray(target).reshape(-1), self._empty[np.dtype(np.int64)]
+            y, labels = np.ascontiguousarray(target), self._empty[_INT64]
         else:
             return False
         if loss_sum is None:
-            loss = self._empty[a.dtype]
+            loss = empty.reshape(0)
         elif type(loss_sum) is np.ndarray and loss_sum.size == 1 and loss_sum.dtype in _FLOATS \
                 and loss_sum.flags.c_contiguous:
-            loss = loss_sum.reshape(-1)
+            loss = loss_sum.reshape(1)
         else:
             return False
-        eps = a.dtype.type(LOG_EPS.get(a.dtype, 1e-7))
-        cpu_kernels.output_delta(act, _cost_id(cost), stable, _flat(z), _flat(a), y, labels,
-                                 self._empty[a.dtype] if out is None else _flat(out), loss, eps, a.shape[1])
+        cpu_kernels.output_delta(act, cost_id, stable, z, a, y, labels, empty if out is None else out, loss,
+                                 LOG_EPS.get(a.dtype, 1e-7))
         return True
 
     # ---- whole layers: BLAS and the fused pass in one compiled call -------------------------------------
@@ -196,8 +212,7 @@ class NumbaOps(Ops):
         """w ← w − η (s·g + λw) in one pass (``grad`` is left as it was)."""
         if not _fusable(params, grad) or params.ndim != 1 or grad.shape != params.shape:
             return super().sgd_update(params, grad, lr, grad_scale, weight_decay, n_weights)
-        t = params.dtype.type
-        cpu_kernels.sgd_update(params, grad, n_weights, t(1.0 - lr * weight_decay), t(lr * grad_scale))
+        cpu_kernels.sgd_update(params, grad, n_weights, 1.0 - lr * weight_decay, lr * grad_scale)
 
     def velocity_update(self, kind: str, params: Array, grad: Array, velocity: Array, lr: float,
                         momentum: float, grad_scale: float, weight_decay: float, n_weights: int) -> None:
@@ -207,9 +222,8 @@ class NumbaOps(Ops):
                 not params.shape == grad.shape == velocity.shape:
             return super().velocity_update(kind, params, grad, velocity, lr, momentum, grad_scale,
                                            weight_decay, n_weights)
-        t = params.dtype.type
-        getattr(cpu_kernels, f"{kind}_update")(params, grad, velocity, n_weights, t(grad_scale),
-                                               t(weight_decay), t(lr), t(momentum))
+        getattr(cpu_kernels, f"{kind}_update")(params, grad, velocity, n_weights, grad_scale, weight_decay, lr,
+                                               momentum)
 
     def adam_update(self, params: Array, grad: Array, m: Array, v: Array, lr: float, beta1: float,
                     beta2: float, eps: float, step: int, grad_scale: float, weight_decay: float,
@@ -219,8 +233,7 @@ class NumbaOps(Ops):
                 not params.shape == grad.shape == m.shape == v.shape:
             return super().adam_update(params, grad, m, v, lr, beta1, beta2, eps, step, grad_scale,
                                        weight_decay, n_weights)
-        t = params.dtype.type
-        step_size = lr * np.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
-        eps_hat = eps * np.sqrt(1.0 - beta2 ** step)
-        cpu_kernels.adam_update(params, grad, m, v, n_weights, t(grad_scale), t(weight_decay), t(beta1),
-                                t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(step_size), t(eps_hat))
+        step_size = lr * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+        eps_hat = eps * math.sqrt(1.0 - beta2 ** step)
+        cpu_kernels.adam_update(params, grad, m, v, n_weights, grad_scale, weight_decay, beta1, 1.0 - beta1,
+                                beta2, 1.0 - beta2, step_size, eps_hat)
