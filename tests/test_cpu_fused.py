@@ -139,6 +139,31 @@ def test_layer_gradients(fused, ref, rng, dtype, shape):
     np.testing.assert_array_equal(got_b, nabla_b)  # rows added in NumPy's order
 
 
+def test_only_small_layers_call_blas_from_numba(fused, rng, monkeypatch):
+    """Up to cpu_kernels.SMALL_MATMUL multiply-adds (what OpenBLAS runs on one thread) a layer call is one
+    compiled call; above it the matmul is NumPy's, so that SciPy's BLAS threads never take turns with
+    NumPy's."""
+    from gpubp.backend import cpu_kernels
+
+    shapes = []
+
+    def numpy_gemm(self, a, b, out):
+        shapes.append(a.shape)
+        return np.matmul(a, b, out=out)
+
+    monkeypatch.setattr(NumbaOps, "gemm", numpy_gemm)
+    relu = ACTIVATIONS["relu"]
+    for (m, n_in, n_out), numpy_calls in [((8, 64, 512), 0), ((8, 64, 513), 3)]:
+        shapes.clear()
+        x, W, b, delta = layer_data(rng, np.float64, (m, n_in, n_out))
+        assert (m * n_in * n_out > cpu_kernels.SMALL_MATMUL) == bool(numpy_calls)
+        z, a = np.empty((m, n_out)), np.empty((m, n_out))
+        fused.layer_forward(x, W, b, relu, z, a)
+        fused.layer_backward(delta, W, relu, None, x.copy(), np.empty_like(x))
+        fused.layer_gradients(delta, x, np.empty_like(W), np.empty_like(b))
+        assert len(shapes) == numpy_calls
+
+
 def test_layers_outside_the_kernels_run_the_reference(fused, ref, rng, monkeypatch):
     """Strided or mixed-dtype operands, a user-defined activation, wrong shapes (NumPy's error, nothing
     written), and no SciPy (no BLAS for Numba): the results and errors of Ops."""
