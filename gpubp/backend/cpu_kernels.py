@@ -403,6 +403,7 @@ def adam_update(params, grad, m, v, n_weights, s, lam, beta1, one_minus_beta1, b
     dtype, as in the CUDA kernel: NumPy's reference adds and multiplies them in float64 and rounds after, so
     float32 results can differ by an ulp (doing that here would keep the loop from vectorising: 17× slower)."""
     t = params.dtype.type
-    hyper = (t(beta1), t(one_minus_beta1), t(beta2), t(one_minus_beta2), t(step_size), t(eps_hat))
-    _adam_span(params, grad, m, v, 0, n_weights, t(s), t(lam), *hyper)
-    _adam_span(params, grad, m, v, n_weights, params.size, t(s), t(0), *hyper)
+    b1, c1, b2, c2, alpha, eps = t(beta1), t(one_minus_beta1), t(beta2), t(one_minus_beta2), t(step_size), \
+        t(eps_hat)
+    _adam_span(params, grad, m, v, 0, n_weights, t(s), t(lam), b1, c1, b2, c2, alpha, eps)
+    _adam_span(params, grad, m, v, n_weights, params.size, t(s), t(0), b1, c1, b2, c2, alpha, eps)
