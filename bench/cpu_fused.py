@@ -72,8 +72,8 @@ def run_info() -> dict:
         info["numba"] = None
     git = ["git", "-C", str(ROOT)]
     commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run([*git, "status", "--porcelain", "--", "gpubp", "bench"], capture_output=True,
-                                text=True).stdout.strip())
+    dirty = bool(subprocess.run([*git, "status", "--porcelain", "--", "gpubp", "bench", ":!bench/results"],
+                                capture_output=True, text=True).stdout.strip())
     return {"machine": info, "commit": commit, "dirty": dirty,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "argv": sys.argv}
 
