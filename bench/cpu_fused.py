@@ -13,7 +13,8 @@ median over rounds of the per-round ratio.
 
 ``configs``: ``gpubp.benchmark.compare`` (gpubp, the hand-written NumPy loop, PyTorch eager, interleaved) on
 each backend in turn, and the GEMM share: the GEMMs of one training step (forward aWᵀ, BP2 δW, BP4 δᵀa, with
-gpubp's operand layouts) timed alone in NumPy, divided by gpubp's step time.
+gpubp's operand layouts) timed alone in NumPy, divided by gpubp's step time. The recorded runs use one
+process per config (``--configs S``, then M, then L).
 
 Raw results go to ``bench/results/<UTC time>-cpu-fused-<suite>.json`` with the machine (CPU, BLAS and its
 threads, NumPy, Numba, PyTorch), the commit and the date. Run with ``OPENBLAS_CORETYPE`` and
