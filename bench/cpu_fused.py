@@ -12,8 +12,9 @@ shuffled). gpubp's epochs are whole ``fit(epochs=1)`` calls, one-off costs inclu
 median over rounds of the per-round ratio.
 
 ``configs``: ``gpubp.benchmark.compare`` (gpubp, the hand-written NumPy loop, PyTorch eager, interleaved) on
-each backend in turn, and the GEMM share: the GEMMs of one training step (forward aWᵀ, BP2 δW, BP4 δᵀa, with
-gpubp's operand layouts) timed alone in NumPy, divided by gpubp's step time. The recorded runs use one
+each backend in turn, and the GEMM share: the GEMMs of an epoch's steps (forward aWᵀ, BP2 δW, BP4 δᵀa, with
+gpubp's operand layouts) timed alone in NumPy, as one more contender interleaved with the others, divided by
+gpubp's epoch time (the median of the per-repeat ratios). The recorded runs use one
 process per config (``--configs S``, then M, then L).
 
 Raw results go to ``bench/results/<UTC time>-cpu-fused-<suite>.json`` with the machine (CPU, BLAS and its
@@ -40,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import gpubp  # noqa: E402
 from gpubp.backend.device import CPU_BACKEND_ENV  # noqa: E402
-from gpubp.benchmark import compare, get_config, machine_info, synthetic_data  # noqa: E402
+from gpubp.benchmark import compare, machine_info  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SKLEARN_SIZES = [784, 100, 10]
@@ -143,44 +144,38 @@ def step_gemms(config: Any) -> list[tuple[tuple[int, ...], tuple[int, ...], bool
     return gemms
 
 
-def gemm_seconds(config: Any, repeats: int = 5) -> float:
-    """Median seconds of the step's GEMMs alone (NumPy, float32, preallocated outputs, gpubp's layouts)."""
-    rng = np.random.default_rng(0)
-    calls = []
-    for a_shape, b_shape, ta, tb in step_gemms(config):
-        a = rng.random(a_shape, dtype=np.float32)
-        b = rng.random(b_shape, dtype=np.float32)
-        a, b = (a.T if ta else a), (b.T if tb else b)
-        calls.append((a, b, np.empty((a.shape[0], b.shape[1]), np.float32)))
-    reps = max(1, int(0.5 / max(1e-6, _time_once(calls))))
-    samples = []
-    for _ in range(repeats):
+class StepGemms:
+    """A contender for ``compare``: the GEMMs of an epoch's steps alone (NumPy, float32, gpubp's operand
+    layouts, preallocated outputs), so that the GEMM share is a ratio of epochs timed in one run."""
+
+    name = "gemms"
+
+    def __init__(self, net: Any, config: Any, X: np.ndarray, labels: np.ndarray, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.steps = -(-len(X) // config.batch_size)
+        self.calls = []
+        for a_shape, b_shape, ta, tb in step_gemms(config):
+            a = rng.random(a_shape, dtype=np.float32)
+            b = rng.random(b_shape, dtype=np.float32)
+            a, b = (a.T if ta else a), (b.T if tb else b)
+            self.calls.append((a, b, np.empty((a.shape[0], b.shape[1]), np.float32)))
+
+    def run(self) -> float:
         start = time.perf_counter()
-        for _ in range(reps):
-            for a, b, out in calls:
+        for _ in range(self.steps):
+            for a, b, out in self.calls:
                 np.matmul(a, b, out=out)
-        samples.append((time.perf_counter() - start) / reps)
-    return statistics.median(samples)
-
-
-def _time_once(calls: list) -> float:
-    start = time.perf_counter()
-    for a, b, out in calls:
-        np.matmul(a, b, out=out)
-    return time.perf_counter() - start
+        return time.perf_counter() - start
 
 
 def configs_compare(names: list[str], seconds: float, repeats: int, log: Callable[[str], None]) -> list[dict]:
     rows = []
     for name in names:
-        config = get_config(name)
         for backend in ("numba", "numpy"):
             os.environ[CPU_BACKEND_ENV] = backend
-            row = compare(name, "cpu", seconds=seconds, repeats=repeats, log=log)
+            row = compare(name, "cpu", seconds=seconds, repeats=repeats, log=log, extra=[StepGemms])
             row["backend"] = backend
-            step = config.batch_size / row["gpubp"]
-            row["gemm_seconds"] = gemm_seconds(config)
-            row["gemm_share"] = row["gemm_seconds"] / step
+            row["gemm_share"] = row.pop("gpubp/gemms")
             row["gpubp/best_baseline"] = min(row["gpubp/numpy"], row.get("gpubp/torch", float("inf")))
             log(f"{name} {backend}: gpubp {row['gpubp']:,.0f}/s  /numpy {row['gpubp/numpy']:.2f}x  "
                 f"/torch {row.get('gpubp/torch', float('nan')):.2f}x  GEMM share {row['gemm_share']:.0%}")

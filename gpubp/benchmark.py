@@ -317,12 +317,14 @@ def torch_available() -> bool:
 # ---- the driver -----------------------------------------------------------------------------------
 def compare(config: str | Config, device: str = "auto", *, seconds: float = 10.0, torch: bool = True,
             numpy: bool | None = None, repeats: int = 5, samples: int | None = None, seed: int = 0,
-            log: Callable[[str], None] | None = None) -> dict:
+            log: Callable[[str], None] | None = None, extra: Sequence[Callable[..., Any]] = ()) -> dict:
     """Samples/s of one training epoch for gpubp and its baselines on one config, interleaved.
 
     ``numpy`` (default: on the CPU only) adds the plain NumPy loop, ``torch`` PyTorch eager on the same
-    device when importable. ``samples`` fixes the data set size; by default it is chosen from a warm-up
-    so that all repeats together take about ``seconds``. Returns one row for ``format_table``.
+    device when importable; each of ``extra`` builds one more contender as ``factory(net, config, X, labels,
+    seed)``: an object with a ``name`` and ``run()`` that returns the seconds of one epoch. ``samples`` fixes
+    the data set size; by default it is chosen from a warm-up so that all repeats together take about
+    ``seconds``. Returns one row for ``format_table``, with "gpubp/<name>" for every other contender.
     """
     from .network import Network
 
@@ -347,7 +349,7 @@ def compare(config: str | Config, device: str = "auto", *, seconds: float = 10.0
             contenders.append(NumpyTrainer(net, cfg, X, labels, seed))
         if torch and torch_available():
             contenders.append(TorchTrainer(net, cfg, X, labels, seed, resolved))
-        return contenders
+        return contenders + [factory(net, cfg, X, labels, seed) for factory in extra]
 
     if samples is None:
         gpubp, *others = build(X, labels)
@@ -371,8 +373,8 @@ def compare(config: str | Config, device: str = "auto", *, seconds: float = 10.0
     for name, ts in times.items():
         row[name] = samples / statistics.median(ts)
         row[f"{name}_seconds"] = ts
-    for base in ("numpy", "torch"):
-        if base in times:
+    for base in times:
+        if base != "gpubp":
             row[f"gpubp/{base}"] = statistics.median(
                 b / g for g, b in zip(times["gpubp"], times[base]))
     return row

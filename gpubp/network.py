@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from . import inputs
-from .activations import Activation, get_activation
+from .activations import get_activation
 from .backend import get_ops
 from .costs import Cost, CrossEntropy, LogLikelihood, get_cost
 from .initializers import init_parameters

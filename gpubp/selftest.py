@@ -31,7 +31,7 @@ from .activations import ACTIVATIONS, SOFTMAX
 from .backend import Ops, cuda_unavailable_reason, get_ops
 from .backend.device import numba_unavailable_reason
 from .backend.numpy_ops import NumpyOps
-from .costs import COSTS, LOG_EPS
+from .costs import COSTS
 
 DTYPES = ("float32", "float64")
 #: worst |got − ref| / (1 + |ref|) allowed per dtype: float32 steps differ from NumPy by a few ulp, which

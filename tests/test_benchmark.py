@@ -4,6 +4,7 @@ No timing is asserted here; ``bench/`` measures speed.
 """
 
 import importlib.util
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,26 @@ def test_compare_gives_a_row_for_the_table():
     assert row["gpubp"] > 0 and row["numpy"] > 0 and row["gpubp/numpy"] > 0
     assert "torch" not in row
     assert "S" in format_table([row])
+
+
+def test_compare_times_extra_contenders_in_turn():
+    """``extra`` factories get the run's network, config and data, run between gpubp's epochs, and give a
+    gpubp/<name> ratio: the median of their epoch time over gpubp's."""
+    built = []
+
+    class Fixed:
+        name = "fixed"
+
+        def __init__(self, net, config, X, labels, seed):
+            built.append((config.name, X.shape, len(labels)))
+
+        def run(self):
+            return 2.0
+
+    row = compare("S", device="cpu", samples=30, repeats=3, torch=False, numpy=False, extra=[Fixed])
+    assert built == [("S", (30, 784), 30)]
+    assert row["fixed_seconds"] == [2.0] * 3 and row["fixed"] == 15.0
+    assert row["gpubp/fixed"] == pytest.approx(statistics.median(2.0 / g for g in row["gpubp_seconds"]))
 
 
 def test_compare_sizes_the_data_set_from_the_time_budget():
