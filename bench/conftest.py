@@ -22,10 +22,16 @@ _RESULTS_KEY = pytest.StashKey["TrainingResults"]()
 
 
 class _LazyFile:
-    """A file that pytest-benchmark opens only when it writes (no empty file when nothing ran)."""
+    """A file that pytest-benchmark opens only when it writes (no empty file when nothing ran): as a context
+    manager for pytest-benchmark 4, which opened ``--benchmark-json`` itself; as a path for 5, which opens
+    the path it is given once benchmarks have run."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    def __fspath__(self) -> str:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return str(self.path)
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
