@@ -200,6 +200,11 @@ def test_layers_outside_the_kernels_run_the_reference(fused, ref, rng, monkeypat
     assert not out.any()
     with pytest.raises(ValueError):
         fused.layer_gradients(delta, x[:5], np.empty_like(W), np.empty_like(b))
+    square, d = rng.standard_normal((6, 6)), rng.standard_normal((6, 6))
+    expected = ref.layer_backward(d, square, tanh, None, np.tanh(d), np.empty_like(d))
+    same = d.copy()
+    np.testing.assert_allclose(fused.layer_backward(same, square, tanh, None, np.tanh(d), same), expected,
+                               **TOL[np.float64])  # out is δˡ⁺¹ itself: NumPy's matmul, which buffers
     monkeypatch.setattr(numba_ops, "_NUMBA_BLAS", False)
     for got, expected in zip(forward(fused, x, W, b), forward(ref, x, W, b)):
         np.testing.assert_allclose(got, expected, **TOL[np.float64])

@@ -7,8 +7,8 @@ results agree with ``Ops`` to an ulp or two (libm's tanh/exp/log1p against NumPy
 the reference would no longer be matched. The layer kernels add the layer's matmul, through BLAS, to the
 fused pass (``layer_forward``, ``layer_backward``, ``layer_gradients``).
 
-Arrays are flat C-contiguous 1-D views, (rows, cols) is passed as ``cols``, and the activation and the cost
-are the integer ids of ``kernels.ACTIVATION_IDS`` / ``kernels.COST_IDS``: each kernel therefore compiles
+The elementwise kernels take flat C-contiguous 1-D views with (rows, cols) passed as ``cols``, the output
+and layer kernels the 2-D arrays; the activation and the cost are the integer ids of ``kernels.ACTIVATION_IDS`` / ``kernels.COST_IDS``: each kernel therefore compiles
 once per dtype (two specialisations), cached on disk (``cache=True``) so only the first run on a machine
 pays for the compile. Inside, the elementwise kernels branch on the activation once, outside the loop, into
 a loop with that activation fixed (``_each_activation``), which the compiler vectorises (the σ′ ⊙ g of ReLU
@@ -282,21 +282,31 @@ def output_delta(act, cost, stable, z, a, y, labels, out, loss_sum, log_eps):
 # ---- whole layers: the matmul (BLAS, through Numba's np.dot) and the fused pass in one call ------------
 # Numba calls BLAS directly (SciPy's cython_blas), without NumPy's per-call ufunc machinery: on small layers
 # that machinery and the Python between the calls cost as much as the arithmetic. Each kernel first checks
-# the shapes and returns False, having touched nothing, when they do not fit (the caller then runs the
-# reference, which raises NumPy's error), or when the matmul is larger than SMALL_MATMUL. Arrays: 2-D (1-D
-# biases), C-contiguous, one float dtype.
+# its arrays and returns False, having touched nothing, when the shapes do not fit (the caller then runs the
+# reference, which raises NumPy's error), when the matmul is larger than SMALL_MATMUL, or when its output
+# overlaps an input (NumPy's matmul buffers such a product; BLAS would read what it has already written).
+# Arrays: 2-D (1-D biases), C-contiguous, one float dtype.
 
 #: the largest matmul (m·n·k multiply-adds) the layer kernels take: OpenBLAS runs up to 65536 × 4 of them
 #: (its SMP threshold × GEMM_MULTITHREAD_THRESHOLD) on one thread. Larger ones go to NumPy's matmul, whose
 #: call overhead no longer matters there: SciPy's and NumPy's copies of OpenBLAS each keep a thread pool,
 #: and two pools taking turns spin against each other (each GEMM of config M ran 2× slower)
 SMALL_MATMUL = 65536 * 4
+
+
+@jit
+def _overlap(x, y):
+    """Whether two C-contiguous arrays share memory (their byte ranges intersect)."""
+    return x.ctypes.data < y.ctypes.data + y.nbytes and y.ctypes.data < x.ctypes.data + x.nbytes
+
+
 @jit
 def layer_forward(act, x, w, b, z, a):
     """zˡ = aˡ⁻¹ Wˡᵀ + bˡ and aˡ = σ(zˡ) (``act`` SOFTMAX: row-wise) for x = aˡ⁻¹, w = Wˡ."""
     m, n_out = z.shape
     if m == 0 or x.shape[0] != m or w.shape[0] != n_out or w.shape[1] != x.shape[1] \
-            or b.shape[0] != n_out or a.shape != z.shape or m * n_out * x.shape[1] > SMALL_MATMUL:
+            or b.shape[0] != n_out or a.shape != z.shape or m * n_out * x.shape[1] > SMALL_MATMUL \
+            or _overlap(z, x) or _overlap(z, w):
         return False
     np.dot(x, w.T, z)
     if act == SOFTMAX:
@@ -312,7 +322,8 @@ def layer_backward(act, delta, w, z, a, out):
     needs only a)."""
     m, n = out.shape
     if m == 0 or delta.shape[0] != m or w.shape[0] != delta.shape[1] or w.shape[1] != n \
-            or z.shape != out.shape or a.shape != out.shape or m * n * w.shape[0] > SMALL_MATMUL:
+            or z.shape != out.shape or a.shape != out.shape or m * n * w.shape[0] > SMALL_MATMUL \
+            or _overlap(out, delta) or _overlap(out, w):
         return False
     np.dot(delta, w, out)
     flat = out.reshape(out.size)
@@ -325,7 +336,8 @@ def layer_gradients(delta, a_prev, nabla_w, nabla_b):
     """BP3: ∂C/∂bˡ = Σₓ δˡ (rows added in order, as NumPy's sum(axis=0) does) and BP4: ∂C/∂Wˡ = δˡᵀ aˡ⁻¹."""
     m, n_out = delta.shape
     if m == 0 or a_prev.shape[0] != m or nabla_w.shape[0] != n_out or nabla_w.shape[1] != a_prev.shape[1] \
-            or nabla_b.shape[0] != n_out or m * n_out * a_prev.shape[1] > SMALL_MATMUL:
+            or nabla_b.shape[0] != n_out or m * n_out * a_prev.shape[1] > SMALL_MATMUL \
+            or _overlap(nabla_w, delta) or _overlap(nabla_w, a_prev) or _overlap(nabla_b, delta):
         return False
     np.dot(delta.T, a_prev, nabla_w)
     for j in range(n_out):
