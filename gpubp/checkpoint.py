@@ -29,8 +29,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .files import fsync_folder
 from .optimizers import OPTIMIZERS
-from .serialization import (check_model_fields, fsync_folder, model_description, model_fields, read_npz,
+from .serialization import (check_model_fields, model_description, model_fields, read_npz,
                             restore_fields, text_field, write_npz)
 
 FORMAT = "gpubp-checkpoint"

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .files import write_atomically
+
 
 def require_matplotlib() -> None:
     """ImportError naming the extra to install when matplotlib is missing."""
@@ -23,7 +25,7 @@ def require_matplotlib() -> None:
 def plot_training(history: Mapping[str, Sequence[float]], path: str | Path,
                   grad_norms: Sequence[tuple[int, Sequence[float]]] = (), title: str = "",
                   monitor: str = "validation") -> None:
-    """Write a PNG to ``path``: the loss ("loss", "val_loss"), the accuracy ("val_accuracy"; for a regression
+    """Write a PNG to ``path`` (atomically, see ``gpubp.files``): the loss ("loss", "val_loss"), the accuracy ("val_accuracy"; for a regression
     R², "val_r2") and, when
     given, ``grad_norms`` as (epoch, [‖∂C/∂b¹‖, …, ‖∂C/∂bᴸ‖]) pairs on a log scale. ``monitor`` names the
     held-out set behind the val_ entries."""
@@ -70,7 +72,7 @@ def plot_training(history: Mapping[str, Sequence[float]], path: str | Path,
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.savefig(Path(path), format="png", dpi=100)
+    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
 def _epochs(values: Sequence[Any]) -> list[int]:

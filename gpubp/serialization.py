@@ -11,13 +11,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import zipfile
 from typing import Any
 
 import numpy as np
 
 from .costs import COSTS, Cost
+from .files import write_atomically
 from .optimizers import optimizer_name
 
 FORMAT = "gpubp-network"
@@ -61,40 +61,14 @@ def model_fields(net: Any, params: Any = None, optimizer_state: dict[str, Any] |
 
 
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], temp_prefix: str = ".gpubp-") -> None:
-    """``np.savez`` to ``path``, atomically: a temp file in the same folder, fsynced, renamed over ``path``,
-    then the folder fsynced so that the rename itself survives a crash. The old ``path`` stays intact
-    until the new file is complete."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot save to {path!r}: folder {folder!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix, suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with _ignore_missing():
-            os.unlink(tmp)
-        raise
-    fsync_folder(folder)
+    """``np.savez`` to ``path`` through ``gpubp.files.write_atomically``: the old ``path`` stays intact until
+    the new file is complete and fsynced; a special file such as ``/dev/null`` is written into."""
+    write_atomically(path, npz_writer(arrays), temp_prefix=temp_prefix)
 
 
-def fsync_folder(folder: str) -> None:
-    """Make the folder's entries (a rename, a new or deleted file) durable (a no-op where folders cannot be
-    opened, e.g. on Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse fsync on a folder; the rename is then as durable as they allow
-    finally:
-        os.close(fd)
+def npz_writer(arrays: dict[str, np.ndarray]):
+    """The function writing ``arrays`` as an uncompressed .npz to a binary file object."""
+    return lambda f: np.savez(f, **arrays)
 
 
 def load(path: str | os.PathLike, device: str | None = None, cost: Cost | Any = None) -> Any:
@@ -236,11 +210,3 @@ def check_model_fields(fields: dict[str, np.ndarray], name: str) -> dict[str, np
     if fields["params"].dtype.kind != "f" or fields["params"].ndim != 1:
         raise ValueError(f"{name} is damaged: parameters are not a float vector")
     return fields
-
-
-class _ignore_missing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        return exc_type is not None and issubclass(exc_type, FileNotFoundError)
