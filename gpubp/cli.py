@@ -21,7 +21,8 @@ import numpy as np
 
 from . import datasets
 from .datasets.dataset import map_splits
-from .metrics import confusion_matrix
+from .files import refuse_same_files
+from .metrics import confusion_matrix, most_frequent_confusions, recall_per_class
 from .backend import cuda_unavailable_reason, get_ops
 
 #: exit statuses
@@ -30,6 +31,10 @@ USAGE_ERROR = 2
 INTERRUPTED = 130
 #: training samples whose mean gradient gives the per-layer learning speed in --plot
 SPEED_SAMPLES = 1000
+#: ``gpubp evaluate`` prints the confusion matrix up to this many classes, beyond it a summary of
+#: SUMMARY_ROWS rows
+MATRIX_CLASSES = 30
+SUMMARY_ROWS = 10
 #: the data set ``gpubp evaluate`` picks for a model of this input width when --data is not given
 INPUT_WIDTHS = {784: "mnist", 64: "digits"}
 #: --output and --cost when neither is given, and --lr when not given, per task
@@ -83,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: env "
                                                       "GPUBP_DEVICE, else auto)")
     train.add_argument("--dtype", default="float32", help="float32 or float64 (default float32)")
-    train.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed (default 0)")
+    train.add_argument("--seed", type=_seed, default=0, help="initialisation and shuffling seed, an integer "
+                                                             ">= 0 (default 0)")
     train.add_argument("--save", default=None, metavar="PATH", help="write the trained model (.npz)")
     train.add_argument("--plot", default=None, metavar="PATH",
                        help="write a PNG of loss, accuracy and per-layer ‖∂C/∂bˡ‖ per epoch")
@@ -92,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "installed)")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel training over the ranks of gpubp.distributed.init()")
-    train.add_argument("--checkpoint", default=None, metavar="DIR",
+    train.add_argument("--checkpoint", type=_folder, default=None, metavar="DIR",
                        help="write checkpoints to DIR; the same command run again resumes from them")
     train.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
                        help="checkpoint every N epochs (default 1), and always at the end or on Ctrl-C")
@@ -163,6 +169,17 @@ def load_data(args: argparse.Namespace, name: str, dtype: str, device: str | Non
                          standardize=args.standardize if standardize is None else standardize)
 
 
+def data_files(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """("--data", path) for each file ``--data`` reads: the file itself, every file in a folder of IDX
+    files, MNIST's files in its data folder (none for the bundled digits)."""
+    if args.data == "digits":
+        return []
+    folder = datasets.mnist_dir(args.data_dir) if args.data == "mnist" else Path(args.data).expanduser()
+    if folder.is_dir():
+        return [("a file of --data", str(p)) for p in sorted(folder.iterdir()) if p.is_file()]
+    return [("--data", args.data)]
+
+
 def outputs_text(data: datasets.Dataset) -> str:
     if data.task == "classification":
         return f"{data.n_classes} classes"
@@ -209,8 +226,28 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
+def _folder(text: str) -> str:
+    """A folder path; the empty string is refused rather than taken as the current folder."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty path; give a folder")
+    return text
+
+
+def _seed(text: str) -> int:
+    """A --seed: an integer >= 0 (what NumPy's generators take)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}")
+    return seed
+
+
 def check_writable(path: str, option: str) -> Path:
     """``path`` if a file can be written there (its folder exists and is writable); CliError otherwise."""
+    if not path:
+        raise CliError(f"{option}: empty path; give a file name")
     target = Path(path).expanduser()
     folder = target.parent
     if target.is_dir():
@@ -274,8 +311,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     warnings.filterwarnings("ignore", category=CheckpointWarning)  # fit prints them as "gpubp: …" lines
 
-    save = check_writable(args.save, "--save") if args.save else None
-    plot = check_writable(args.plot, "--plot") if args.plot else None
+    refuse_same_files([("--save", args.save), ("--plot", args.plot)], data_files(args))
+    save = check_writable(args.save, "--save") if args.save is not None else None
+    plot = check_writable(args.plot, "--plot") if args.plot is not None else None
     if plot is not None:
         require_matplotlib()
     comm, device = None, args.device
@@ -287,6 +325,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     main_rank = comm is None or comm.rank == 0
 
     data = load_data(args, args.data, dtype=args.dtype, device=device)
+    if data.task == "classification" and data.n_classes < 2:
+        only = f" ({data.class_names[0]!r})" if data.class_names else ""
+        raise CliError(f"{args.data} holds a single class{only}: a classifier needs at least two classes "
+                       "to tell apart")
     sizes = args.sizes or [data.n_features, 30, data.n_outputs]
     if sizes[0] != data.n_features or sizes[-1] != data.n_outputs:
         raise CliError(f"--sizes {','.join(map(str, sizes))} does not fit {args.data}: it has "
@@ -354,6 +396,24 @@ def format_confusion(counts: np.ndarray, names: Sequence[Any] | None = None) -> 
     return "\n".join(lines)
 
 
+def format_confusion_summary(labels: np.ndarray, predicted: np.ndarray, k: int,
+                             names: Sequence[Any] | None = None) -> str:
+    """For more classes than a matrix can show: the most frequent confusions and the classes with the
+    lowest recall."""
+    name = (lambda c: str(names[c])) if names is not None else str
+    lines = [f"confusion matrix: {k} classes are too many to show (more than {MATRIX_CLASSES}); the "
+             f"{SUMMARY_ROWS} most frequent confusions (true -> predicted: samples):"]
+    confusions = most_frequent_confusions(labels, predicted, SUMMARY_ROWS)
+    lines += [f"  {name(true)} -> {name(guess)}: {count}" for true, guess, count in confusions] or ["  none"]
+    correct, samples = recall_per_class(labels, predicted, k)
+    present = np.flatnonzero(samples)
+    recall = correct[present] / samples[present]
+    worst = present[np.argsort(recall, kind="stable")[:SUMMARY_ROWS]]
+    lines.append(f"the {len(worst)} classes with the lowest recall (correct / samples of the class):")
+    lines += [f"  {name(c)}: {correct[c]}/{samples[c]} ({100 * correct[c] / samples[c]:.2f}%)" for c in worst]
+    return "\n".join(lines)
+
+
 def evaluation_data(args: argparse.Namespace, net: Any) -> tuple[str, datasets.Dataset]:
     """(name, data) for ``gpubp evaluate``: --data, else the file the model was trained on (from its
     metadata), else the built-in set of its input width; a file is split again with the model's stored test
@@ -389,17 +449,19 @@ def _reorder_features(data: datasets.Dataset, names: Sequence[str], source: str)
     if set(names) != set(data.feature_names):
         raise CliError(f"{source}: feature columns {', '.join(data.feature_names)} differ from the model's "
                        f"{', '.join(names)}")
-    order = [data.feature_names.index(name) for name in names]
+    column = {name: j for j, name in enumerate(data.feature_names)}
+    order = [column[name] for name in names]
     return map_splits(data, lambda split: (split[0][:, order], split[1]), feature_names=list(names))
 
 
 def _recode_classes(data: datasets.Dataset, names: Sequence[Any], source: str) -> datasets.Dataset:
     """``data`` with its class codes renumbered as the model's class ``names``; CliError for a class the
     model does not know."""
-    unknown = [name for name in data.class_names if name not in names]
+    code = {name: c for c, name in enumerate(names)}
+    unknown = [name for name in data.class_names if name not in code]
     if unknown:
         raise CliError(f"{source}: class {unknown[0]!r} is not one the model knows ({', '.join(map(str, names))})")
-    codes = np.array([list(names).index(name) for name in data.class_names], dtype=np.int64)
+    codes = np.array([code[name] for name in data.class_names], dtype=np.int64)
     return map_splits(data, lambda split: (split[0], codes[split[1]]), class_names=list(names),
                       n_classes=len(names))
 
@@ -427,10 +489,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     predicted = net.predict(X)
     _say(f"loss {result['loss']:.4f}\naccuracy {100 * result['accuracy']:.2f}% "
          f"({int((predicted == labels).sum())}/{len(labels)})")
-    _say("confusion matrix (rows: true class, columns: predicted class):")
     k = max(net.sizes[-1], data.n_classes)
     names = data.class_names if data.class_names is not None and len(data.class_names) == k else None
-    _say(format_confusion(confusion_matrix(labels, predicted, k), names))
+    if k <= MATRIX_CLASSES:
+        _say("confusion matrix (rows: true class, columns: predicted class):")
+        _say(format_confusion(confusion_matrix(labels, predicted, k), names))
+    else:
+        _say(format_confusion_summary(labels, predicted, k, names))
     return 0
 
 
@@ -442,7 +507,8 @@ def _model_commands(commands: Any) -> None:
     predict.add_argument("input", help="a .csv with the training feature columns (by name), an .npz or .npy "
                                        "of samples, or an IDX images file")
     predict.add_argument("--out", default=None, metavar="FILE",
-                         help="write here: .npy for an array, else CSV (default: CSV to standard output)")
+                         help="write here: .npy for an array, else CSV (default, or -: CSV to standard "
+                              "output)")
     predict.add_argument("--proba", action="store_true",
                          help="also one column per class: the output activation (softmax: probability)")
     predict.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
@@ -459,7 +525,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .prediction import predictions, read_inputs, write_predictions
     from .serialization import load
 
-    out = check_writable(args.out, "--out") if args.out else None
+    out = None if args.out in (None, "-") else args.out
+    refuse_same_files([("--out", out)], [("the model", args.model), ("the input", args.input)])
+    out = check_writable(out, "--out") if out is not None else None
     net = load(args.model, device=args.device)
     header, columns = predictions(net, read_inputs(args.input, net), proba=args.proba)
     write_predictions(header, columns, out, sys.stdout)
@@ -472,6 +540,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import FORMATS
     from .serialization import load
 
+    refuse_same_files([("the output", args.out)], [("the model", args.model)])
     out = check_writable(args.out, "export")
     if out.suffix.lower() not in FORMATS:
         raise CliError(f"export {args.out}: the name must end in {' or '.join(FORMATS)}")
@@ -611,10 +680,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
-    except (CliError, ValueError, OSError, ImportError, RuntimeError, FloatingPointError) as exc:
-        # RuntimeError: DeviceError, KernelCompileError, gpubp.distributed's launch errors
+    except (CliError, ValueError, OSError, ImportError, RuntimeError, FloatingPointError, MemoryError) as exc:
+        # RuntimeError: DeviceError, KernelCompileError, gpubp.distributed's launch errors;
+        # MemoryError: what no check foresaw is still one line, never a traceback
+        message = f"gpubp: error: {exc}" if not isinstance(exc, MemoryError) else \
+            f"gpubp: error: out of memory{f' ({exc})' if str(exc) else ''}; try a smaller network, batch or data set"
         world = _distributed_world()
         if world is not None and world.size > 1:  # the other ranks would wait for this one until timeout
-            world.abort(f"gpubp: error: {exc}", USAGE_ERROR)
-        _say(f"gpubp: error: {exc}", err=True)
+            world.abort(message, USAGE_ERROR)
+        _say(message, err=True)
         return USAGE_ERROR

@@ -18,7 +18,7 @@ import io
 import os
 import stat
 import tempfile
-from typing import BinaryIO, Callable, Mapping, Union
+from typing import BinaryIO, Callable, Iterable, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: what to write: the bytes themselves, or a function writing them to a binary file object
@@ -31,9 +31,8 @@ def write_atomically(path: PathLike, content: Content, temp_prefix: str = ".gpub
     name = os.fspath(path)
     if not name:
         raise ValueError("cannot write to an empty path; give a file name")
-    target = os.path.realpath(name)  # through symbolic links: the link stays, its target is written
     try:
-        existing = os.stat(target)
+        existing = os.stat(name)  # through links, /proc/self/fd/N's included
     except FileNotFoundError:
         existing = None
     except OSError as exc:
@@ -41,8 +40,9 @@ def write_atomically(path: PathLike, content: Content, temp_prefix: str = ".gpub
     if existing is not None and stat.S_ISDIR(existing.st_mode):
         raise IsADirectoryError(f"cannot write {name!r}: it is a folder; give a file name")
     if existing is not None and not stat.S_ISREG(existing.st_mode):
-        _write_special(name, target, content)
+        _write_special(name, content)
         return
+    target = os.path.realpath(name)  # a symbolic link stays; the file it points to is replaced
     folder = os.path.dirname(target)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot write {name!r}: folder {os.path.dirname(os.path.abspath(name))!r} "
@@ -98,25 +98,25 @@ def creation_mode() -> int:
     return 0o666 & ~_umask()
 
 
-def refuse_same_files(outputs: Mapping[str, PathLike | None],
-                      inputs: Mapping[str, PathLike | None] | None = None) -> None:
+def refuse_same_files(outputs: Iterable[tuple[str, PathLike | None]],
+                      inputs: Iterable[tuple[str, PathLike | None]] = ()) -> None:
     """ValueError, before any work, when an output is the same file as an input or as another output.
 
-    ``outputs`` and ``inputs`` map how the command calls each path ("--out", "the model") to the path
-    (None: not given). Paths are compared resolved (symbolic links, ``..``) and, where both exist, with
-    ``os.path.samefile`` (hard links). A special file such as ``/dev/null`` may be named twice: nothing in
-    it can be lost.
+    ``outputs`` and ``inputs`` are (how the command calls it, path) pairs such as ("--out", "p.csv"); a
+    path of None was not given. Paths are compared resolved (symbolic links, ``..``) and, where both exist,
+    with ``os.path.samefile`` (hard links). A special file such as ``/dev/null`` may be named twice: nothing
+    in it can be lost.
     """
-    given_outputs = [(what, os.fspath(p)) for what, p in outputs.items() if p is not None]
-    given_inputs = [(what, os.fspath(p)) for what, p in (inputs or {}).items() if p is not None]
+    given_inputs = [(what, os.fspath(p)) for what, p in inputs if p is not None]
+    given_outputs = [(what, os.fspath(p)) for what, p in outputs if p is not None]
     for i, (what, path) in enumerate(given_outputs):
         if _is_special(path):
             continue
-        for other, other_path in given_inputs + given_outputs[:i]:
-            if _same_file(path, other_path):
-                kind = "an input" if (other, other_path) in given_inputs else "another output"
-                raise ValueError(f"{what} {path} is the same file as {other} {other_path}; writing it "
-                                 f"would destroy {kind}: choose another name")
+        for kind, others in (("an input", given_inputs), ("another output", given_outputs[:i])):
+            for other, other_path in others:
+                if _same_file(path, other_path):
+                    raise ValueError(f"{what} {path} is the same file as {other} {other_path}; writing it "
+                                     f"would destroy {kind}: choose another name")
 
 
 # ---- internals ------------------------------------------------------------------------------------------
@@ -127,11 +127,11 @@ def _write(f: BinaryIO, content: Content) -> None:
         content(f)
 
 
-def _write_special(name: str, target: str, content: Content) -> None:
+def _write_special(name: str, content: Content) -> None:
     """Write into a device or FIFO as it is (rendered in memory first: a pipe cannot seek)."""
     data = content if isinstance(content, bytes) else _rendered(content)
     try:
-        with open(target, "wb") as f:
+        with open(name, "wb") as f:
             f.write(data)
     except OSError as exc:
         raise _naming(exc, name) from exc

@@ -23,6 +23,21 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, k: int) -> np.nd
     return np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
 
 
+def most_frequent_confusions(labels: np.ndarray, predicted: np.ndarray, top: int) -> list[tuple[int, int, int]]:
+    """The ``top`` most frequent (true class, predicted class, samples) pairs with true ≠ predicted, most
+    frequent first; computed from the pairs that occur, never a k × k matrix."""
+    wrong = labels != predicted
+    pairs, counts = np.unique(np.stack([labels[wrong], predicted[wrong]], axis=1), axis=0, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:top]
+    return [(int(pairs[i, 0]), int(pairs[i, 1]), int(counts[i])) for i in order]
+
+
+def recall_per_class(labels: np.ndarray, predicted: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(correct, samples) per class: how many samples of each class were predicted as that class, of how
+    many there are."""
+    return np.bincount(labels[labels == predicted], minlength=k), np.bincount(labels, minlength=k)
+
+
 def regression_metrics(predicted: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """MSE = mean (ŷ − y)², MAE = mean |ŷ − y| over samples and outputs, and R² = 1 − Σ(ŷ − y)² / Σ(y − ȳ)²
     per output, averaged over the outputs (an output whose targets are constant counts 1 if predicted
