@@ -4,29 +4,34 @@ Format version 2 adds, to version 1's model description and parameters: the opti
 ``fit`` (``optimizer`` name, ``optimizer.t`` and one ``optimizer.<buffer>`` array per state buffer), the
 shuffle generator's state and the network's ``metadata``, both as JSON text. Version 1 files still load,
 with no optimizer state.
+
+Reading checks a file whole before a network is built: its zip and .npy structure (``gpubp.npzfile``,
+every read bounded by what the file declares), the parameter count against the layer sizes, the optimizer
+state's shapes, the metadata's known keys (``gpubp.metadata``) and the shuffle state. A damaged or hostile
+file raises ValueError naming it and what is wrong, after reading little.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import zipfile
 from typing import Any
 
 import numpy as np
 
+from . import npzfile
 from .costs import COSTS, Cost
 from .files import write_atomically
+from .metadata import check_metadata
 from .optimizers import optimizer_name
 
 FORMAT = "gpubp-network"
 FORMAT_VERSION = 2
-#: how far from the end of a zip its end record may start (22 bytes plus a comment of up to 64 KiB)
-END_RECORD_SEARCH = 22 + 65535
-#: the end record's member count of a zip64 archive, whose real count zipfile reads from the zip64 record
-ZIP64_ENTRIES = 0xFFFF
 REQUIRED = ("format", "format_version", "sizes", "activation", "output", "cost", "dtype", "params")
+OPTIONAL = ("builtin_cost", "metadata", "shuffle_rng", "optimizer")
+OPTIMIZER_PREFIX = "optimizer."
+#: the optimizer's state buffers, and what a checkpoint adds (``gpubp.checkpoint``)
+KNOWN_PREFIXES = (OPTIMIZER_PREFIX, "checkpoint.")
 
 
 def save(net: Any, path: str | os.PathLike) -> None:
@@ -60,10 +65,11 @@ def model_fields(net: Any, params: Any = None, optimizer_state: dict[str, Any] |
     return arrays
 
 
-def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], temp_prefix: str = ".gpubp-") -> None:
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], temp_prefix: str = ".gpubp-",
+              replace: bool = True) -> None:
     """``np.savez`` to ``path`` through ``gpubp.files.write_atomically``: the old ``path`` stays intact until
     the new file is complete and fsynced; a special file such as ``/dev/null`` is written into."""
-    write_atomically(path, npz_writer(arrays), temp_prefix=temp_prefix)
+    write_atomically(path, npz_writer(arrays), temp_prefix=temp_prefix, replace=replace)
 
 
 def npz_writer(arrays: dict[str, np.ndarray]):
@@ -101,12 +107,10 @@ def load(path: str | os.PathLike, device: str | None = None, cost: Cost | Any = 
 
 
 def model_description(fields: dict[str, np.ndarray], name: str) -> dict[str, Any]:
-    """sizes, activation, output, cost and dtype as stored (ValueError if a field has the wrong type)."""
+    """sizes, activation, output, cost and dtype of fields that ``check_model_fields`` accepted (ValueError if
+    a text field has the wrong type)."""
     description = {key: text_field(fields, key, name) for key in ("activation", "output", "cost", "dtype")}
-    sizes = fields["sizes"]
-    if sizes.dtype.kind not in "iu" or sizes.ndim != 1:
-        raise ValueError(f"{name} is damaged: field 'sizes' is not a vector of integers")
-    return {"sizes": [int(s) for s in sizes], **description}
+    return {"sizes": [int(s) for s in fields["sizes"]], **description}
 
 
 def text_field(fields: dict[str, np.ndarray], key: str, name: str) -> str:
@@ -118,84 +122,89 @@ def text_field(fields: dict[str, np.ndarray], key: str, name: str) -> str:
 
 
 def restore_fields(net: Any, fields: dict[str, np.ndarray], name: str) -> None:
-    """Parameters and training state from a model file's fields into ``net`` (of the same description);
-    ValueError naming ``name`` if they do not fit."""
+    """Parameters and training state from a model file's fields (accepted by ``check_model_fields``) into
+    ``net`` (of the same description); ValueError naming ``name`` if they do not fit."""
     params = fields["params"]
     if params.shape != net.parameters().shape:
         raise ValueError(f"{name} is damaged: {params.size} parameters stored, sizes {net.sizes} need "
                          f"{net.parameters().size}")
-    if not np.isfinite(params).all():
-        raise ValueError(f"{name} holds NaN or infinite parameters")
     net._load_parameters(params)
-    _restore_training_state(net, fields, name)
+    net.metadata = model_metadata(fields, name, net.sizes[0])
+    rng = shuffle_generator(fields, name)
+    if rng is not None:
+        net._shuffle_rng = rng
+    if "optimizer" in fields:
+        optimizer = net._optimizer_for(optimizer_name(str(fields["optimizer"])), lr=1e-3, momentum=0.9,
+                                       weight_decay=0.0)
+        state = {k[len(OPTIMIZER_PREFIX):]: v for k, v in fields.items() if k.startswith(OPTIMIZER_PREFIX)}
+        try:
+            optimizer.load_state_dict(state)
+        except ValueError as exc:
+            raise ValueError(f"{name} holds a damaged training state: {exc}") from exc
 
 
-def _restore_training_state(net: Any, fields: dict[str, np.ndarray], name: str) -> None:
-    """Format 2's metadata, shuffle generator and optimizer state into ``net`` (ValueError if damaged)."""
+def model_metadata(fields: dict[str, np.ndarray], name: str, width: int) -> dict[str, Any]:
+    """The metadata stored in ``fields`` ({} when none) of a model taking ``width`` inputs; ValueError naming
+    the file and the key whose value is damaged (see ``gpubp.metadata``)."""
+    if "metadata" not in fields:
+        return {}
+    metadata = _json_field(fields, "metadata", name)
     try:
-        metadata = json.loads(str(fields.get("metadata", "{}")))
-        if not isinstance(metadata, dict):
-            raise ValueError("metadata is not a JSON object")
-        rng_state = str(fields.get("shuffle_rng", ""))
-        if rng_state:
-            rng = np.random.default_rng()
-            rng.bit_generator.state = json.loads(rng_state)
-            net._shuffle_rng = rng
-        net.metadata = metadata
-        if "optimizer" in fields:
-            optimizer = net._optimizer_for(optimizer_name(str(fields["optimizer"])), lr=1e-3, momentum=0.9,
-                                           weight_decay=0.0)
-            prefix = "optimizer."
-            optimizer.load_state_dict({k[len(prefix):]: v for k, v in fields.items() if k.startswith(prefix)})
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-        raise ValueError(f"{name} holds a damaged training state: {exc}") from exc
+        check_metadata(metadata, width)
+    except ValueError as exc:
+        raise ValueError(f"{name} is damaged: {exc}") from exc
+    return metadata
+
+
+def shuffle_generator(fields: dict[str, np.ndarray], name: str) -> np.random.Generator | None:
+    """The shuffle generator whose state ``fields`` hold (None when none); ValueError if it is damaged."""
+    if "shuffle_rng" not in fields or not text_field(fields, "shuffle_rng", name):
+        return None
+    state = _json_field(fields, "shuffle_rng", name)
+    rng = np.random.default_rng()
+    try:
+        rng.bit_generator.state = state
+    except (TypeError, KeyError, OverflowError, ValueError) as exc:
+        raise ValueError(f"{name} is damaged: field 'shuffle_rng' is not a generator state ({exc})") from exc
+    return rng
+
+
+def _json_field(fields: dict[str, np.ndarray], key: str, name: str) -> Any:
+    """The JSON value stored as text in field ``key``; ValueError if it is not JSON (NaN and Infinity are
+    not) or is nested deeper than Python's parser goes."""
+    try:
+        return json.loads(text_field(fields, key, name), parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError(f"{name} is damaged: field {key!r} holds JSON nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name} is damaged: field {key!r} is not JSON ({exc})") from exc
+
+
+def _refuse_constant(constant: str) -> None:
+    raise json.JSONDecodeError(f"{constant} is not JSON", constant, 0)
+
+
+def known_field(key: str) -> bool:
+    """Whether a model or checkpoint file uses the field called ``key`` (others are not read)."""
+    return key in REQUIRED or key in OPTIONAL or key.startswith(KNOWN_PREFIXES)
 
 
 def read_npz(source: str | bytes, name: str, kind: str = "gpubp model file") -> dict[str, np.ndarray]:
-    """Every array of the .npz file at ``source`` (a path, or the file's bytes); ``name`` is how messages
-    call it and ``kind`` what it should be. Strict: each member's CRC-32 is checked, pickled data is
-    refused, and whatever the zip or .npy parser raises on damaged bytes becomes a ValueError saying what
-    is wrong."""
-    stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # OSError as is
-    fields: dict[str, np.ndarray] = {}
-    with stream:
-        try:
-            if stream.read(1) == b"\x80":
-                raise ValueError("it is a Python pickle, which gpubp never reads")
-            stream.seek(0)
-            with zipfile.ZipFile(stream) as archive:
-                declared = _declared_entries(stream)
-                if declared != ZIP64_ENTRIES and len(archive.infolist()) != declared:
-                    raise ValueError(f"its central directory lists {len(archive.infolist())} members where "
-                                     f"the end record declares {declared}")
-                for member in archive.infolist():
-                    key = member.filename.removesuffix(".npy")
-                    if key == member.filename or key in fields:
-                        raise ValueError(f"member {member.filename!r} is not a distinct .npy array")
-                    data = io.BytesIO(archive.read(member))  # checks the CRC-32 of the whole member
-                    fields[key] = np.lib.format.read_array(data, allow_pickle=False)
-                    if data.read(1):
-                        raise ValueError(f"member {member.filename!r} has bytes after its array")
-        except Exception as exc:  # damaged bytes make zipfile and numpy raise many types: all "unreadable"
-            raise ValueError(f"{name} is not a readable {kind} ({type(exc).__name__}: {exc})") from exc
-    return fields
-
-
-def _declared_entries(stream: Any) -> int:
-    """The member count in a zip's end-of-central-directory record (zipfile does not check it; a damaged
-    directory would silently lose members)."""
-    stream.seek(0, os.SEEK_END)
-    size = stream.tell()
-    stream.seek(max(0, size - END_RECORD_SEARCH))
-    tail = stream.read()
-    at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or at + 12 > len(tail):
-        raise ValueError("no end-of-central-directory record")
-    return int.from_bytes(tail[at + 10:at + 12], "little")
+    """The fields of the model or checkpoint file at ``source`` (a path, or the file's bytes); ``name`` is how
+    messages call it and ``kind`` what it should be. Read by ``gpubp.npzfile``: strict (CRC-32, the zip
+    directory, exact .npy sizes, no pickle) and bounded by what the file declares; fields that no model or
+    checkpoint uses are checked but not read. ValueError saying what is wrong; OSError as is."""
+    try:
+        return npzfile.read(source, keep=known_field)
+    except ValueError as exc:
+        raise ValueError(f"{name} is not a readable {kind}: {exc}") from exc
 
 
 def check_model_fields(fields: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
-    """``fields`` if they are a gpubp model of a version this gpubp reads; ValueError otherwise."""
+    """``fields`` if they are a gpubp model of a version this gpubp reads whose parts agree: the parameter
+    count with the layer sizes, the optimizer state with the parameters, the metadata and shuffle state
+    well-formed. Checked before anything proportional to the claimed sizes is allocated; ValueError naming
+    the file and the field otherwise."""
     missing = [k for k in REQUIRED if k not in fields]
     if missing:
         raise ValueError(f"{name} is not a gpubp model file (missing fields {missing})")
@@ -207,6 +216,33 @@ def check_model_fields(fields: dict[str, np.ndarray], name: str) -> dict[str, np
     if int(version) > FORMAT_VERSION:
         raise ValueError(f"{name} uses format version {int(version)}; this gpubp reads up to "
                          f"{FORMAT_VERSION}: upgrade gpubp")
-    if fields["params"].dtype.kind != "f" or fields["params"].ndim != 1:
+    params = fields["params"]
+    if params.dtype.kind != "f" or params.ndim != 1:
         raise ValueError(f"{name} is damaged: parameters are not a float vector")
+    sizes = fields["sizes"]
+    if sizes.dtype.kind not in "iu" or sizes.ndim != 1 or len(sizes) < 2 or (sizes < 1).any():
+        raise ValueError(f"{name} is damaged: field 'sizes' is not a vector of at least two positive integers")
+    sizes = [int(s) for s in sizes]
+    needed = sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:]))
+    if params.size != needed:
+        raise ValueError(f"{name} is damaged: {params.size} parameters stored, sizes {sizes} need {needed}")
+    if not np.isfinite(params).all():
+        raise ValueError(f"{name} holds NaN or infinite parameters")
+    _check_optimizer_fields(fields, params.shape, name)
+    model_metadata(fields, name, sizes[0])
+    shuffle_generator(fields, name)
     return fields
+
+
+def _check_optimizer_fields(fields: dict[str, np.ndarray], shape: tuple[int, ...], name: str) -> None:
+    """The optimizer is one gpubp knows, and each of its state buffers is shaped like the parameters."""
+    if "optimizer" not in fields:
+        return
+    try:
+        optimizer_name(text_field(fields, "optimizer", name))
+    except ValueError as exc:
+        raise ValueError(f"{name} holds a damaged training state: {exc}") from exc
+    for key, value in fields.items():
+        if key.startswith(OPTIMIZER_PREFIX) and key != OPTIMIZER_PREFIX + "t" and value.shape != shape:
+            raise ValueError(f"{name} holds a damaged training state: {key} has shape {value.shape}, the "
+                             f"parameters {shape}")

@@ -26,6 +26,12 @@ def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
     return header + array.tobytes()
 
 
+def stored_gzip(data: bytes) -> bytes:
+    """``data`` gzipped without compression: contents this regular would otherwise expand more than the
+    32× that gpubp allows a compressed file (against zip bombs)."""
+    return gzip.compress(data, compresslevel=0)
+
+
 def write_fake_mnist(folder: Path, n_train: int = 10_010, n_test: int = 20, gz: bool = True) -> None:
     """Four MNIST-shaped IDX files of made-up content (image i filled with i % 256, label i % 10)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -36,7 +42,7 @@ def write_fake_mnist(folder: Path, n_train: int = 10_010, n_test: int = 20, gz: 
             data = idx_bytes(array)
             name = f"{prefix}-{kind}-ubyte"
             if gz:
-                (folder / f"{name}.gz").write_bytes(gzip.compress(data, compresslevel=1))
+                (folder / f"{name}.gz").write_bytes(stored_gzip(data))
             else:
                 (folder / name).write_bytes(data)
 
@@ -144,7 +150,7 @@ def test_wrong_shapes_and_mismatched_counts(tmp_path):
     with pytest.raises(ValueError, match="out of range"):
         load_mnist(tmp_path, verify=False)
     images = tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz"
-    images.write_bytes(gzip.compress(idx_bytes(np.zeros((20, 28, 27), np.uint8))))
+    images.write_bytes(stored_gzip(idx_bytes(np.zeros((20, 28, 27), np.uint8))))
     with pytest.raises(ValueError, match=r"shape \(n, 28, 28\)"):
         load_mnist(tmp_path, verify=False)
 
@@ -152,7 +158,7 @@ def test_wrong_shapes_and_mismatched_counts(tmp_path):
 def test_truncated_mnist_file_names_it(tmp_path):
     write_fake_mnist(tmp_path / "mnist")
     path = tmp_path / "mnist" / "train-labels-idx1-ubyte.gz"
-    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-1]))
+    path.write_bytes(stored_gzip(gzip.decompress(path.read_bytes())[:-1]))
     with pytest.raises(ValueError, match="train-labels-idx1-ubyte.gz: IDX file truncated"):
         load_mnist(tmp_path, verify=False)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import DATA_ENV, Dataset, MissingDataError, data_root, finish
-from .idx import decompress, parse_idx
+from .idx import read_idx
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -25,15 +25,6 @@ SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
-#: SHA-256 of known .gz files (the original label files, and images recompressed with ``gzip -9 -n``);
-#: a match skips hashing the decompressed contents.
-SHA256_GZ = {
-    "train-images-idx3-ubyte.gz": "0b367032e93c5d0cea0925647cfdb18614af8ee15f83e6f2fc2ad904a6835971",
-    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-    "t10k-images-idx3-ubyte.gz": "1a1a05eab793c14bb050b398624a11b0ffd1a2953baed553b1b9bd079e2a20be",
-    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-}
-
 IMAGE_SHAPE = (28, 28)
 N_CLASSES = 10
 #: the book's split: the last 10,000 training images are the validation set
@@ -60,13 +51,12 @@ def _find(folder: Path, stem: str) -> Path | None:
 
 
 def _read(path: Path, verify: bool) -> np.ndarray:
-    """The IDX array in ``path``, its SHA-256 checked against MNIST's known sums when ``verify``."""
-    raw = path.read_bytes()
-    data = decompress(path, raw)
-    array = parse_idx(data, str(path))
+    """The IDX array in ``path``, the SHA-256 of its (decompressed) contents checked against MNIST's when
+    ``verify``."""
+    contents = hashlib.sha256() if verify else None
+    array = read_idx(path, contents)
     stem = path.name.removesuffix(".gz")
-    if verify and hashlib.sha256(raw).hexdigest() != SHA256_GZ.get(path.name) \
-            and hashlib.sha256(data).hexdigest() != SHA256[stem]:
+    if verify and contents.hexdigest() != SHA256[stem]:
         raise ValueError(f"{path}: SHA-256 does not match MNIST's {stem} (expected {SHA256[stem]} for the "
                          "decompressed contents); the file is damaged or not MNIST. Replace it, or pass "
                          "verify=False to load it anyway")
@@ -79,6 +69,8 @@ def _pair(folder: Path, images_key: str, labels_key: str, verify: bool) -> tuple
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
         raise ValueError(f"{paths[0]}: expected uint8 images of shape (n, 28, 28), got {images.dtype} "
                          f"{images.shape}")
+    if len(images) == 0:
+        raise ValueError(f"{paths[0]}: no samples (0 rows)")
     if labels.dtype != np.uint8 or labels.ndim != 1 or len(labels) != len(images):
         raise ValueError(f"{paths[1]}: expected {len(images)} uint8 labels (one per image in "
                          f"{paths[0].name}), got {labels.dtype} {labels.shape}")

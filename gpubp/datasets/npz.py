@@ -4,34 +4,29 @@
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from .. import npzfile
 from .dataset import Dataset
 from .prepare import DEFAULT_TEST_FRACTION, SPLIT_SEED, encode_classes, make_dataset, task_of_labels
 
 KERAS_KEYS = ("x_train", "y_train", "x_test", "y_test")
+#: dtype kinds of targets: booleans, integers and text (class labels), floats (regression)
+TARGET_KINDS = "biuUSf"
 
 
 def read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every array in the ``.npz`` (or the one in the ``.npy``, as "X") at ``path``, pickle refused;
-    ValueError naming the file when it is not one or holds Python objects."""
-    path = Path(path)
+    """Every array in the ``.npz`` (or the one in the ``.npy``, as "X") at ``path``, read by
+    ``gpubp.npzfile`` (pickle refused, every read bounded by what the file declares); ValueError naming the
+    file when it is not one, is damaged or holds Python objects."""
     try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            return {"X": data}  # a .npy file
-        with data:
-            return {key: data[key] for key in data.files}
+        return npzfile.read(path, npy_name="X")
     except ValueError as exc:
-        if "pickle" in str(exc):
-            raise ValueError(f"{path}: holds pickled Python objects, which gpubp never loads (allow_pickle="
-                             "False); save plain numeric arrays") from None
-        raise ValueError(f"{path}: not a readable NumPy file ({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise ValueError(f"{path}: not a readable NumPy file ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read it ({exc.strerror or exc})") from None
 
 
 def _get(arrays: dict[str, np.ndarray], *names: str) -> np.ndarray | None:
@@ -65,9 +60,15 @@ def load_npz(path: str | os.PathLike, split: str = "book", test_fraction: float 
         test = None if x_test is None else (x_test, y_test)
     task = task_of_labels(y)
     for features, targets, what in ((X, y, "train"), *(() if test is None else ((*test, "test"),))):
+        for array, part in ((features, "features"), (targets, "targets")):
+            if array.ndim == 0:
+                raise ValueError(f"{path}: the {what} {part} are one value (a 0-d array); expected one row "
+                                 "per sample")
+        if targets.dtype.kind not in TARGET_KINDS:
+            raise ValueError(f"{path}: {what} targets must be numbers or text; found dtype {targets.dtype}")
         if len(features) != len(targets):
             raise ValueError(f"{path}: {len(features)} {what} samples but {len(targets)} targets")
-        if task_of_labels(targets) != task:
+        if task_of_labels(targets) != task or (targets.dtype.kind in "US") != (y.dtype.kind in "US"):
             raise ValueError(f"{path}: training targets are {y.dtype} but test targets {targets.dtype}")
         if task == "classification" and targets.ndim != 1:
             raise ValueError(f"{path}: class labels must be one per sample, shape (n,); got {targets.shape}")

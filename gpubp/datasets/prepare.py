@@ -28,12 +28,17 @@ Pair = tuple[np.ndarray, np.ndarray]
 
 def as_features(array: np.ndarray, dtype: Any, path: str | Path, what: str = "features") -> np.ndarray:
     """``array`` (n, ...) as float rows (n, features): images are flattened, uint8 pixels divided by 255
-    (as for MNIST), everything else kept as is. ValueError naming the file for text, NaN or infinity."""
+    (as for MNIST), everything else kept as is. ValueError naming the file for text, no rows, NaN or
+    infinity."""
     if array.dtype.kind not in "biuf":
         raise ValueError(f"{path}: {what} must be numbers; found dtype {array.dtype}")
     if array.ndim < 2:
         raise ValueError(f"{path}: {what} must have one row per sample, shape (n, features) or images "
                          f"(n, height, width); got shape {array.shape}")
+    if len(array) == 0:
+        raise ValueError(f"{path}: no samples (0 rows)")
+    if array.size == 0:
+        raise ValueError(f"{path}: {what} are empty: shape {array.shape}")
     rows = array.reshape(len(array), -1)
     if array.dtype == np.uint8:
         return np.divide(rows, 255.0, dtype=dtype)

@@ -44,10 +44,10 @@ class Standardization:
             mean = np.asarray(value["mean"], dtype=np.float64)
             std = np.asarray(value["std"], dtype=np.float64)
         except (TypeError, KeyError, ValueError) as exc:
-            raise ValueError(f"the model's standardisation is damaged ({exc})") from exc
+            raise ValueError(f"metadata 'standardization' is damaged ({exc})") from exc
         if mean.shape != (width,) or std.shape != (width,) or not (np.isfinite(mean).all()
                                                                    and np.isfinite(std).all() and (std > 0).all()):
-            raise ValueError(f"the model's standardisation is damaged: expected {width} finite means and "
+            raise ValueError(f"metadata 'standardization' is damaged: expected {width} finite means and "
                              "positive standard deviations")
         return cls(mean, std)
 
