@@ -3,7 +3,8 @@
 Weights of layer l are normal with mean 0 and a standard deviation that suits the layer's activation:
 He, √(2/nᵢₙ), for relu-like activations (relu, leaky_relu, softplus, swish, gelu, mish), and Xavier/Glorot,
 √(2/(nᵢₙ + nₒᵤₜ)), for the rest (sigmoid, tanh, identity, softmax). Biases start at 0. The draws come from
-``numpy.random.default_rng(seed)``, layer by layer, weights before biases, in float64.
+``numpy.random.default_rng(seed)``, layer by layer, weights before biases, in float64, straight into the
+flat vector: its 8 bytes per parameter are all that drawing allocates.
 """
 
 from __future__ import annotations
@@ -24,10 +25,19 @@ def weight_std(activation: Activation, n_in: int, n_out: int) -> float:
     return float(np.sqrt(2.0 / (n_in + n_out)))
 
 
+def parameter_count(sizes: Sequence[int]) -> int:
+    """How many weights and biases a network of layer widths ``sizes`` has."""
+    return sum(n_out * (n_in + 1) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+
+
 def init_parameters(sizes: Sequence[int], activations: Sequence[Activation], seed: int | None) -> np.ndarray:
     """The flat float64 parameter vector: every layer's weights (row-major), then every layer's biases."""
     rng = np.random.default_rng(seed)
-    weights = [rng.normal(0.0, weight_std(act, n_in, n_out), size=(n_out, n_in)).ravel()
-               for n_in, n_out, act in zip(sizes[:-1], sizes[1:], activations)]
-    biases = [np.zeros(n_out) for n_out in sizes[1:]]
-    return np.concatenate(weights + biases)
+    flat = np.zeros(parameter_count(sizes))
+    offset = 0
+    for n_in, n_out, act in zip(sizes[:-1], sizes[1:], activations):
+        weights = flat[offset:offset + n_out * n_in]
+        rng.standard_normal(out=weights)  # the draws of rng.normal(0, std), scaled in place below
+        weights *= weight_std(act, n_in, n_out)
+        offset += n_out * n_in
+    return flat

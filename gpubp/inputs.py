@@ -139,6 +139,13 @@ def positive_int(value: Any, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def seed(value: Any) -> int | None:
+    """A seed of NumPy's generators: None, or an integer >= 0."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0):
+        raise ValueError(f"seed must be an integer >= 0 or None; got {value!r}")
+    return value
+
+
 def positive_float(value: Any, name: str, allow_zero: bool = False, below: float | None = None) -> float:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
     ok = ok and (value >= 0 if allow_zero else value > 0) and (below is None or value < below)

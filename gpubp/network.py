@@ -21,15 +21,21 @@ import numpy as np
 from . import inputs
 from .activations import get_activation
 from .backend import get_ops
+from .backend.ops import host_available_memory
 from .costs import Cost, CrossEntropy, LogLikelihood, get_cost
-from .initializers import init_parameters
+from .initializers import init_parameters, parameter_count
 from .metrics import METRICS, accuracy, regression_metrics
-from .optimizers import Optimizer, make_optimizer
+from .optimizers import OPTIMIZERS, Optimizer, make_optimizer, optimizer_name
+from .units import bytes_text
 
 Array = Any
 DTYPES = ("float32", "float64")
 #: rows per chunk when forward/loss/evaluate run over a large data set
 EVAL_CHUNK = 8192
+#: the device whose memory is the host's
+HOST = "cpu"
+#: what a memory check is given: (where, bytes, what for) per array
+Needs = list[tuple[str, int, str]]
 
 
 class ParameterList(list):
@@ -79,9 +85,7 @@ class Network:
             raise ValueError("the cross_entropy cost needs outputs in (0, 1): use output='sigmoid' or "
                              f"'softmax'; got output={self.output.name!r}")
         self.dtype = _check_dtype(dtype)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise ValueError(f"seed must be an int or None; got {seed!r}")
-        self.seed = seed
+        self.seed = inputs.seed(seed)
         self.ops = get_ops(device)
         self.history: dict[str, list] = {}
         #: what an application of the model needs besides its parameters (JSON values; saved with it)
@@ -89,6 +93,8 @@ class Network:
         self._optimizer: Optimizer | None = None
         #: the shuffle generator of the last ``fit``; a later ``fit`` without ``seed`` continues it
         self._shuffle_rng: np.random.Generator | None = None
+        self._check_memory(self._construction_needs(),
+                           f"sizes {self.sizes} need {parameter_count(self.sizes):,} parameters: ")
         self._load_parameters(init_parameters(self.sizes, self.layer_activations, seed))
 
     # ---- parameters -------------------------------------------------------------------------------
@@ -142,6 +148,49 @@ class Network:
             self._optimizer_for(optimizer.name, optimizer.lr, optimizer.momentum, optimizer.weight_decay)
             self._optimizer.load_state_dict(state)
         return self
+
+    # ---- memory -----------------------------------------------------------------------------------
+    def _construction_needs(self) -> Needs:
+        """What constructing the network allocates: the parameters and their gradients in the dtype on the
+        device, and on the host their float64 initial values (gpubp.initializers) and, for a GPU, their cast
+        to the dtype that is uploaded. On the CPU the cast (in float64 the initial values themselves) is
+        the parameter buffer."""
+        n, size, dtype, device = parameter_count(self.sizes), self.dtype.itemsize, self.dtype.name, self.device
+        needs = [(device, n * size, f"the {dtype} parameters"), (device, n * size, "their gradients")]
+        if device != HOST or dtype != "float64":
+            needs.append((HOST, 8 * n, "their float64 initial values"))
+        if device != HOST and dtype != "float64":
+            needs.append((HOST, n * size, f"their {dtype} copy uploaded to {device}"))
+        return needs
+
+    def _check_memory(self, needs: Needs, lead: str) -> None:
+        """ValueError, before any of ``needs`` is allocated, when they exceed the memory available where they
+        go: the device's, as its backend says, and the host's. ``lead`` starts the message."""
+        for place in dict.fromkeys(where for where, _, _ in needs):
+            items = [(size, what) for where, size, what in needs if where == place]
+            total = sum(size for size, _ in items)
+            available = self.ops.available_memory() if place == self.device else host_available_memory()
+            if available is not None and total > available:
+                parts = ", ".join(f"{what} ({bytes_text(size)})" for size, what in items)
+                raise ValueError(f"{lead}{bytes_text(total)} on {place} for {parts}, but {place} has "
+                                 f"{bytes_text(available)} available")
+
+    def check_fit_memory(self, optimizer: str, batch_size: int, data_bytes: int = 0) -> None:
+        """ValueError when the largest arrays ``fit`` allocates besides the network's cannot fit on its device:
+        the optimizer's state (unless the kept optimizer of that name holds it), the copy of the parameters
+        and that state taken at each epoch's start (to undo a diverged epoch), zˡ, aˡ and δˡ of one batch, and
+        ``data_bytes``, the shuffled copy of the training data (0 without shuffling). For the trainer to call
+        once the data is on the device, before it allocates."""
+        name = optimizer_name(optimizer)
+        n, size, device = parameter_count(self.sizes), self.dtype.itemsize, self.device
+        buffers = len(OPTIMIZERS[name].buffers)
+        needs = [] if buffers == 0 or (self._optimizer is not None and self._optimizer.name == name) else \
+            [(device, buffers * n * size, f"the {name} state")]
+        needs += [(device, (1 + buffers) * n * size, "the copy taken at each epoch's start"),
+                  (device, 3 * batch_size * sum(self.sizes[1:]) * size, "a batch's zˡ, aˡ and δˡ")]
+        if data_bytes:
+            needs.append((device, data_bytes, "the shuffled copy of the data"))
+        self._check_memory(needs, f"fit with {name}, batch size {batch_size}, on sizes {self.sizes} needs ")
 
     # ---- optimizer state --------------------------------------------------------------------------
     @property

@@ -17,7 +17,7 @@ from .datasets.idx import read_idx
 from .datasets.npz import read_arrays
 from .datasets.prepare import as_features
 from .datasets.standardize import Standardization
-from .datasets.table import read_table
+from .datasets.table import names_text, read_table
 from .files import write_atomically
 
 #: array names read from an .npz, in order of preference (else its only array)
@@ -56,13 +56,14 @@ def _csv_features(path: Path, names: list[str] | None, target: str | None, width
         if len(given) != width:
             raise ValueError(f"{path}: {len(given)} feature columns, but the model takes {width}")
         return table.numeric(given)
-    missing = [name for name in names if name not in table.header]
-    unexpected = [name for name in given if name not in names]
+    expected = set(names)
+    missing = [name for name in names if name not in table.positions]
+    unexpected = [name for name in given if name not in expected]
     if missing or unexpected:
-        problems = ([f"missing {', '.join(missing)}"] if missing else []) + \
-            ([f"unexpected {', '.join(unexpected)}"] if unexpected else [])
+        problems = ([f"missing {names_text(missing)}"] if missing else []) + \
+            ([f"unexpected {names_text(unexpected)}"] if unexpected else [])
         raise ValueError(f"{path}: columns do not match the model's features ({'; '.join(problems)}); the "
-                         f"model takes {', '.join(names)}")
+                         f"model takes {names_text(names)}")
     return table.numeric(names)
 
 

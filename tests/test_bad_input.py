@@ -51,6 +51,8 @@ def test_dtype_seed_device():
     assert gpubp.Network([2, 2], dtype=np.float64, device="cpu").dtype == np.float64
     with pytest.raises(ValueError, match="seed must be an int"):
         gpubp.Network([2, 2], seed=1.5, device="cpu")
+    with pytest.raises(ValueError, match="seed must be an integer >= 0 or None; got -1"):
+        gpubp.Network([2, 2], seed=-1, device="cpu")
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         gpubp.Network([2, 2], device="tpu")
     with pytest.raises(ValueError, match="unknown device"):
@@ -122,7 +124,8 @@ def test_labels_out_of_range(net):
     ({"lr": -0.1}, "lr must be"), ({"lr": float("nan")}, "lr must be"), ({"epochs": -1}, "epochs must be"),
     ({"momentum": 1.0}, "momentum must be"), ({"weight_decay": -1e-3}, "weight_decay must be"),
     ({"validation_data": (np.zeros((2, 4)),)}, "validation_data must be a pair"),
-    ({"callbacks": [1]}, "callbacks must be callables"), ({"seed": "x"}, "seed must be an int")])
+    ({"callbacks": [1]}, "callbacks must be callables"), ({"seed": "x"}, "seed must be an int"),
+    ({"seed": -1}, "seed must be an integer >= 0 or None; got -1")])
 def test_fit_arguments(net, kwargs, match):
     args = dict(epochs=1, batch_size=2, lr=0.1)
     args.update(kwargs)

@@ -76,6 +76,12 @@ class CupyOps(Ops):
     def to_numpy(self, x: Any) -> np.ndarray:
         return cupy.asnumpy(x)
 
+    def available_memory(self) -> int:
+        """The GPU's free bytes (cudaMemGetInfo) plus those CuPy's memory pool holds unused there."""
+        with self._on_device():
+            free, _ = cupy.cuda.runtime.memGetInfo()
+            return free + cupy.get_default_memory_pool().free_bytes()
+
     def empty(self, shape: Any, dtype: Any) -> Array:
         with self._on_device():
             return cupy.empty(shape, dtype=dtype)

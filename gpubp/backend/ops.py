@@ -14,6 +14,7 @@ label vector (batch,) meaning one-hot targets that are never built in memory.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Iterator
 
 import numpy as np
@@ -22,6 +23,22 @@ from ..activations import Activation
 from ..costs import LOG_EPS, Cost, CrossEntropy, LogLikelihood, Quadratic
 
 Array = Any
+
+
+def host_available_memory() -> int | None:
+    """Bytes of host memory that new allocations can take: Linux's MemAvailable (/proc/meminfo), else the
+    free physical pages (os.sysconf), else None (unknown)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # in kB
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no os.sysconf (Windows) or no such name (macOS)
+        return None
 
 
 class Ops:
@@ -41,6 +58,10 @@ class Ops:
 
     def to_numpy(self, x: Any) -> np.ndarray:
         return np.asarray(x)
+
+    def available_memory(self) -> int | None:
+        """Bytes that new arrays on this backend's device can take now; None when that is unknown."""
+        return host_available_memory()
 
     def empty(self, shape: Any, dtype: Any) -> Array:
         return self.xp.empty(shape, dtype=dtype)

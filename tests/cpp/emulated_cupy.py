@@ -9,7 +9,8 @@ matmul, fill, astype, indexed read or assignment on an array of another device t
 ValueError ("... Peer access is unavailable between these devices."), and a kernel launched with an
 argument from another device, or while another device is current than the one its module was loaded on,
 fails as the CUDA driver would. Copies (``cupy.asarray``, ``.copy()``) and ``get``/``asnumpy`` work across
-devices, as in CuPy.
+devices, as in CuPy. Each device has ``GPU_MEMORY`` bytes, of which ``cuda.runtime.memGetInfo()`` reports
+those its live arrays leave free; ``get_default_memory_pool().free_bytes()`` is ``POOL_FREE_BYTES``.
 
 Kernels. ``RawModule(code=..., options=...)`` compiles the source it is given (as NVRTC would get it;
 ``-D`` options are honoured) with g++ and tests/cpp/cuda_emulator.h into a shared library, cached on disk
@@ -62,6 +63,9 @@ HEADERS_MISSING_MESSAGE = ("Failed to find CUDA headers. Please install the CUDA
 CUBLAS_MISSING_MESSAGE = ("CuPy failed to load libcublas.so.13: OSError: libcublas.so.13: cannot open shared "
                           "object file: No such file or directory")
 ENV_BUILD, ENV_MISSING = "GPUBP_EMULATED_CUPY_BUILD", "GPUBP_EMULATED_CUPY_MISSING"
+#: the memory of each emulated GPU, and the bytes the emulated memory pool holds unused (tests may set them)
+GPU_MEMORY = 16 * 10**9
+POOL_FREE_BYTES = 0
 __version__ = "14.2.0 (emulated)"
 
 
@@ -165,10 +169,16 @@ def _set_device(device: int) -> None:
     _thread.device = _check_ordinal(device)
 
 
+def _mem_get_info() -> tuple[int, int]:
+    """cudaMemGetInfo: (free, total) bytes of the current device, its live arrays taken from GPU_MEMORY."""
+    used = sum(size for size, device in list(_allocations.values()) if device == _current())
+    return GPU_MEMORY - used, GPU_MEMORY
+
+
 runtime = types.SimpleNamespace(
     cudaDevAttrMultiProcessorCount=16, CUDARuntimeError=CUDARuntimeError, getDevice=_current,
     setDevice=_set_device, getDeviceCount=lambda: len(_visible()), deviceGetAttribute=_device_attribute,
-    getDeviceProperties=_device_properties, runtimeGetVersion=lambda: 13000)
+    getDeviceProperties=_device_properties, runtimeGetVersion=lambda: 13000, memGetInfo=_mem_get_info)
 
 
 # ---- arrays -------------------------------------------------------------------------------------------
@@ -338,6 +348,20 @@ def asnumpy(x):
 def ascontiguousarray(x, dtype=None):
     _peer_check([x], "cupy.ascontiguousarray")
     return _wrap(np.ascontiguousarray(x, dtype=dtype))
+
+
+class _MemoryPool:
+    """cupy.get_default_memory_pool(): it holds POOL_FREE_BYTES unused on every device."""
+
+    def free_bytes(self) -> int:
+        return POOL_FREE_BYTES
+
+
+_memory_pool = _MemoryPool()
+
+
+def get_default_memory_pool() -> _MemoryPool:
+    return _memory_pool
 
 
 def get_array_module(*args):
