@@ -7,43 +7,64 @@ metadata; ``gpubp.load`` reads it as a model) plus the run it belongs to:
     checkpoint.epoch                        epochs completed (the state is the one at the end of that epoch)
     checkpoint.finished                     the run ended (its last epoch, or a callback stopped it)
     checkpoint.run                          JSON: data size and the fit arguments that must match to resume
+    checkpoint.run_id                       16 hex digits naming the run (absent in older checkpoints)
     checkpoint.history.<key>                float64, one value per completed epoch
 
-``DIR/ckpt-<epoch, 6 digits>.npz`` is written atomically (temp file, fsync, rename, fsync of DIR) and the
-previous checkpoint is deleted only after the new one is complete, so a crash at any moment leaves at
-least one good checkpoint. Under distributed training rank 0 reads and writes; the other ranks receive
-the bytes of the checkpoint rank 0 chose, so every rank resumes from the same one.
+``DIR/ckpt-<epoch, 6 digits>.npz`` (``ckpt-<epoch>-<run id>.npz`` when that name is taken by a file that is
+not the run's) is written atomically (temp file, fsync, rename, fsync of DIR) and the previous checkpoint is
+deleted only after the new one is complete, so a crash at any moment leaves at least one good checkpoint.
+
+A run holds an exclusive lock on DIR (``flock`` on DIR/.ckpt.lock, which records its pid and run id) and
+deletes or overwrites only its own files: checkpoints holding its run id, and temp files named with it. A
+resume continues the run id of the checkpoint it resumes from; a fresh run draws a new one. Under
+distributed training rank 0 locks, reads and writes; the other ranks receive the bytes of the checkpoint
+rank 0 chose, so every rank resumes from the same one.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import re
+import secrets
+import stat
 import sys
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
 
-from .files import fsync_folder
+from .files import fsync_folder, written_size
 from .optimizers import OPTIMIZERS
-from .serialization import (check_model_fields, model_description, model_fields, read_npz,
+from .serialization import (check_model_fields, model_description, model_fields, npz_writer, read_npz,
                             restore_fields, text_field, write_npz)
 
 FORMAT = "gpubp-checkpoint"
 VERSION = 1
-#: DIR/ckpt-000012.npz holds the state at the end of epoch 12
-FILE_NAME = re.compile(r"ckpt-(\d{6,})\.npz")
-#: temp files of a write in progress (left behind by a crash; removed when a run opens DIR)
+#: DIR/ckpt-000012.npz holds the state at the end of epoch 12; DIR/ckpt-000012-<run id>.npz too, written
+#: under that name when the first one is taken by a file that is not the run's
+FILE_NAME = re.compile(r"ckpt-(\d{6,})(?:-([0-9a-f]{16}))?\.npz")
+RUN_ID = re.compile(r"[0-9a-f]{16}")
+#: temp files of a write in progress are named ``.ckpt-<run id>-….tmp``
 TEMP_PREFIX = ".ckpt-"
-#: complete checkpoints kept: the newest and the one before it
+#: the lock file of a run using DIR, and what it holds (run=- until the run id is known)
+LOCK_NAME = ".ckpt.lock"
+LOCK_CONTENT = re.compile(r"gpubp-checkpoint-lock pid=(\d+) run=([0-9a-f]{16}|-)\n")
+#: no gpubp lock file is longer; a longer one is not gpubp's
+LOCK_BYTES = 256
+#: complete checkpoints of the run kept: the newest and the one before it
 KEEP = 2
-#: bytes beyond the arrays that a checkpoint needs (zip and .npy headers, JSON, history)
-OVERHEAD_BYTES = 1 << 16
+#: the largest member read when telling a run's checkpoints from other files (checkpoint.run_id, .epoch)
+STAMP_BYTES = 4096
+#: a shuffle generator state (NumPy's PCG64, what default_rng makes) with every number at its longest: no
+#: state's JSON is longer, so a checkpoint holding it is as large as one can be
+LONGEST_SHUFFLE_STATE = {"bit_generator": "PCG64", "state": {"state": 2**128 - 1, "inc": 2**128 - 1},
+                         "has_uint32": 1, "uinteger": 2**32 - 1}
 
 
 class CheckpointWarning(UserWarning):
@@ -51,7 +72,8 @@ class CheckpointWarning(UserWarning):
 
 
 class CheckpointDirectoryError(OSError, ValueError):
-    """The checkpoint directory cannot be written (found by the probe write before training starts)."""
+    """The checkpoint directory cannot be used: it cannot be written (found by the probe write before
+    training starts), or another run holds it."""
 
 
 @dataclass
@@ -64,10 +86,13 @@ class Checkpoint:
     run: dict[str, Any]
     history: dict[str, list[float]]
     fields: dict[str, np.ndarray]
+    run_id: str | None = None
 
 
-def checkpoint_path(directory: str | os.PathLike, epoch: int) -> str:
-    return os.path.join(os.fspath(directory), f"ckpt-{epoch:06d}.npz")
+def checkpoint_path(directory: str | os.PathLike, epoch: int, run_id: str | None = None) -> str:
+    """DIR/ckpt-<epoch>.npz, or DIR/ckpt-<epoch>-<run id>.npz."""
+    suffix = "" if run_id is None else f"-{run_id}"
+    return os.path.join(os.fspath(directory), f"ckpt-{epoch:06d}{suffix}.npz")
 
 
 def read_checkpoint(source: str | os.PathLike | bytes, name: str | None = None) -> Checkpoint:
@@ -92,10 +117,16 @@ def read_checkpoint(source: str | os.PathLike | bytes, name: str | None = None) 
         raise ValueError(f"{name} is damaged: checkpoint.finished is not a boolean")
     try:
         run = json.loads(text_field(fields, "checkpoint.run", name))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{name} is damaged: checkpoint.run is not JSON ({exc})") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
+        raise ValueError(f"{name} is damaged: checkpoint.run is not JSON ({type(exc).__name__}: {exc})") \
+            from exc
     if not isinstance(run, dict) or not isinstance(run.get("epochs"), int):
         raise ValueError(f"{name} is damaged: checkpoint.run does not describe a run")
+    run_id = None
+    if "checkpoint.run_id" in fields:
+        run_id = text_field(fields, "checkpoint.run_id", name)
+        if not RUN_ID.fullmatch(run_id):
+            raise ValueError(f"{name} is damaged: checkpoint.run_id is not 16 hex digits")
     history = {}
     prefix = "checkpoint.history."
     for key in (k for k in fields if k.startswith(prefix)):
@@ -106,43 +137,55 @@ def read_checkpoint(source: str | os.PathLike | bytes, name: str | None = None) 
     if "loss" not in history:
         raise ValueError(f"{name} is damaged: it has no loss history")
     _check_restorable(fields, name)
-    return Checkpoint(name, epoch, bool(finished), run, history, fields)
+    return Checkpoint(name, epoch, bool(finished), run, history, fields, run_id)
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> Checkpoint | None:
     """The newest good checkpoint in ``directory`` (None if there is none). Every checkpoint file found
     damaged on the way, and files that are not checkpoints, are reported on stderr and as a
     CheckpointWarning."""
-    found = _newest_good(os.fspath(directory))
+    directory = os.fspath(directory)
+    if os.path.isdir(directory):
+        _report_others(directory)
+    found = _newest_good(directory)
     return None if found is None else read_checkpoint(found[1], found[0])
 
 
 class Checkpointer:
-    """The checkpoints of one ``fit`` call: opens DIR before training (probe write, resume), writes every
-    ``every`` epochs, at the end, and when training is interrupted."""
+    """The checkpoints of one ``fit`` call: opens DIR before training (lock, probe write, resume), writes
+    every ``every`` epochs, at the end, and when training is interrupted; ``close`` releases DIR."""
 
     def __init__(self, directory: str | os.PathLike, every: int, comm: Any = None) -> None:
-        if not isinstance(directory, (str, os.PathLike)):
-            raise ValueError(f"checkpoint must be a directory path (str or os.PathLike); got {directory!r}")
+        if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
+            raise ValueError(f"checkpoint must be a directory path (str or os.PathLike, not empty); got "
+                             f"{directory!r}")
         self.directory = os.path.abspath(os.fspath(directory))
         self.every = every
         self.comm = comm
         self.main_rank = comm is None or comm.rank == 0
         #: the epoch of the newest checkpoint in DIR that this run wrote or resumed from
         self.last_written = 0
+        #: rank 0, once open: the run id, and this run's checkpoint files (path → epoch), the only files
+        #: besides its temp files that it may delete or overwrite
+        self.run_id: str | None = None
+        self.files: dict[str, int] = {}
+        self._lock_fd: int | None = None
 
-    def open(self, net: Any, optimizer: str, run: dict[str, Any]) -> Checkpoint | None:
-        """Before training: make DIR, probe that a checkpoint fits, and find the newest good checkpoint.
-        If there is one, it must be of this run (else ValueError naming the differences); it is restored
-        into ``net`` and returned."""
-        size = net.parameters().nbytes * (1 + len(OPTIMIZERS[optimizer].buffers)) + OVERHEAD_BYTES
-
-        def probe_and_find() -> bytes:
-            self._probe(size)
+    def open(self, net: Any, optimizer: str, run: dict[str, Any],
+             history_keys: Iterable[str]) -> Checkpoint | None:
+        """Before training: make and lock DIR, find the newest good checkpoint, and probe that the largest
+        checkpoint of this run fits. If there is one, it must be of this run (else ValueError naming the
+        differences); it is restored into ``net`` and returned. ``close`` must follow, whatever happens."""
+        def lock_probe_and_find() -> bytes:
+            self._make_directory()
+            self._lock()
             found = _newest_good(self.directory)
+            self._start_run(found[2] if found is not None and found[2] is not None else secrets.token_hex(8))
+            self._probe(written_size(npz_writer(_largest_arrays(net, optimizer, run, history_keys))))
+            _report_others(self.directory)
             return b"" if found is None else found[0].encode() + b"\0" + found[1]
 
-        shared = _from_rank0(self.comm, probe_and_find)
+        shared = _from_rank0(self.comm, lock_probe_and_find)
         if not shared:
             return None
         name, data = shared.split(b"\0", 1)
@@ -150,8 +193,8 @@ class Checkpointer:
         differences = _differences(checkpoint, net, run)
         if differences:
             raise ValueError(f"{checkpoint.name} belongs to a different training run "
-                             f"({'; '.join(differences)}); nothing was changed. Use another checkpoint directory than {self.directory}, "
-                             "or delete it to start afresh")
+                             f"({'; '.join(differences)}); nothing was changed. Use another checkpoint "
+                             f"directory than {self.directory}, or delete it to start afresh")
         if checkpoint.epoch > run["epochs"]:
             raise ValueError(f"{checkpoint.name} has reached epoch {checkpoint.epoch}, past the epochs="
                              f"{run['epochs']} asked for: ask for epochs >= {checkpoint.epoch} to continue "
@@ -159,6 +202,21 @@ class Checkpointer:
         restore_fields(net, checkpoint.fields, checkpoint.name)
         self.last_written = checkpoint.epoch
         return checkpoint
+
+    def close(self) -> None:
+        """Release DIR: delete the lock file while still holding the lock (so that no other run can lock a
+        file that is gone), then unlock. Nothing to do when DIR is not locked."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is None:
+            return
+        path = os.path.join(self.directory, LOCK_NAME)
+        try:
+            if _same_file(fd, path):
+                os.unlink(path)
+        except OSError:
+            pass  # a lock file left behind blocks no run: the lock itself goes with the descriptor
+        finally:
+            os.close(fd)
 
     def complete(self, checkpoint: Checkpoint, epochs: int) -> bool:
         """Whether the run of ``checkpoint`` has nothing left to do for ``epochs`` epochs: it reached them,
@@ -170,48 +228,131 @@ class Checkpointer:
               params: Any = None, optimizer_state: dict[str, Any] | None = None,
               shuffle_state: dict | None = None) -> None:
         """Write the state at the end of ``epoch`` (the net's own, or the given arrays of that moment), then
-        delete checkpoints older than the previous one. Only rank 0 writes."""
+        delete this run's checkpoints older than the previous one. Only rank 0 writes."""
         if not self.main_rank:
             return
         arrays = model_fields(net, params, optimizer_state, shuffle_state)
-        arrays.update({
-            "checkpoint.format": np.array(FORMAT), "checkpoint.version": np.array(VERSION),
-            "checkpoint.epoch": np.array(epoch, dtype=np.int64), "checkpoint.finished": np.array(finished),
-            "checkpoint.run": np.array(json.dumps(run, allow_nan=False)),
-        })
-        arrays.update({f"checkpoint.history.{k}": np.array(v[:epoch], dtype=np.float64)
-                       for k, v in history.items()})
-        write_npz(checkpoint_path(self.directory, epoch), arrays, temp_prefix=TEMP_PREFIX)
+        arrays.update(_run_arrays(epoch, history, run, finished, self.run_id))
+        path = self._path(epoch)
+        # a name that is not yet this run's is never written over, even if a file appeared there since
+        write_npz(path, arrays, temp_prefix=f"{TEMP_PREFIX}{self.run_id}-", replace=path in self.files)
+        self.files[path] = epoch
         self.last_written = epoch
-        older = sorted(e for e, _ in _checkpoint_files(self.directory) if e < epoch)
-        for stale in older[:max(0, len(older) - (KEEP - 1))]:
-            _remove(checkpoint_path(self.directory, stale))
+        older = sorted((e, p) for p, e in self.files.items() if e < epoch)
+        for _, stale in older[:max(0, len(older) - (KEEP - 1))]:
+            _remove(stale)
+            del self.files[stale]
 
-    def _probe(self, size: int) -> None:
-        """Make DIR, clear the temp files of crashed writes, and write (then delete) a file as large as a
-        checkpoint: CheckpointDirectoryError if DIR cannot take one."""
-        what = f"cannot write checkpoints to {self.directory}"
+    def _names(self, epoch: int) -> list[str]:
+        """The names this run may give its checkpoint of ``epoch``."""
+        return [checkpoint_path(self.directory, epoch), checkpoint_path(self.directory, epoch, self.run_id)]
+
+    def _path(self, epoch: int) -> str:
+        """Where this run writes the checkpoint of ``epoch``: over its own file of that epoch, else
+        ckpt-<epoch>.npz, else (that name taken by a file that is not this run's) ckpt-<epoch>-<run id>.npz."""
+        names = self._names(epoch)
+        usable = [p for p in names if p in self.files] + [p for p in names if not os.path.lexists(p)]
+        if not usable:
+            raise FileExistsError(errno.EEXIST, f"cannot write the checkpoint of epoch {epoch}: {names[0]} and "
+                                                f"{names[1]} are files that are not this run's")
+        return usable[0]
+
+    def _make_directory(self) -> None:
         try:
             os.makedirs(self.directory, exist_ok=True)
         except OSError as exc:
-            raise CheckpointDirectoryError(exc.errno, f"{what}: {exc.strerror or exc}") from exc
-        for entry in os.listdir(self.directory):
-            if entry.startswith(TEMP_PREFIX):
-                _remove(os.path.join(self.directory, entry))
+            raise self._error(exc) from exc
+
+    def _lock(self) -> None:
+        """Hold the exclusive lock on DIR with this process's pid in the lock file; if the run that held
+        it before died (its lock file is still there), clear that run's temp files."""
+        path = os.path.join(self.directory, LOCK_NAME)
+        fd = None
+        while fd is None:
+            fd = self._try_lock(path)
+        self._lock_fd = fd
+        previous = LOCK_CONTENT.fullmatch(_lock_content(fd))
+        if previous is not None and previous.group(2) != "-":
+            self._clear_temp_files(previous.group(2))
+        self._write_lock("-")
+
+    def _try_lock(self, path: str) -> int | None:
+        """The lock file ``path`` opened and locked, or None when its holder deleted it meanwhile (lock the
+        new one). CheckpointDirectoryError when another process holds it or it is not gpubp's."""
+        import fcntl  # POSIX; imported here so that gpubp imports where there is none
+
         try:
-            fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX + "probe-", suffix=".tmp", dir=self.directory)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
         except OSError as exc:
-            raise CheckpointDirectoryError(exc.errno, f"{what}: {exc.strerror or exc}") from exc
+            raise self._error(exc, f" (its lock file {path})") from exc
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = LOCK_CONTENT.fullmatch(_lock_content(fd))
+                    raise CheckpointDirectoryError(
+                        errno.EBUSY, f"the checkpoint folder {self.directory} is in use by another gpubp run "
+                                     f"(pid {holder.group(1) if holder else 'unknown'}): one run at a time may "
+                                     "use it; wait for that one to end, or choose another folder") from None
+                if not _same_file(fd, path):
+                    os.close(fd)
+                    return None
+                content = _lock_content(fd)  # read under the lock: no holder is rewriting it
+                if not content or LOCK_CONTENT.fullmatch(content):
+                    return fd
+            raise CheckpointDirectoryError(
+                errno.EEXIST, f"{path} is not a gpubp lock file; gpubp leaves it alone and cannot use the "
+                              f"checkpoint folder {self.directory} while it is there: move it away")
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _start_run(self, run_id: str) -> None:
+        """Take ``run_id`` as this run's: record it in the lock file, clear the temp files a crash of it
+        left, and find its checkpoint files (named as it names them, holding its run id and their epoch)."""
+        self.run_id = run_id
+        self._write_lock(run_id)
+        self._clear_temp_files(run_id)
+        self.files = {path: epoch for epoch, _, path in _checkpoint_files(self.directory)
+                      if path in self._names(epoch) and _stamp(path) == (run_id, epoch)}
+
+    def _write_lock(self, run_id: str) -> None:
+        content = f"gpubp-checkpoint-lock pid={os.getpid()} run={run_id}\n".encode()
+        try:
+            os.pwrite(self._lock_fd, content, 0)
+            os.ftruncate(self._lock_fd, len(content))
+        except OSError as exc:
+            raise self._error(exc, f" (its lock file {os.path.join(self.directory, LOCK_NAME)})") from exc
+
+    def _clear_temp_files(self, run_id: str) -> None:
+        """Delete the temp files of run ``run_id`` (writes that a crash cut short)."""
+        prefix = f"{TEMP_PREFIX}{run_id}-"
+        for entry in os.listdir(self.directory):
+            if entry.startswith(prefix) and entry.endswith(".tmp"):
+                _remove(os.path.join(self.directory, entry))
+
+    def _probe(self, size: int) -> None:
+        """Write (then delete) a file of ``size`` bytes: CheckpointDirectoryError if DIR cannot take one."""
+        try:
+            fd, probe = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{self.run_id}-probe-", suffix=".tmp",
+                                         dir=self.directory)
+        except OSError as exc:
+            raise self._error(exc) from exc
         try:
             _reserve(fd, size)
             os.fsync(fd)
         except OSError as exc:
-            raise CheckpointDirectoryError(exc.errno, f"{what}: {exc.strerror or exc} (a checkpoint needs "
-                                                      f"about {size / 1e6:.3g} MB)") from exc
+            raise self._error(exc, f" (the largest checkpoint of this run takes {size / 1e6:.3g} MB)") \
+                from exc
         finally:
             os.close(fd)
             _remove(probe)
         fsync_folder(self.directory)
+
+    def _error(self, exc: OSError, detail: str = "") -> CheckpointDirectoryError:
+        return CheckpointDirectoryError(exc.errno, f"cannot write checkpoints to {self.directory}: "
+                                                   f"{exc.strerror or exc}{detail}")
 
 
 def say(text: str) -> None:
@@ -220,36 +361,117 @@ def say(text: str) -> None:
 
 
 # ---- internals ------------------------------------------------------------------------------------------
-def _checkpoint_files(directory: str) -> list[tuple[int, str]]:
-    """(epoch, path) of every file named like a checkpoint in ``directory``."""
+def _run_arrays(epoch: int, history: dict[str, list], run: dict[str, Any], finished: bool,
+                run_id: str) -> dict[str, np.ndarray]:
+    """The checkpoint.* arrays of a checkpoint at the end of ``epoch``."""
+    arrays = {
+        "checkpoint.format": np.array(FORMAT), "checkpoint.version": np.array(VERSION),
+        "checkpoint.epoch": np.array(epoch, dtype=np.int64), "checkpoint.finished": np.array(finished),
+        "checkpoint.run": np.array(json.dumps(run, allow_nan=False)), "checkpoint.run_id": np.array(run_id),
+    }
+    arrays.update({f"checkpoint.history.{k}": np.array(v[:epoch], dtype=np.float64) for k, v in history.items()})
+    return arrays
+
+
+def _largest_arrays(net: Any, optimizer: str, run: dict[str, Any],
+                    history_keys: Iterable[str]) -> dict[str, np.ndarray]:
+    """The arrays of the largest checkpoint this run will write: its last epoch's, with ``optimizer``'s
+    state and the longest shuffle generator state (zeros for the parameters: only their size counts, and
+    nothing is copied from the device)."""
+    zeros = np.zeros(net.parameters().shape, net.dtype)
+    arrays = {k: v for k, v in model_fields(net, zeros, shuffle_state=LONGEST_SHUFFLE_STATE).items()
+              if not k.startswith("optimizer")}  # the optimizer of the net's previous fit, if any
+    arrays["optimizer"] = np.array(optimizer)
+    arrays["optimizer.t"] = np.array(0, dtype=np.int64)
+    arrays.update({f"optimizer.{buffer}": arrays["params"] for buffer in OPTIMIZERS[optimizer].buffers})
+    epochs = run["epochs"]
+    arrays.update(_run_arrays(epochs, {k: [0.0] * epochs for k in history_keys}, run, True, "0" * 16))
+    return arrays
+
+
+def _checkpoint_files(directory: str) -> list[tuple[int, bool, str]]:
+    """(epoch, whether the name carries a run id, path) of every file named like a checkpoint in
+    ``directory``, newest first (of one epoch, the name with a run id: it was written after the other)."""
     files = []
     for entry in os.listdir(directory):
         match = FILE_NAME.fullmatch(entry)
         if match:
-            files.append((int(match.group(1)), os.path.join(directory, entry)))
-    return files
+            files.append((int(match.group(1)), match.group(2) is not None, os.path.join(directory, entry)))
+    return sorted(files, reverse=True)
 
 
-def _newest_good(directory: str) -> tuple[str, bytes] | None:
-    """(name, bytes) of the newest checkpoint in ``directory`` that reads back whole; what is skipped on the
-    way, and what is not a checkpoint at all, is reported as a CheckpointWarning."""
+def _newest_good(directory: str) -> tuple[str, bytes, str | None] | None:
+    """(path, bytes, run id) of the newest checkpoint in ``directory`` that reads back whole; each one
+    skipped on the way is reported as a CheckpointWarning, whatever is wrong with it."""
     if not os.path.isdir(directory):
         return None
-    others = sorted(e for e in os.listdir(directory)
-                    if not FILE_NAME.fullmatch(e) and not e.startswith(TEMP_PREFIX))
-    if others:
-        _report(f"{directory} holds {len(others)} file(s) that are not gpubp checkpoints: "
-                f"{', '.join(others[:5])}{', …' if len(others) > 5 else ''}; they are left alone")
-    for epoch, path in sorted(_checkpoint_files(directory), reverse=True):
+    for _, _, path in _checkpoint_files(directory):
         try:
-            with open(path, "rb") as f:
+            with _open_regular(path) as f:
                 data = f.read()
-            read_checkpoint(data, "it")  # the messages read "skipping checkpoint PATH: it is damaged: …"
+            run_id = read_checkpoint(data, "it").run_id  # messages read "skipping checkpoint PATH: it is …"
         except (ValueError, OSError) as exc:
             _report(f"skipping checkpoint {path}: {exc}")
             continue
-        return path, data
+        except Exception as exc:  # a damaged file must not stop the run: the older checkpoint is used
+            _report(f"skipping checkpoint {path}: it cannot be read ({type(exc).__name__}: {exc})")
+            continue
+        return path, data, run_id
     return None
+
+
+def _report_others(directory: str) -> None:
+    """Name, once, the files in ``directory`` that are neither checkpoints nor the lock file: they are left
+    alone (other runs' temp files among them)."""
+    others = sorted(e for e in os.listdir(directory) if not FILE_NAME.fullmatch(e) and e != LOCK_NAME)
+    if others:
+        _report(f"{directory} holds {len(others)} file(s) that are not gpubp checkpoints: "
+                f"{', '.join(others[:5])}{', …' if len(others) > 5 else ''}; they are left alone")
+
+
+def _stamp(path: str) -> tuple[str, int] | None:
+    """(run id, epoch) that the checkpoint file ``path`` holds, read from those two small members alone;
+    None for anything else (a file without a run id, damaged, not a zip, not a regular file)."""
+    try:
+        with _open_regular(path, follow=False) as f, zipfile.ZipFile(f) as archive:
+            run_id = _small_member(archive, "checkpoint.run_id")
+            epoch = _small_member(archive, "checkpoint.epoch")
+        if run_id.dtype.kind == "U" and run_id.ndim == 0 and epoch.dtype.kind in "iu" and epoch.ndim == 0:
+            return str(run_id), int(epoch)
+    except Exception:  # whatever a damaged or foreign file makes zipfile or numpy raise: not this run's
+        pass
+    return None
+
+
+def _small_member(archive: zipfile.ZipFile, key: str) -> np.ndarray:
+    info = archive.getinfo(f"{key}.npy")
+    if info.file_size > STAMP_BYTES:
+        raise ValueError(f"member {key} is too large")
+    return np.lib.format.read_array(io.BytesIO(archive.read(info)), allow_pickle=False)
+
+
+def _open_regular(path: str, follow: bool = True) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file (through a symbolic link only if ``follow``);
+    ValueError for a folder, FIFO or device, whose reading could fail, block or never end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError("it is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _lock_content(fd: int) -> str:
+    """The text of the lock file open as ``fd`` (its first LOCK_BYTES + 1 bytes: enough to tell)."""
+    return os.pread(fd, LOCK_BYTES + 1, 0).decode("ascii", "replace")
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether ``path`` is (still) the file open as ``fd``."""
+    try:
+        here, there = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _report(message: str) -> None:
@@ -324,8 +546,10 @@ def _reserve(fd: int, size: int) -> None:
 
 
 def _remove(path: str) -> None:
+    """Delete ``path`` if it is a regular file (an OSError names it)."""
     try:
-        os.unlink(path)
+        if stat.S_ISREG(os.lstat(path).st_mode):
+            os.unlink(path)
     except FileNotFoundError:
         pass
 

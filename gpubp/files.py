@@ -14,6 +14,7 @@ or another of its outputs.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -25,9 +26,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 Content = Union[bytes, Callable[[BinaryIO], None]]
 
 
-def write_atomically(path: PathLike, content: Content, temp_prefix: str = ".gpubp-") -> None:
+def write_atomically(path: PathLike, content: Content, temp_prefix: str = ".gpubp-", replace: bool = True) -> None:
     """Write ``content`` to ``path`` (see the module docstring); FileNotFoundError naming the folder when it
-    does not exist, IsADirectoryError when ``path`` is a folder."""
+    does not exist, IsADirectoryError when ``path`` is a folder. With ``replace=False`` a file at ``path``,
+    even one created while this one was being written, is never replaced: FileExistsError instead."""
     name = os.fspath(path)
     if not name:
         raise ValueError("cannot write to an empty path; give a file name")
@@ -37,6 +39,8 @@ def write_atomically(path: PathLike, content: Content, temp_prefix: str = ".gpub
         existing = None
     except OSError as exc:
         raise _naming(exc, name) from exc
+    if not replace and os.path.lexists(name):
+        raise FileExistsError(errno.EEXIST, "File exists; not replaced", name)
     if existing is not None and stat.S_ISDIR(existing.st_mode):
         raise IsADirectoryError(f"cannot write {name!r}: it is a folder; give a file name")
     if existing is not None and not stat.S_ISREG(existing.st_mode):
@@ -57,7 +61,10 @@ def write_atomically(path: PathLike, content: Content, temp_prefix: str = ".gpub
             _write(f, content)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        if replace:
+            os.replace(tmp, target)
+        else:
+            _move_without_replacing(tmp, target)
     except BaseException as exc:
         try:
             os.unlink(tmp)
@@ -135,6 +142,21 @@ def _write_special(name: str, content: Content) -> None:
             f.write(data)
     except OSError as exc:
         raise _naming(exc, name) from exc
+
+
+def _move_without_replacing(tmp: str, target: str) -> None:
+    """Rename ``tmp`` to ``target`` unless ``target`` exists (checked and done in one step by a hard link,
+    where the file system has them)."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here: the check and the rename are two steps
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "File exists", target) from None
+        os.replace(tmp, target)
+        return
+    os.unlink(tmp)
 
 
 def _rendered(content: Callable[[BinaryIO], None]) -> bytes:

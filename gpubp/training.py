@@ -45,9 +45,7 @@ class Trainer:
         self.weight_decay = inputs.positive_float(weight_decay, "weight_decay", allow_zero=True)
         self.optimizer_name = optimizer_name(optimizer)
         self.shuffle = bool(shuffle)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise ValueError(f"seed must be an int or None; got {seed!r}")
-        self.seed = seed
+        self.seed = inputs.seed(seed)
         self.callbacks = list(callbacks or [])
         if not all(callable(cb) for cb in self.callbacks):
             raise ValueError("callbacks must be callables cb(net, epoch, logs)")
@@ -65,6 +63,14 @@ class Trainer:
         self.checkpoints = None if checkpoint is None else Checkpointer(checkpoint, every, comm)
 
     def run(self, X: Any, Y: Any, validation_data: Any, sample_weight: Any = None) -> dict[str, list]:
+        """Train; the checkpoint folder, if any, is released when training ends, however it ends."""
+        try:
+            return self._fit(X, Y, validation_data, sample_weight)
+        finally:
+            if self.checkpoints is not None:
+                self.checkpoints.close()
+
+    def _fit(self, X: Any, Y: Any, validation_data: Any, sample_weight: Any) -> dict[str, list]:
         if self.comm is not None and self.net.device != self.comm.device:
             self.net.to(self.comm.device)  # another GPU than this rank's: NCCL sums on comm.device only
         net, ops = self.net, self.net.ops
@@ -75,14 +81,16 @@ class Trainer:
                 raise ValueError("fit needs at least one training sample; X is empty")
             weights = inputs.check_sample_weight(sample_weight, len(x), ops, net.dtype)
             validation = self._validation(validation_data)
+            copied = sum(a.nbytes for a in (x, target, weights) if a is not None) if self.shuffle else 0
+            net.check_fit_memory(self.optimizer_name, min(self.batch_size, len(x)), copied)
             self.identity, self._restart_point = self._run(len(x), validation, weights is not None), None
-            resumed = None
-            if self.checkpoints is not None:
-                resumed = self.checkpoints.open(net, self.optimizer_name, self.identity)
-            optimizer = net._optimizer_for(self.optimizer_name, self.lr, self.momentum, self.weight_decay)
             history: dict[str, list] = {"loss": []}
             if validation is not None:
                 history.update({f"val_{name}": [] for name in ("loss", *METRICS[net.task])})
+            resumed = None
+            if self.checkpoints is not None:
+                resumed = self.checkpoints.open(net, self.optimizer_name, self.identity, history)
+            optimizer = net._optimizer_for(self.optimizer_name, self.lr, self.momentum, self.weight_decay)
             if resumed is not None:
                 history = resumed.history
             net.history = history

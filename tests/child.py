@@ -1,5 +1,10 @@
 """Running gpubp in a child process and reading its peak memory, for the hostile-file tests: a command's
-exit status, output and ``ru_maxrss`` (from ``os.wait4``, so the figure is that child's alone)."""
+exit status, output and peak resident memory.
+
+The peak is the child's own ``VmHWM`` (Linux's high-water mark of resident memory, which starts afresh at
+exec), written by the child as it exits. ``ru_maxrss`` would not do: Linux counts in it the memory the
+parent had when it forked the child, so a child of a large test process would report the parent's size.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,36 @@ import hashlib
 import os
 import subprocess
 import sys
-import threading
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 #: the peak resident memory every hostile file must stay under (the issue's bound)
 PEAK_LIMIT = 200 * 2**20
+
+#: runs ``-m module args…`` or ``-c code args…`` as python would, and at exit writes its own peak resident
+#: memory (VmHWM, bytes) to the file named by env GPUBP_TEST_PEAK
+_REPORTING_PEAK = """
+import atexit, os, resource, runpy, sys
+
+def _report_peak():
+    try:
+        with open("/proc/self/status") as status:
+            peak = int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) * 1024
+    except (OSError, StopIteration):  # not Linux: ru_maxrss, which may count the parent's memory too
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    with open(os.environ["GPUBP_TEST_PEAK"], "w") as out:
+        out.write(str(peak))
+
+atexit.register(_report_peak)
+mode, target, *rest = sys.argv[1:]
+if mode == "-m":
+    sys.argv = [target, *rest]
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+else:
+    sys.argv = ["-c", *rest]
+    exec(compile(target, "<string>", "exec"), {"__name__": "__main__"})
+"""
 
 
 @dataclass
@@ -20,7 +49,8 @@ class Result:
     returncode: int
     stdout: str
     stderr: str
-    peak_bytes: int
+    #: None when the child could not report it (killed by a signal, or ended by os._exit)
+    peak_bytes: int | None
 
 
 def gpubp_env(tmp_path: Path | None = None) -> dict[str, str]:
@@ -35,29 +65,22 @@ def gpubp_env(tmp_path: Path | None = None) -> dict[str, str]:
 
 
 def run(args: list[str], tmp_path: Path | None = None, timeout: float = 120, cwd: Path | None = None) -> Result:
-    """``python args…`` in a child; its exit status, output and peak resident memory in bytes."""
-    proc = subprocess.Popen([sys.executable, *args], env=gpubp_env(tmp_path), cwd=cwd, text=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    streams = {"out": proc.stdout, "err": proc.stderr}
-    texts: dict[str, str] = {}
-    readers = [threading.Thread(target=lambda k=k, s=s: texts.__setitem__(k, s.read())) for k, s in streams.items()]
-    for reader in readers:
-        reader.start()
-    timed_out = threading.Event()
-    killer = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill()))
-    killer.start()
+    """``python -m module …`` or ``python -c code …`` (``args``) in a child: its exit status, output and
+    peak resident memory in bytes."""
+    if args[0] not in ("-m", "-c"):
+        raise ValueError(f"args must start with -m or -c; got {args[0]!r}")
+    env = gpubp_env(tmp_path)
+    fd, report = tempfile.mkstemp(prefix="gpubp-peak-", dir=tmp_path)
+    os.close(fd)
+    env["GPUBP_TEST_PEAK"] = report
     try:
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (waitpid would lose it)
+        done = subprocess.run([sys.executable, "-c", _REPORTING_PEAK, *args], env=env, cwd=cwd, text=True,
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+        with open(report) as f:
+            text = f.read()
     finally:
-        killer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    for reader in readers:
-        reader.join()
-    for stream in streams.values():
-        stream.close()
-    if timed_out.is_set():
-        raise subprocess.TimeoutExpired(args, timeout)
-    return Result(proc.returncode, texts["out"], texts["err"], usage.ru_maxrss * 1024)
+        os.unlink(report)
+    return Result(done.returncode, done.stdout, done.stderr, int(text) if text else None)
 
 
 def cli(*argv: str, tmp_path: Path | None = None, **kwargs) -> Result:

@@ -1,9 +1,11 @@
 """Checkpoints: runs killed at random moments resume bitwise exactly; damaged, foreign and pickled files are
-reported and skipped; another run's checkpoint is refused; an unusable directory is found before training."""
+reported and skipped; another run's checkpoint is refused; an unusable directory is found before training;
+files a run did not write are never touched; one run at a time holds a checkpoint folder."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import re
@@ -22,10 +24,12 @@ from gpubp import checkpoint as ckpt
 from gpubp.checkpoint import CheckpointDirectoryError, CheckpointWarning, read_checkpoint
 
 import checkpoint_worker as worker
+import child
 from test_distributed import _mpiexec, needs_mpi
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKER = Path(__file__).resolve().parent / "checkpoint_worker.py"
+TESTS = Path(__file__).resolve().parent
+WORKER = TESTS / "checkpoint_worker.py"
 PROCESS_TIMEOUT = 60
 
 
@@ -83,6 +87,7 @@ def test_killed_at_random_moments_and_resumed_equals_one_uninterrupted_run(optim
     assert hits >= 3, f"only {hits} kills hit a running process"
     assert during_write >= 1, "no kill landed inside a checkpoint write"
     assert log.read_text().count("resuming from") == 4, log.read_text()
+    assert [p.name for p in directory.iterdir() if p.name.startswith(".")] == []  # no temp or lock file
     with np.load(result) as saved:
         np.testing.assert_array_equal(saved["params"], net.parameters())
         for key, values in history.items():
@@ -291,7 +296,7 @@ def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_p
     assert f"gpubp: skipping checkpoint {newest}: " in capsys.readouterr().err  # reported on stderr too
 
 
-def test_only_unusable_files_start_afresh(tmp_path):
+def test_only_unusable_files_start_afresh_and_are_left_as_they_were(tmp_path):
     (tmp_path / "ckpt-000005.npz").write_bytes(b"garbage")
     whole, X, y, fit = make()
     whole.fit(X, y, **fit)
@@ -299,7 +304,9 @@ def test_only_unusable_files_start_afresh(tmp_path):
     with pytest.warns(CheckpointWarning, match="ckpt-000005.npz"):
         net.fit(X, y, checkpoint=tmp_path, **fit)
     np.testing.assert_array_equal(params(net), params(whole))
-    assert sorted(os.listdir(tmp_path)) == ["ckpt-000005.npz", "ckpt-000006.npz"]
+    assert (tmp_path / "ckpt-000005.npz").read_bytes() == b"garbage"
+    run_id = read_checkpoint(tmp_path / "ckpt-000006.npz").run_id
+    assert sorted(os.listdir(tmp_path)) == [f"ckpt-000005-{run_id}.npz", "ckpt-000005.npz", "ckpt-000006.npz"]
 
 
 def test_unwritable_directory_is_an_error_before_training(tmp_path):
@@ -328,21 +335,243 @@ def test_read_only_and_full_directories_are_errors_before_training(tmp_path, mon
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ckpt.os, "posix_fallocate", full, raising=False)
-    with pytest.raises(OSError, match="No space left on device .a checkpoint needs about"):
+    with pytest.raises(OSError, match="No space left on device .the largest checkpoint of this run takes"):
         net.fit(X, y, checkpoint=tmp_path, callbacks=[lambda *a: calls.append(a)], **fit)
     assert calls == [] and os.listdir(tmp_path) == []
 
 
-def test_leftovers_of_a_crashed_write_are_cleared(tmp_path):
-    (tmp_path / f"{ckpt.TEMP_PREFIX}abc.tmp").write_bytes(b"half a checkpoint")
+def test_leftovers_of_a_crashed_write_of_the_run_are_cleared_and_no_other_temp_file(tmp_path):
     net, X, y, fit = make()
     net.fit(X, y, checkpoint=tmp_path, **dict(fit, epochs=1))
-    assert os.listdir(tmp_path) == ["ckpt-000001.npz"]
+    run_id = read_checkpoint(tmp_path / "ckpt-000001.npz").run_id
+    others = {f"{ckpt.TEMP_PREFIX}abc.tmp": b"someone's file",
+              f"{ckpt.TEMP_PREFIX}{'e' * 16}-x.tmp": b"a temp file of another run"}
+    for name, data in others.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / f"{ckpt.TEMP_PREFIX}{run_id}-k1tv7rqz.tmp").write_bytes(b"half a checkpoint of this run")
+    with pytest.warns(CheckpointWarning, match="2 file.s. that are not gpubp checkpoints.*left alone"):
+        make()[0].fit(X, y, checkpoint=tmp_path, **dict(fit, epochs=2))  # resumes the run
+    assert all((tmp_path / name).read_bytes() == data for name, data in others.items())
+    assert sorted(os.listdir(tmp_path)) == sorted([*others, "ckpt-000001.npz", "ckpt-000002.npz"])
+
+
+def user_files(folder: Path) -> dict[str, str]:
+    """Plant files of the user's named like checkpoints and temp files; their SHA-256 by name."""
+    np.savez(folder / "ckpt-000001.npz", mine=np.arange(3))
+    (folder / "ckpt-000004.npz").write_bytes(b"notes")
+    (folder / "ckpt-000007.npz").write_bytes(b"newer than every checkpoint, and no checkpoint")
+    (folder / f"{ckpt.TEMP_PREFIX}abc.tmp").write_bytes(b"mine too")
+    (folder / f"{ckpt.TEMP_PREFIX}{'e' * 16}-x.tmp").write_bytes(b"a temp file of another run")
+    (folder / "notes.txt").write_text("mine")
+    return child.digests(folder)
+
+
+def test_files_the_run_did_not_write_survive_fresh_runs_resumes_and_rotation(tmp_path):
+    whole, X, y, fit = make()
+    whole.fit(X, y, **dict(fit, epochs=8))
+    planted = user_files(tmp_path)
+
+    def interrupt(net, epoch, logs):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    def ours():
+        """The run's files: the folder less the planted ones, which must be as they were."""
+        assert {k: v for k, v in child.digests(tmp_path).items() if k in planted} == planted
+        return sorted(set(os.listdir(tmp_path)) - set(planted))
+
+    with pytest.warns(CheckpointWarning):
+        with pytest.raises(KeyboardInterrupt):
+            make()[0].fit(X, y, checkpoint=tmp_path, callbacks=[interrupt], **fit)
+        files = ours()
+        run_id = read_checkpoint(tmp_path / "ckpt-000002.npz").run_id
+        assert files == [f"ckpt-000001-{run_id}.npz", "ckpt-000002.npz"]
+        make()[0].fit(X, y, checkpoint=tmp_path, **fit)  # resumed; ckpt-000004.npz taken: written with the id
+        assert ours() == ["ckpt-000005.npz", "ckpt-000006.npz"]
+        resumed, _, _, _ = make()
+        assert resumed.fit(X, y, checkpoint=tmp_path, **dict(fit, epochs=8)) == whole.history
+    np.testing.assert_array_equal(params(resumed), params(whole))
+    assert ours() == [f"ckpt-000007-{run_id}.npz", "ckpt-000008.npz"]
+
+
+def test_a_checkpoint_without_a_run_id_is_resumed_and_never_deleted(tmp_path):
+    """Checkpoints of earlier gpubp versions hold no run id: nothing tells whether this run wrote them."""
+    whole, X, y, fit = make()
+    whole.fit(X, y, **fit)
+    make()[0].fit(X, y, checkpoint=tmp_path, **dict(fit, epochs=2))
+    os.remove(tmp_path / "ckpt-000001.npz")
+    with np.load(tmp_path / "ckpt-000002.npz") as saved:
+        np.savez(tmp_path / "ckpt-000002.npz", **{k: v for k, v in saved.items() if k != "checkpoint.run_id"})
+    before = child.digests(tmp_path)
+    resumed, _, _, _ = make()
+    assert resumed.fit(X, y, checkpoint=tmp_path, **fit) == whole.history
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-000002.npz", "ckpt-000005.npz", "ckpt-000006.npz"]
+    assert child.digests(tmp_path)["ckpt-000002.npz"] == before["ckpt-000002.npz"]
+    assert read_checkpoint(tmp_path / "ckpt-000002.npz").run_id is None
+    assert read_checkpoint(tmp_path / "ckpt-000006.npz").run_id is not None  # a new one
+
+
+def test_files_that_cannot_be_read_do_not_stop_the_scan(tmp_path):
+    """A FIFO named like a checkpoint would block a reader forever; a folder cannot be read."""
+    os.mkfifo(tmp_path / "ckpt-000009.npz")
+    (tmp_path / "ckpt-000008.npz").mkdir()
+    code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import checkpoint_worker as w\n"
+            f"net, X, y, fit = w.problem('sgd')\n"
+            f"net.fit(X, y, checkpoint={str(tmp_path)!r}, **dict(fit, epochs=2))")
+    result = child.python(code, timeout=60)
+    assert result.returncode == 0, result.stderr
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("gpubp: skipping checkpoint")]
+    assert skipped == [f"gpubp: skipping checkpoint {tmp_path / name}: it is not a regular file"
+                       for name in ("ckpt-000009.npz", "ckpt-000008.npz")], result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-000001.npz", "ckpt-000002.npz", "ckpt-000008.npz", "ckpt-000009.npz"]
+
+
+@pytest.mark.parametrize("field", ["checkpoint.run", "metadata"])
+def test_json_nested_too_deeply_falls_back_to_the_older_checkpoint(tmp_path, field):
+    whole, X, y, fit = make()
+    whole.fit(X, y, **fit)
+    make()[0].fit(X, y, checkpoint=tmp_path, **dict(fit, epochs=4))
+    newest = tmp_path / "ckpt-000004.npz"
+    with np.load(newest) as saved:
+        arrays = dict(saved)
+    arrays[field] = np.array("[" * 100_000 + "]" * 100_000)
+    np.savez(newest, **arrays)
+    if field == "checkpoint.run":
+        with pytest.raises(ValueError, match="checkpoint.run is not JSON .RecursionError"):
+            read_checkpoint(newest)
+    resumed, _, _, _ = make()
+    with pytest.warns(CheckpointWarning, match=f"skipping checkpoint {re.escape(str(newest))}: "):
+        assert resumed.fit(X, y, checkpoint=tmp_path, **fit) == whole.history
+    np.testing.assert_array_equal(params(resumed), params(whole))
+
+
+def test_a_second_run_on_the_folder_is_refused_while_the_first_holds_it(tmp_path, capsys):
+    net, X, y, fit = make()
+    refusals = []
+
+    def second_run(net, epoch, logs):
+        if epoch == 2:
+            other, _, _, _ = make()
+            with pytest.raises(CheckpointDirectoryError) as caught:
+                other.fit(X, y, checkpoint=tmp_path, **fit)
+            refusals.append(str(caught.value))
+            assert sorted(os.listdir(tmp_path)) == [ckpt.LOCK_NAME, "ckpt-000001.npz"]  # untouched
+
+    history = net.fit(X, y, checkpoint=tmp_path, callbacks=[second_run], **fit)
+    assert refusals == [f"[Errno {errno.EBUSY}] the checkpoint folder {tmp_path} is in use by another gpubp "
+                        f"run (pid {os.getpid()}): one run at a time may use it; wait for that one to end, or "
+                        "choose another folder"]
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-000005.npz", "ckpt-000006.npz"]  # the lock file is gone
+    assert make()[0].fit(X, y, checkpoint=tmp_path, **fit) == history  # and the folder free again
+    assert "nothing left to do" in capsys.readouterr().err
+
+
+def test_cli_second_concurrent_run_exits_2_with_one_error_line(tmp_path):
+    pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn (pip install gpubp[digits])")
+    folder = tmp_path / "ckpt"
+    net, X, y, fit = make()
+    results = []
+
+    def second_run(net, epoch, logs):
+        if epoch == 1:
+            results.append(child.cli("train", "--data", "digits", "--device", "cpu", "--epochs", "1",
+                                     "--no-progress", "--checkpoint", str(folder)))
+
+    net.fit(X, y, checkpoint=folder, callbacks=[second_run], **dict(fit, epochs=2))
+    (result,) = results
+    assert result.returncode == 2, result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("gpubp:")] == [
+        f"gpubp: error: [Errno {errno.EBUSY}] the checkpoint folder {folder} is in use by another gpubp run "
+        f"(pid {os.getpid()}): one run at a time may use it; wait for that one to end, or choose another folder"]
+    assert sorted(os.listdir(folder)) == ["ckpt-000001.npz", "ckpt-000002.npz"]
+
+
+def test_the_lock_of_a_killed_run_does_not_block_and_its_temp_files_are_cleared(tmp_path):
+    code = (f"import os, signal, sys; sys.path.insert(0, {str(TESTS)!r}); import checkpoint_worker as w\n"
+            f"net, X, y, fit = w.problem('adam')\n"
+            f"net.fit(X, y, checkpoint={str(tmp_path)!r}, callbacks=[lambda *a: os.kill(os.getpid(), signal.SIGKILL)],"
+            f" **dict(fit, epochs=6))")
+    assert child.python(code).returncode == -signal.SIGKILL  # in its first epoch: no checkpoint yet
+    lock = (tmp_path / ckpt.LOCK_NAME).read_text()
+    match = ckpt.LOCK_CONTENT.fullmatch(lock)
+    assert match and match.group(2) != "-", lock
+    (tmp_path / f"{ckpt.TEMP_PREFIX}{match.group(2)}-k1tv7rqz.tmp").write_bytes(b"as if killed in a write")
+    (tmp_path / f"{ckpt.TEMP_PREFIX}abc.tmp").write_bytes(b"not gpubp's")
+    whole, X, y, fit = make()
+    whole.fit(X, y, **fit)
+    net, _, _, _ = make()
+    with pytest.warns(CheckpointWarning, match=r"\.ckpt-abc\.tmp; they are left alone"):
+        assert net.fit(X, y, checkpoint=tmp_path, **fit) == whole.history  # a fresh run: nothing to resume
+    assert sorted(os.listdir(tmp_path)) == [f"{ckpt.TEMP_PREFIX}abc.tmp", "ckpt-000005.npz", "ckpt-000006.npz"]
+    assert read_checkpoint(tmp_path / "ckpt-000006.npz").run_id != match.group(2)
+
+
+def test_a_lock_file_that_is_not_gpubps_is_refused_and_left_alone(tmp_path):
+    (tmp_path / ckpt.LOCK_NAME).write_text("my own notes\n")
+    net, X, y, fit = make()
+    with pytest.raises(CheckpointDirectoryError, match=f"{re.escape(str(tmp_path / ckpt.LOCK_NAME))} is not a "
+                                                       "gpubp lock file.*move it away"):
+        net.fit(X, y, checkpoint=tmp_path, **fit)
+    assert os.listdir(tmp_path) == [ckpt.LOCK_NAME]
+    assert (tmp_path / ckpt.LOCK_NAME).read_text() == "my own notes\n"
+
+
+def test_the_probe_reserves_the_largest_checkpoint_of_the_run(tmp_path, monkeypatch):
+    net, X, y, fit = make()
+    net.metadata["notes"] = "x" * 50_000  # 200 kB in every checkpoint
+    reserved = []
+    reserve = ckpt._reserve
+    monkeypatch.setattr(ckpt, "_reserve", lambda fd, size: (reserved.append(size), reserve(fd, size)))
+    net.fit(X, y, checkpoint=tmp_path, checkpoint_every=1000, **dict(fit, epochs=300))
+    written = os.path.getsize(tmp_path / "ckpt-000300.npz")  # the last: the longest history
+    assert len(reserved) == 1 and written <= reserved[0] <= written + 4096, (written, reserved)
+
+
+def _fit_under_file_size_limit(folder: Path, limit: int, when: str) -> dict:
+    """Fit in a child whose files may not grow past ``limit`` bytes (RLIMIT_FSIZE), set at the start of fit
+    or after its first epoch; what it raised and the epochs it completed."""
+    code = f"""
+import json, resource, sys
+sys.path.insert(0, {str(TESTS)!r})
+import checkpoint_worker as w
+net, X, y, fit = w.problem("adam")
+net.metadata["notes"] = "x" * 50_000  # 200 kB in every checkpoint
+epochs = []
+def limit(*args):
+    resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))
+def epoch_done(net, epoch, logs):
+    epochs.append(epoch)
+    if {when!r} == "after epoch 1":
+        limit()
+if {when!r} == "at the start":
+    limit()
+try:
+    net.fit(X, y, checkpoint={str(folder)!r}, callbacks=[epoch_done], **dict(fit, epochs=3))
+except OSError as exc:
+    print(json.dumps(dict(error=type(exc).__name__, message=str(exc), epochs=epochs)))
+"""
+    result = child.python(code)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_disk_that_cannot_take_a_checkpoint_is_found_before_training(tmp_path):
+    got = _fit_under_file_size_limit(tmp_path, 150_000, "at the start")
+    assert got["error"] == "CheckpointDirectoryError" and got["epochs"] == [], got
+    assert got["message"].startswith(f"[Errno {errno.EFBIG}] cannot write checkpoints to {tmp_path}: File too "
+                                     "large (the largest checkpoint of this run takes 0.2"), got
+
+
+def test_a_failed_checkpoint_write_names_the_file(tmp_path):
+    got = _fit_under_file_size_limit(tmp_path, 150_000, "after epoch 1")
+    assert got["epochs"] == [1] and str(tmp_path / "ckpt-000001.npz") in got["message"], got
+    assert "File too large" in got["message"], got
 
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(checkpoint_every=0), "checkpoint_every must be an integer >= 1"),
     (dict(checkpoint=3), "checkpoint must be a directory path"),
+    (dict(checkpoint=""), "checkpoint must be a directory path .*not empty"),
 ])
 def test_bad_checkpoint_arguments(tmp_path, kwargs, message):
     net, X, y, fit = make()

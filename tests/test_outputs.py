@@ -261,6 +261,22 @@ def test_a_write_error_names_the_file_and_leaves_nothing(tmp_path):
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["model.npz"]
 
 
+def test_without_replace_a_file_that_appears_meanwhile_is_kept(tmp_path):
+    target = tmp_path / "ckpt-000001.npz"
+
+    def someone_else_writes_it_meanwhile(f):
+        f.write(b"mine")
+        target.write_bytes(b"theirs")
+
+    with pytest.raises(FileExistsError, match="ckpt-000001.npz"):
+        write_atomically(target, someone_else_writes_it_meanwhile, replace=False)
+    assert target.read_bytes() == b"theirs" and os.listdir(tmp_path) == ["ckpt-000001.npz"]
+    with pytest.raises(FileExistsError, match="not replaced"):
+        write_atomically(target, b"mine", replace=False)
+    write_atomically(tmp_path / "new", b"mine", replace=False)
+    assert (tmp_path / "new").read_bytes() == b"mine"
+
+
 def test_writing_into_a_missing_folder_or_a_folder_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         write_atomically(tmp_path / "no" / "model.npz", b"x")
