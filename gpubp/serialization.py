@@ -22,6 +22,7 @@ import numpy as np
 from . import npzfile
 from .costs import COSTS, Cost
 from .files import write_atomically
+from .initializers import parameter_count
 from .metadata import check_metadata
 from .optimizers import optimizer_name
 
@@ -223,7 +224,7 @@ def check_model_fields(fields: dict[str, np.ndarray], name: str) -> dict[str, np
     if sizes.dtype.kind not in "iu" or sizes.ndim != 1 or len(sizes) < 2 or (sizes < 1).any():
         raise ValueError(f"{name} is damaged: field 'sizes' is not a vector of at least two positive integers")
     sizes = [int(s) for s in sizes]
-    needed = sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:]))
+    needed = parameter_count(sizes)  # Python ints: no overflow, nothing allocated
     if params.size != needed:
         raise ValueError(f"{name} is damaged: {params.size} parameters stored, sizes {sizes} need {needed}")
     if not np.isfinite(params).all():
