@@ -208,9 +208,8 @@ class Network:
         optimizer = self._optimizer
         if optimizer is None or optimizer.name != name:
             with self.ops.activate():
-                optimizer = make_optimizer(name, self.ops, self._params, self.n_weights, lr, momentum,
-                                           weight_decay)
-        optimizer.configure(lr, momentum, weight_decay)
+                optimizer = make_optimizer(name, self.ops, self._params, self.n_weights)
+        optimizer.configure(lr=lr, momentum=momentum, weight_decay=weight_decay)
         self._optimizer = optimizer
         return optimizer
 

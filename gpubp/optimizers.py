@@ -26,21 +26,35 @@ class Optimizer:
     name = ""
     #: names of the state buffers, each an array shaped like the flat parameters
     buffers: tuple[str, ...] = ()
-    #: False: λ is the decay of the mean cost (C + λ/2 Σw²). True: λ is per unit of batch weight, as
-    #: scikit-learn's ``alpha`` (C + λ/2 Σw² / m), so a step's decay is λ·s with s = grad_scale = 1/m
-    decay_per_sample = False
+    #: the hyper-parameters (attributes, each a bool or a number) with their defaults: what ``settings()``
+    #: gives, ``configure`` sets and a saved model keeps
+    defaults: dict[str, float | bool] = {
+        "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
+        # False: λ is the decay of the mean cost (C + λ/2 Σw²). True: λ is per unit of batch weight, as
+        # scikit-learn's ``alpha`` (C + λ/2 Σw² / m), so a step's decay is λ·s with s = grad_scale = 1/m
+        "decay_per_sample": False,
+    }
 
-    def __init__(self, ops: Ops, params: Array, n_weights: int, lr: float, weight_decay: float,
-                 momentum: float = 0.9) -> None:
+    def __init__(self, ops: Ops, params: Array, n_weights: int, **settings: float | bool) -> None:
         self.ops, self.params, self.n_weights = ops, params, n_weights
-        self.configure(lr, momentum, weight_decay)
+        self.configure(**{**self.defaults, **settings})
         self.t = 0
         for buffer in self.buffers:
             setattr(self, buffer, ops.zeros(params.shape, params.dtype))
 
-    def configure(self, lr: float, momentum: float, weight_decay: float) -> None:
-        """Set the hyper-parameters (a continued ``fit`` may change them; the state is kept)."""
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+    def configure(self, **settings: float | bool) -> None:
+        """Set hyper-parameters by name (a continued ``fit`` may change them; the state is kept);
+        ValueError for a name this optimizer does not have."""
+        unknown = [key for key in settings if key not in self.defaults]
+        if unknown:
+            raise ValueError(f"the {self.name} optimizer has no setting {', '.join(map(repr, unknown))}; "
+                             f"its settings: {', '.join(self.defaults)}")
+        for key, value in settings.items():
+            setattr(self, key, value)
+
+    def settings(self) -> dict[str, float | bool]:
+        """The hyper-parameters by name (see ``defaults``)."""
+        return {key: getattr(self, key) for key in self.defaults}
 
     def step(self, grad: Array, grad_scale: float) -> None:
         raise NotImplementedError
@@ -119,8 +133,7 @@ class Adam(Optimizer):
 
     name = "adam"
     buffers = ("m", "v")
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-    eps_on_corrected_v = True
+    defaults = {**Optimizer.defaults, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "eps_on_corrected_v": True}
 
     def step(self, grad, grad_scale):
         self.t += 1
@@ -140,7 +153,7 @@ def optimizer_name(name: str) -> str:
     return key
 
 
-def make_optimizer(name: str, ops: Ops, params: Array, n_weights: int, lr: float, momentum: float,
-                   weight_decay: float) -> Optimizer:
-    """The optimizer called ``name`` over ``params``, with fresh (zero) state."""
-    return OPTIMIZERS[optimizer_name(name)](ops, params, n_weights, lr, weight_decay, momentum)
+def make_optimizer(name: str, ops: Ops, params: Array, n_weights: int, **settings: float | bool) -> Optimizer:
+    """The optimizer called ``name`` over ``params``, with fresh (zero) state and ``settings`` (the rest at
+    their defaults)."""
+    return OPTIMIZERS[optimizer_name(name)](ops, params, n_weights, **settings)

@@ -178,7 +178,7 @@ def test_training_step_allocates_no_arrays(config, rng):
     net.fit(X, y, epochs=1, batch_size=batch, lr=0.1, progress=False)  # buffers exist from here on
     from gpubp.optimizers import make_optimizer
 
-    opt = make_optimizer("sgd", net.ops, net.parameters(), net.n_weights, 0.1, 0.9, 0.0)
+    opt = make_optimizer("sgd", net.ops, net.parameters(), net.n_weights, lr=0.1, momentum=0.9)
     target, loss_sum = y[:batch].astype(np.int64), np.zeros(1, np.float32)
     net._backprop_sum(X[:batch], target, loss_sum)
     tracemalloc.start()

@@ -1,6 +1,12 @@
-"""Array backends: ``Ops`` (NumPy reference) and ``CupyOps`` (CUDA kernels), chosen by device string."""
+"""Array backends: ``Ops`` (NumPy reference) and ``CupyOps`` (CUDA kernels), chosen by device string, and
+every question about devices (``arrays``: which device an array is on; ``device``: which devices exist and
+what "auto" means)."""
 
-from .device import DeviceError, cuda_unavailable_reason, get_ops, parse_device
+from .arrays import array_module, is_device_array, to_host
+from .device import (cuda_unavailable_reason, get_ops, gpu_names, parse_device, resolve_device,
+                     visible_gpus)
+from .errors import DeviceError
 from .ops import Ops
 
-__all__ = ["DeviceError", "Ops", "cuda_unavailable_reason", "get_ops", "parse_device"]
+__all__ = ["DeviceError", "Ops", "array_module", "cuda_unavailable_reason", "get_ops", "gpu_names",
+           "is_device_array", "parse_device", "resolve_device", "to_host", "visible_gpus"]

@@ -48,6 +48,7 @@ class CupyOps(Ops):
 
     name = "cupy"
     xp = cupy
+    on_host = False
 
     def __init__(self, device_index: int) -> None:
         super().__init__()

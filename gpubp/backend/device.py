@@ -1,4 +1,8 @@
-"""Device selection: "cpu", "cuda", "cuda:N" or "auto" to the backend that runs there."""
+"""Device selection, asked in one place: "cpu", "cuda", "cuda:N" or "auto" to the backend that runs there.
+
+``resolve_device`` holds the "auto" rule (a usable GPU, else the CPU), ``visible_gpus`` and ``gpu_names``
+what CuPy sees, ``cuda_unavailable_reason`` why a GPU cannot be used, ``get_ops`` the backend itself.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import re
 
 import numpy as np
 
+from .errors import DeviceError, install_command
 from .ops import Ops
 
 DEVICE_ENV = "GPUBP_DEVICE"
@@ -15,10 +20,6 @@ DEVICE_ENV = "GPUBP_DEVICE"
 CPU_BACKEND_ENV = "GPUBP_CPU_BACKEND"
 CPU_BACKENDS = ("numba", "numpy")
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
-
-
-class DeviceError(RuntimeError):
-    """A requested device cannot be used (no CuPy, no GPU, or no such GPU); the message says why."""
 
 
 def parse_device(device: str | None) -> tuple[str, int | None]:
@@ -58,17 +59,37 @@ def cuda_unavailable_reason(index: int | None = None) -> str | None:
     return _toolkit_unusable_reason(cupy.cuda.runtime.getDevice() if index is None else index)
 
 
-def install_command() -> str:
-    """The pip command that installs CuPy with the CUDA libraries gpubp needs, for the installed CuPy."""
-    from importlib import metadata
+def visible_gpus() -> int:
+    """How many GPUs this process sees, usable or not (0 where CuPy or the driver is missing:
+    ``cuda_unavailable_reason`` says why)."""
+    try:
+        import cupy
 
-    for major in (13, 12):
-        try:
-            metadata.distribution(f"cupy-cuda{major}x")
-        except metadata.PackageNotFoundError:
-            continue
-        return f"pip install 'gpubp[cuda{major}]'"
-    return "pip install 'gpubp[cuda13]' (or 'gpubp[cuda12]' for a CUDA 12 driver)"
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # ImportError, CUDARuntimeError, …
+        return 0
+
+
+def gpu_names() -> list[str]:
+    """"cuda:N <name>" for each GPU this process sees, usable or not."""
+    if not visible_gpus():
+        return []
+    import cupy
+
+    names = []
+    for index in range(visible_gpus()):
+        name = cupy.cuda.runtime.getDeviceProperties(index)["name"]
+        names.append(f"cuda:{index} {name.decode() if isinstance(name, bytes) else name}")
+    return names
+
+
+def resolve_device(device: str | None = None) -> str:
+    """What ``device`` means on this machine: "cpu", "cuda" (the current GPU) or "cuda:N". "auto" (and
+    None without env GPUBP_DEVICE) is the current GPU when it is usable, else the CPU."""
+    kind, index = parse_device(device)
+    if kind == "auto":
+        kind = "cpu" if cuda_unavailable_reason() is not None else "cuda"
+    return kind if index is None else f"{kind}:{index}"
 
 
 #: the smallest kernel compiled and launched the way gpubp's own are (RawModule, NVRTC, CUDA headers)
@@ -100,13 +121,12 @@ def _toolkit_unusable_reason(index: int) -> str | None:
     return None
 
 
-def get_ops(device: str | None = None) -> Ops:
-    """The backend for ``device`` (one shared instance per device)."""
-    kind, index = parse_device(device)
-    if kind == "auto":
-        kind = "cpu" if cuda_unavailable_reason() is not None else "cuda"
+def get_ops(device: str | None = None, cpu_backend: str | None = None) -> Ops:
+    """The backend for ``device`` (one shared instance per device and backend). ``cpu_backend`` names the
+    backend that runs device "cpu": "numba", "numpy" or "auto" (None: env GPUBP_CPU_BACKEND, else "auto")."""
+    kind, index = parse_device(resolve_device(device))
     if kind == "cpu":
-        return _cpu_ops(cpu_backend())
+        return _cpu_ops(choose_cpu_backend(cpu_backend))
     reason = cuda_unavailable_reason(index)
     if reason is not None:
         raise DeviceError(f"device {device!r} is not usable: {reason}")
@@ -128,15 +148,24 @@ def numba_unavailable_reason() -> str | None:
 
 
 def cpu_backend() -> str:
-    """The CPU backend device="cpu" uses: env GPUBP_CPU_BACKEND ("numba", "numpy"; unset or "auto": numba
-    when it is installed, else numpy). Forcing "numba" without Numba raises DeviceError saying why."""
-    choice = (os.environ.get(CPU_BACKEND_ENV) or "auto").strip().lower()
-    if choice not in (*CPU_BACKENDS, "auto"):
-        raise ValueError(f"{CPU_BACKEND_ENV}={os.environ[CPU_BACKEND_ENV]!r} is not a CPU backend; "
-                         f"expected one of {', '.join(CPU_BACKENDS)} or auto")
+    """The CPU backend device="cpu" uses by default: env GPUBP_CPU_BACKEND (see ``choose_cpu_backend``)."""
+    return choose_cpu_backend(None)
+
+
+def choose_cpu_backend(choice: str | None) -> str:
+    """"numba" or "numpy" for ``choice``: "numba", "numpy", or "auto" (numba when it is installed, else
+    numpy); None reads env GPUBP_CPU_BACKEND (unset: "auto"). Forcing "numba" without Numba raises
+    DeviceError saying why."""
+    source = "cpu_backend" if choice is not None else CPU_BACKEND_ENV
+    if choice is None:
+        choice = os.environ.get(CPU_BACKEND_ENV) or "auto"
+    if not isinstance(choice, str) or choice.strip().lower() not in (*CPU_BACKENDS, "auto"):
+        raise ValueError(f"{source}={choice!r} is not a CPU backend; expected one of "
+                         f"{', '.join(CPU_BACKENDS)} or auto")
+    choice = choice.strip().lower()
     reason = numba_unavailable_reason() if choice != "numpy" else None
     if choice == "numba" and reason is not None:
-        raise DeviceError(f"{CPU_BACKEND_ENV}=numba: {reason}")
+        raise DeviceError(f"{source}=numba: {reason}")
     return "numba" if choice != "numpy" and reason is None else "numpy"
 
 

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .errors import DeviceError, install_command
 #: the activation ids of ``kernels/activations.cuh`` (enum Activation)
 ACTIVATION_IDS = {"sigmoid": 0, "tanh": 1, "relu": 2, "leaky_relu": 3, "softplus": 4, "swish": 5,
                   "gelu": 6, "mish": 7, "identity": 8}
@@ -109,8 +110,6 @@ def get_function(device_id: int, name: str) -> Any:
             raise KernelCompileError(f"NVRTC failed to compile gpubp kernel file {file} "
                                      f"({kernel_dir() / file}):\n{exc}") from exc
         except (RuntimeError, OSError, ImportError) as exc:  # no NVRTC, no CUDA headers (not the source)
-            from .device import DeviceError, install_command
-
             raise DeviceError(f"cannot compile gpubp kernel file {file} on cuda:{device_id}: NVRTC or the "
                               f"CUDA headers are missing ({type(exc).__name__}: {exc}); install them with: "
                               f"{install_command()}") from exc

@@ -47,6 +47,8 @@ class Ops:
     name = "numpy"
     xp: Any = np
     device = "cpu"
+    #: whether this backend's arrays live in host memory (the CPU backends) rather than on a GPU
+    on_host = True
 
     def __init__(self) -> None:
         self._scratch: dict[tuple, Array] = {}

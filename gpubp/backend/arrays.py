@@ -1,0 +1,32 @@
+"""Which device an array lives on, asked in one place (a leaf module: CuPy is imported only for its arrays).
+
+A device array is anything with the CUDA array interface (CuPy, or an emulation of it); everything else is
+host data that NumPy reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def is_device_array(x: Any) -> bool:
+    """Whether ``x`` is a GPU array (it has ``__cuda_array_interface__``)."""
+    return hasattr(x, "__cuda_array_interface__")
+
+
+def array_module(x: Any) -> Any:
+    """The array module of ``x``: CuPy for a GPU array, else NumPy (CuPy is never imported for host data)."""
+    if is_device_array(x):
+        import cupy
+
+        return cupy
+    return np
+
+
+def to_host(x: Any) -> np.ndarray:
+    """``x`` as a NumPy array: a GPU array is copied to the host, anything else read by ``np.asarray``."""
+    if is_device_array(x) and hasattr(x, "get"):
+        return x.get()
+    return np.asarray(x)
