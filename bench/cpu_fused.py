@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -40,8 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import gpubp  # noqa: E402
-from gpubp.backend.device import CPU_BACKEND_ENV  # noqa: E402
-from gpubp.benchmark import compare, machine_info  # noqa: E402
+from gpubp.benchmark import compare, machine_info, on_cpu_backend  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SKLEARN_SIZES = [784, 100, 10]
@@ -49,16 +47,8 @@ SKLEARN_BATCH, SKLEARN_LR, SKLEARN_ALPHA = 32, 1e-3, 1e-4
 
 
 def cpu_network(backend: str, *args: Any, **kwargs: Any) -> gpubp.Network:
-    """A ``device="cpu"`` network on ``backend`` ("numba" or "numpy"), chosen as users do: by the env."""
-    previous = os.environ.get(CPU_BACKEND_ENV)
-    os.environ[CPU_BACKEND_ENV] = backend
-    try:
-        net = gpubp.Network(*args, device="cpu", **kwargs)
-    finally:
-        if previous is None:
-            del os.environ[CPU_BACKEND_ENV]
-        else:
-            os.environ[CPU_BACKEND_ENV] = previous
+    """A ``device="cpu"`` network on ``backend`` ("numba" or "numpy")."""
+    net = on_cpu_backend(gpubp.Network(*args, device="cpu", **kwargs), backend)
     assert net.ops.name == backend, f"asked for the {backend} backend, got {net.ops.name}"
     return net
 
@@ -172,15 +162,14 @@ def configs_compare(names: list[str], seconds: float, repeats: int, log: Callabl
     rows = []
     for name in names:
         for backend in ("numba", "numpy"):
-            os.environ[CPU_BACKEND_ENV] = backend
-            row = compare(name, "cpu", seconds=seconds, repeats=repeats, log=log, extra=[StepGemms])
+            row = compare(name, "cpu", seconds=seconds, repeats=repeats, log=log, extra=[StepGemms],
+                          cpu_backend=backend)
             row["backend"] = backend
             row["gemm_share"] = row.pop("gpubp/gemms")
             row["gpubp/best_baseline"] = min(row["gpubp/numpy"], row.get("gpubp/torch", float("inf")))
             log(f"{name} {backend}: gpubp {row['gpubp']:,.0f}/s  /numpy {row['gpubp/numpy']:.2f}x  "
                 f"/torch {row.get('gpubp/torch', float('nan')):.2f}x  GEMM share {row['gemm_share']:.0%}")
             rows.append(row)
-    os.environ.pop(CPU_BACKEND_ENV, None)
     return rows
 
 

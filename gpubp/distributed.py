@@ -37,7 +37,7 @@ from typing import Any, Callable, NoReturn
 
 import numpy as np
 
-from .backend.device import DeviceError, cuda_unavailable_reason, parse_device
+from .backend import DeviceError, cuda_unavailable_reason, parse_device, resolve_device, visible_gpus
 
 Array = Any
 #: environment variables in which MPI launchers (MPICH/Hydra, Open MPI, PMIx) give a process its rank
@@ -307,7 +307,7 @@ def _launcher_size() -> int:
 
 def _device_for(kind: str, index: int | None, local_rank: int, local_size: int) -> str:
     """"cpu" or "cuda:k" for the rank that is ``local_rank`` of ``local_size`` on its node."""
-    if kind == "cpu" or (kind == "auto" and cuda_unavailable_reason() is not None):
+    if resolve_device(kind) == "cpu":
         return "cpu"
     if index is not None:
         if local_size > 1:
@@ -315,22 +315,12 @@ def _device_for(kind: str, index: int | None, local_rank: int, local_size: int) 
                              "pass device='cuda' so that each rank takes cuda:<local rank>")
         gpu = index
     else:
-        count = _visible_gpus()
+        count = visible_gpus()
         gpu = local_rank % count if count else local_rank
     reason = cuda_unavailable_reason(gpu)
     if reason is not None:
         raise DeviceError(f"local rank {local_rank} of {local_size} needs cuda:{gpu}: {reason}")
     return f"cuda:{gpu}"
-
-
-def _visible_gpus() -> int:
-    """How many GPUs this process sees (0 where CuPy or the driver is missing)."""
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount()
-    except Exception:  # ImportError, CUDARuntimeError: cuda_unavailable_reason says why
-        return 0
 
 
 def _shared_gpu_error(node: Communicator, device_name: str) -> DeviceError | None:
@@ -351,7 +341,7 @@ def _shared_gpu_error(node: Communicator, device_name: str) -> DeviceError | Non
     if shared is None:
         return None
     return DeviceError(f"local ranks {', '.join(map(str, shared[1]))} of this node would share the GPU at "
-                       f"PCI {shared[0].decode()} ({_visible_gpus()} GPU(s) visible to a rank, "
+                       f"PCI {shared[0].decode()} ({visible_gpus()} GPU(s) visible to a rank, "
                        f"{node.size} ranks on the node): start at most one rank per GPU")
 
 

@@ -10,26 +10,24 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Ops
+from .backend import Ops, array_module, is_device_array, to_host
 
-
-def to_numpy(x: Any) -> np.ndarray:
-    """A NumPy array from a NumPy, CuPy or array-like input (copies device arrays to the host)."""
-    if hasattr(x, "__cuda_array_interface__") and hasattr(x, "get"):
-        return x.get()
-    return np.asarray(x)
+#: a NumPy array from a NumPy, CuPy or array-like input (copies device arrays to the host): gpubp.to_numpy
+to_numpy = to_host
 
 
 def _all_finite(arr: Any, ops: Ops) -> bool:
     """Whether no element of ``arr`` (host or device) is NaN or ±inf: a sum is finite when every element
     is (NaN and inf propagate), so only a sum that overflows needs the elementwise check."""
-    xp = ops.xp if _is_device_array(arr, ops) else np
+    xp = array_module(arr)
     with np.errstate(over="ignore", invalid="ignore"), ops.activate():
         return bool(xp.isfinite(arr.sum())) or bool(xp.isfinite(arr).all())
 
 
 def _is_device_array(x: Any, ops: Ops) -> bool:
-    return ops.xp is not np and isinstance(x, ops.xp.ndarray)
+    """Whether ``x`` is a GPU array that ``ops`` (a GPU backend) takes as it is; on a CPU backend every
+    input is host data."""
+    return not ops.on_host and is_device_array(x)
 
 
 def _host_or_device(x: Any, ops: Ops, what: str) -> Any:

@@ -28,8 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .activations import ACTIVATIONS, SOFTMAX
-from .backend import Ops, cuda_unavailable_reason, get_ops
-from .backend.device import numba_unavailable_reason
+from .backend import Ops, cuda_unavailable_reason, get_ops, numba_unavailable_reason, visible_gpus
 from .backend.numpy_ops import NumpyOps
 from .costs import COSTS
 
@@ -77,21 +76,18 @@ class Row:
 
 
 def usable_backends() -> tuple[dict[str, Callable[[], Ops]], dict[str, str]]:
-    """({name: backend factory} for every backend usable here, {name: why not} for the others)."""
-    usable: dict[str, Callable[[], Ops]] = {"numpy": NumpyOps}
+    """({name: backend factory} for every backend usable here, {name: why not} for the others). The CPU
+    backends are asked for by name, whatever env GPUBP_CPU_BACKEND says."""
+    usable: dict[str, Callable[[], Ops]] = {"numpy": lambda: get_ops("cpu", cpu_backend="numpy")}
     missing: dict[str, str] = {}
     reason = numba_unavailable_reason()
     if reason is None:
-        from .backend.numba_ops import NumbaOps
-
-        usable["numba"] = NumbaOps
+        usable["numba"] = lambda: get_ops("cpu", cpu_backend="numba")
     else:
         missing["numba"] = reason
     reason = cuda_unavailable_reason()
     if reason is None:
-        import cupy
-
-        for index in range(cupy.cuda.runtime.getDeviceCount()):
+        for index in range(visible_gpus()):
             usable[f"cuda:{index}"] = lambda device=f"cuda:{index}": get_ops(device)
     else:
         missing["cuda"] = reason

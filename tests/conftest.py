@@ -87,3 +87,23 @@ def cpu_backend(request, monkeypatch) -> str:
             pytest.skip(reason)
     monkeypatch.setenv(CPU_BACKEND_ENV, request.param)
     return request.param
+
+
+@pytest.fixture
+def environment_writes(monkeypatch) -> list[str]:
+    """The names of the environment variables set or unset from here to the end of the test (os.environ's
+    writes go through os.putenv and os.unsetenv)."""
+    writes: list[str] = []
+    putenv, unsetenv = os.putenv, os.unsetenv
+
+    def recorded_putenv(key, value) -> None:
+        writes.append(os.fsdecode(key))
+        putenv(key, value)
+
+    def recorded_unsetenv(key) -> None:
+        writes.append(os.fsdecode(key))
+        unsetenv(key)
+
+    monkeypatch.setattr(os, "putenv", recorded_putenv)
+    monkeypatch.setattr(os, "unsetenv", recorded_unsetenv)
+    return writes

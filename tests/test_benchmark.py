@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpubp.benchmark import (CONFIGS, Config, PlainNumpyNet, TorchTrainer, compare, format_table, one_hot,
-                             synthetic_data)
+from gpubp.backend import numba_unavailable_reason
+from gpubp.benchmark import (CONFIGS, Config, PlainNumpyNet, TorchTrainer, compare, format_table, gpubp_network,
+                             one_hot, synthetic_data)
 from gpubp.network import Network
 
 
@@ -128,6 +129,33 @@ def test_compare_times_extra_contenders_in_turn():
     assert built == [("S", (30, 784), 30)]
     assert row["fixed_seconds"] == [2.0] * 3 and row["fixed"] == 15.0
     assert row["gpubp/fixed"] == pytest.approx(statistics.median(2.0 / g for g in row["gpubp_seconds"]))
+
+
+@pytest.mark.skipif(numba_unavailable_reason() is not None, reason="needs both CPU backends")
+def test_compare_runs_gpubp_on_the_cpu_backend_asked_for_without_touching_the_environment(cpu_backend,
+                                                                                         environment_writes):
+    """cpu_backend= picks the backend whatever env GPUBP_CPU_BACKEND (here: the fixture's) says; the network
+    keeps the parameters of its seed."""
+    other = "numba" if cpu_backend == "numpy" else "numpy"
+    ran_on = []
+
+    class Backend:
+        name = "backend"
+
+        def __init__(self, net, config, X, labels, seed):
+            ran_on.append(net.ops.name)
+
+        def run(self):
+            return 1.0
+
+    compare("S", device="cpu", samples=20, repeats=1, torch=False, numpy=False, extra=[Backend],
+            cpu_backend=other)
+    compare("S", device="cpu", samples=20, repeats=1, torch=False, numpy=False, extra=[Backend])
+    assert ran_on == [other, cpu_backend]
+    moved, default = gpubp_network(CONFIGS["S"], "cpu", 3, cpu_backend=other), gpubp_network(CONFIGS["S"], "cpu", 3)
+    assert moved.ops.name == other and default.ops.name == cpu_backend
+    np.testing.assert_array_equal(moved.parameters(), default.parameters())
+    assert [name for name in environment_writes if name.startswith("GPUBP_")] == []
 
 
 def test_compare_sizes_the_data_set_from_the_time_budget():

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import gpubp
-from gpubp.cli import confusion_matrix, main
+from gpubp.cli import main
+from gpubp.metrics import confusion_matrix
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -96,6 +96,23 @@ def test_without_cuda_headers_or_cublas_auto_picks_the_cpu_and_says_why(emulatio
         assert "auto:      cpu" in out and piece in out, out
 
 
+def test_info_selftest_and_the_benchmark_see_every_gpu(gpus, capsys):
+    """gpubp info, selftest's backends and the benchmark's machine info ask the backend which GPUs exist."""
+    from gpubp.benchmark import machine_info
+    from gpubp.selftest import usable_backends
+
+    names = ["cuda:0 Emulated GPU 0", "cuda:1 Emulated GPU 1"]
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"GPUs:      {names[0]}; {names[1]}\n" in out and "auto:      cuda:0\n" in out, out
+    assert "kernels:   all " in out and " compile on cuda:0 (sources in " in out, out
+    usable, missing = usable_backends()
+    assert [name for name in usable if name.startswith("cuda")] == ["cuda:0", "cuda:1"] and "cuda" not in missing
+    assert usable["cuda:1"]().device == "cuda:1"
+    info = machine_info()
+    assert info["gpus"] == names and info["gpu"] == "Emulated GPU 0" and info["cupy"] == "14.2.0 (emulated)"
+
+
 def test_a_kernel_without_cuda_headers_is_a_device_error_with_the_install_command(emulation_build):
     """CuPy raises RuntimeError, not CompileException, when the headers are missing."""
     with emulated_gpus(emulation_build, missing="headers"):

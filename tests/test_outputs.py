@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import gpubp
-from gpubp.cli import format_confusion_summary, main
+from gpubp.cli import main
+from gpubp.cli.evaluate import format_confusion_summary
 from gpubp.files import creation_mode, refuse_same_files, write_atomically
 from gpubp.metrics import confusion_matrix
 

@@ -3,6 +3,8 @@ and its CUDA rows under the emulated CuPy (tests/cpp/emulated_cupy.py)."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from test_kernels_host import emulated, host_program  # noqa: F401  (fixtures: the emulated CuPy)
@@ -113,3 +115,32 @@ def test_a_planted_wrong_cuda_kernel_is_reported(emulated, capsys, monkeypatch):
     assert status == 1
     assert "cuda:0 float64 σ′⊙g: worst error" in out and "cuda:0 float64 BP1–BP4: worst error" in out
     assert "cuda:0 float64 output δ" not in out  # the output kernel has its own, correct, copy of σ′
+
+
+@needs_numba
+@pytest.mark.parametrize("setting", [None, "numpy", "numba"])
+def test_selftest_and_info_choose_the_cpu_backends_without_touching_the_environment(capsys, monkeypatch,
+                                                                                    environment_writes,
+                                                                                    setting):
+    """Each CPU backend is asked for by name (get_ops("cpu", cpu_backend=…)), whatever env GPUBP_CPU_BACKEND
+    says, and no GPUBP_ variable is written (``gpubp info`` imports scikit-learn, which sets KMP_ ones)."""
+    from gpubp.selftest import usable_backends
+
+    if setting is None:
+        monkeypatch.delenv("GPUBP_CPU_BACKEND", raising=False)
+    else:
+        monkeypatch.setenv("GPUBP_CPU_BACKEND", setting)
+    before, writes = gpubp_environment(), len(environment_writes)
+    usable, _ = usable_backends()
+    assert usable["numpy"]().name == "numpy" and usable["numba"]().name == "numba"
+    status, out, rows = selftest(capsys, "--backends", "numpy,numba")
+    assert status == 0, out
+    assert set(rows) == {(b, d) for b in ("numpy", "numba") for d in ("float32", "float64")}
+    assert main(["info"]) == 0
+    assert f"cpu:       {setting or 'numba'}" in capsys.readouterr().out
+    assert [name for name in environment_writes[writes:] if name.startswith("GPUBP_")] == []
+    assert gpubp_environment() == before
+
+
+def gpubp_environment() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if name.startswith("GPUBP_")}

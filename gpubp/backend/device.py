@@ -70,17 +70,17 @@ def visible_gpus() -> int:
         return 0
 
 
-def gpu_names() -> list[str]:
-    """"cuda:N <name>" for each GPU this process sees, usable or not."""
-    if not visible_gpus():
-        return []
+def gpu_name(index: int) -> str:
+    """The name the driver gives GPU ``index`` (one that ``visible_gpus`` counts)."""
     import cupy
 
-    names = []
-    for index in range(visible_gpus()):
-        name = cupy.cuda.runtime.getDeviceProperties(index)["name"]
-        names.append(f"cuda:{index} {name.decode() if isinstance(name, bytes) else name}")
-    return names
+    name = cupy.cuda.runtime.getDeviceProperties(index)["name"]
+    return name.decode() if isinstance(name, bytes) else name
+
+
+def gpu_names() -> list[str]:
+    """"cuda:N <name>" for each GPU this process sees, usable or not."""
+    return [f"cuda:{index} {gpu_name(index)}" for index in range(visible_gpus())]
 
 
 def resolve_device(device: str | None = None) -> str:
@@ -150,6 +150,27 @@ def numba_unavailable_reason() -> str | None:
 def cpu_backend() -> str:
     """The CPU backend device="cpu" uses by default: env GPUBP_CPU_BACKEND (see ``choose_cpu_backend``)."""
     return choose_cpu_backend(None)
+
+
+def describe_cpu_backend() -> str:
+    """Which backend device="cpu" runs by default, how that was chosen, and how to choose the other one."""
+    setting = os.environ.get(CPU_BACKEND_ENV)
+    how = f"{CPU_BACKEND_ENV}={setting}" if setting else f"{CPU_BACKEND_ENV} unset"
+    try:
+        backend = cpu_backend()
+    except (ValueError, RuntimeError) as exc:
+        return f"unusable: {exc}"
+    if backend == "numba":
+        import numba
+
+        from .numba_ops import _NUMBA_BLAS
+
+        blas = "small layers' matmuls in the same call through SciPy's BLAS" if _NUMBA_BLAS else \
+            "matmuls by NumPy (install scipy for whole small layers in one call)"
+        return f"numba {numba.__version__}: fused kernels, {blas} ({how}; {CPU_BACKEND_ENV}=numpy forces " \
+               "the NumPy reference)"
+    reason = numba_unavailable_reason()
+    return f"numpy: the NumPy reference ({how}" + (f"; {reason})" if reason else ")")
 
 
 def choose_cpu_backend(choice: str | None) -> str:

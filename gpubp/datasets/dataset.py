@@ -105,7 +105,7 @@ def to_device(data: Dataset, device: str) -> Dataset:
     from ..backend import get_ops
 
     ops = get_ops(device)
-    if ops.device == "cpu":
+    if ops.on_host:
         return data
     return map_splits(data, lambda split: (ops.asarray(split[0]), ops.asarray(split[1])))
 
