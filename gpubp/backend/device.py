@@ -1,7 +1,8 @@
 """Device selection, asked in one place: "cpu", "cuda", "cuda:N" or "auto" to the backend that runs there.
 
-``resolve_device`` holds the "auto" rule (a usable GPU, else the CPU), ``visible_gpus`` and ``gpu_names``
-what CuPy sees, ``cuda_unavailable_reason`` why a GPU cannot be used, ``get_ops`` the backend itself.
+``resolve_device`` holds the "auto" rule (a usable GPU, else the CPU), ``visible_gpus``, ``gpu_name`` and
+``gpu_names`` what CuPy sees, ``cuda_unavailable_reason`` why a GPU cannot be used, ``choose_cpu_backend``
+and ``describe_cpu_backend`` which backend runs device "cpu", ``get_ops`` the backend itself.
 """
 
 from __future__ import annotations
