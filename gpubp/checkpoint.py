@@ -41,6 +41,7 @@ import numpy as np
 
 from .files import fsync_folder, written_size
 from .optimizers import OPTIMIZERS
+from .schedules import SCHEDULES
 from .serialization import (check_model_fields, model_description, model_fields, npz_writer, read_npz,
                             restore_fields, text_field, write_npz)
 
@@ -65,6 +66,8 @@ STAMP_BYTES = 4096
 #: state's JSON is longer, so a checkpoint holding it is as large as one can be
 LONGEST_SHUFFLE_STATE = {"bit_generator": "PCG64", "state": {"state": 2**128 - 1, "inc": 2**128 - 1},
                          "has_uint32": 1, "uinteger": 2**32 - 1}
+#: the longest JSON of an optimizer setting of each type (text: the longest schedule name)
+LONGEST_SETTING = {bool: False, int: -2**63, float: -sys.float_info.max, str: max(SCHEDULES, key=len)}
 
 
 class CheckpointWarning(UserWarning):
@@ -383,6 +386,8 @@ def _largest_arrays(net: Any, optimizer: str, run: dict[str, Any],
               if not k.startswith("optimizer")}  # the optimizer of the net's previous fit, if any
     arrays["optimizer"] = np.array(optimizer)
     arrays["optimizer.t"] = np.array(0, dtype=np.int64)
+    longest = {key: LONGEST_SETTING[type(value)] for key, value in OPTIMIZERS[optimizer].defaults.items()}
+    arrays["optimizer_settings"] = np.array(json.dumps(longest))
     arrays.update({f"optimizer.{buffer}": arrays["params"] for buffer in OPTIMIZERS[optimizer].buffers})
     epochs = run["epochs"]
     arrays.update(_run_arrays(epochs, {k: [0.0] * epochs for k in history_keys}, run, True, "0" * 16))

@@ -152,3 +152,10 @@ def positive_float(value: Any, name: str, allow_zero: bool = False, below: float
         extra = f" and < {below}" if below is not None else ""
         raise ValueError(f"{name} must be a finite number {bound}{extra}; got {value!r}")
     return float(value)
+
+
+def boolean(value: Any, name: str) -> bool:
+    """True or False (NumPy's bools too); ValueError for anything else, 0 and 1 included."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False; got {value!r}")
+    return bool(value)

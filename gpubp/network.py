@@ -383,7 +383,10 @@ class Network:
             progress: bool | None = None, seed: int | None = None,
             callbacks: Iterable[Callable[["Network", int, dict], Any]] | None = None,
             distributed: Any = None, checkpoint: str | None = None,
-            checkpoint_every: int = 1, sample_weight: Any = None) -> dict[str, list]:
+            checkpoint_every: int = 1, sample_weight: Any = None, lr_schedule: str = "constant",
+            power_t: float = 0.5, tol: float | None = None, n_iter_no_change: int = 10,
+            monitor: str | Callable[["Network", dict], float] | None = None, restore_best: bool = False,
+            optimizer_options: dict[str, Any] | None = None) -> dict[str, list]:
         """Mini-batch gradient descent; returns the history of per-epoch "loss", "val_loss" and "val_accuracy"
         (regression: "val_mse", "val_mae", "val_r2").
 
@@ -399,6 +402,20 @@ class Network:
         ``checkpoint`` is a directory: every ``checkpoint_every`` epochs, at the end and when training is
         interrupted, the state at the end of the last completed epoch is written there (gpubp.checkpoint),
         and a later ``fit`` with the same arguments resumes from it exactly.
+
+        ``lr`` is η₀ of the learning-rate schedule ``lr_schedule`` (``gpubp.schedules``): "constant",
+        "invscaling" (η = η₀ / (t + 1)^power_t after each epoch, t = samples trained on) or "adaptive" (η ÷ 5
+        each time the stopping rule fires). With ``tol`` given, the stopping rule watches ``monitor``: a key of
+        the history (default "val_loss" with ``validation_data``, else "loss"; higher is better for accuracy
+        and R²) or a callable fn(net, logs) returning a value to minimise. After ``n_iter_no_change`` epochs
+        in a row that do not improve on the best value by ``tol`` or more, training ends normally, the history
+        holding the epochs done (adaptive: η ÷ 5 instead, ending once the rule fires at η ≤ 1e-6).
+        ``restore_best`` ends training with the parameters of the best epoch (those ``fit`` started from if
+        none beat the best value it started with); it keeps them in memory only, so not with ``checkpoint``.
+        Each ``fit`` starts the schedule at η₀ with nothing monitored yet; a resumed checkpoint continues its
+        own. ``optimizer_options`` sets any other setting of the optimizer by name (``Optimizer.defaults``:
+        Adam's beta1, beta2, eps, …, or the schedule's running state current_lr, samples_seen, best,
+        no_improvement_count, to continue a schedule from elsewhere).
         """
         from .training import Trainer
 
@@ -409,7 +426,9 @@ class Network:
         trainer = Trainer(self, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                           momentum=momentum, weight_decay=weight_decay, shuffle=shuffle,
                           progress=progress, seed=seed, callbacks=callbacks, comm=distributed,
-                          checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+                          checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                          lr_schedule=lr_schedule, power_t=power_t, tol=tol, n_iter_no_change=n_iter_no_change,
+                          monitor=monitor, restore_best=restore_best, optimizer_options=optimizer_options)
         return trainer.run(X, Y, validation_data, sample_weight)
 
     # ---- persistence ------------------------------------------------------------------------------

@@ -6,54 +6,84 @@ The gradient arrives as a SUM over the mini-batch; ``grad_scale`` (1/m) turns it
 
 An optimizer lives on its network between ``fit`` calls (``Network.optimizer``): the next ``fit`` with the
 same optimizer name continues from its state (momentum's velocity; Adam's m, v and step count t) with that
-call's hyper-parameters, as Keras does.
+call's hyper-parameters, as Keras does. Every optimizer also runs a learning-rate schedule and a stopping
+rule (``gpubp.schedules``): its steps use the schedule's η (``current_lr``), starting at ``lr``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from . import inputs
 from .backend import Ops
+from .schedules import Schedule
 
 Array = Any
+#: what a setting is: a JSON value
+Setting = bool | int | float | str
 
 
-class Optimizer:
-    """Holds the hyper-parameters, the steps taken ``t`` and any state buffers shaped like the parameters."""
+def _positive(value: Any, name: str) -> float:
+    return inputs.positive_float(value, name)
+
+
+def _non_negative(value: Any, name: str) -> float:
+    return inputs.positive_float(value, name, allow_zero=True)
+
+
+def _fraction(value: Any, name: str) -> float:
+    return inputs.positive_float(value, name, allow_zero=True, below=1.0)
+
+
+class Optimizer(Schedule):
+    """Holds the hyper-parameters, the schedule, the steps taken ``t`` and any state buffers shaped like the
+    parameters."""
 
     name = ""
     #: names of the state buffers, each an array shaped like the flat parameters
     buffers: tuple[str, ...] = ()
-    #: the hyper-parameters (attributes, each a bool or a number) with their defaults: what ``settings()``
-    #: gives, ``configure`` sets and a saved model keeps
-    defaults: dict[str, float | bool] = {
+    #: the settings (attributes, each a bool, int, float or str) with their defaults: what ``settings()``
+    #: gives, ``configure`` sets and a saved model keeps; the schedule's running state included
+    defaults: dict[str, Setting] = {
         "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
         # False: λ is the decay of the mean cost (C + λ/2 Σw²). True: λ is per unit of batch weight, as
         # scikit-learn's ``alpha`` (C + λ/2 Σw² / m), so a step's decay is λ·s with s = grad_scale = 1/m
         "decay_per_sample": False,
+        **Schedule.schedule_defaults, **Schedule.running,
+    }
+    #: what each setting must be: a check returning the value as stored, or raising ValueError naming it
+    checks: dict[str, Callable[[Any, str], Setting]] = {
+        "lr": _positive, "momentum": _fraction, "weight_decay": _non_negative,
+        "decay_per_sample": inputs.boolean, **Schedule.schedule_checks,
     }
 
-    def __init__(self, ops: Ops, params: Array, n_weights: int, **settings: float | bool) -> None:
+    def __init__(self, ops: Ops, params: Array, n_weights: int, **settings: Setting) -> None:
         self.ops, self.params, self.n_weights = ops, params, n_weights
-        self.configure(**{**self.defaults, **settings})
+        self.configure(**{**self.defaults, "current_lr": settings.get("lr", self.defaults["lr"]), **settings})
         self.t = 0
         for buffer in self.buffers:
             setattr(self, buffer, ops.zeros(params.shape, params.dtype))
 
-    def configure(self, **settings: float | bool) -> None:
-        """Set hyper-parameters by name (a continued ``fit`` may change them; the state is kept);
-        ValueError for a name this optimizer does not have."""
-        unknown = [key for key in settings if key not in self.defaults]
+    @classmethod
+    def check_settings(cls, **settings: Any) -> dict[str, Setting]:
+        """``settings`` as they would be stored; ValueError naming a setting this optimizer does not have
+        (listing those it has) or a value that does not fit."""
+        unknown = [key for key in settings if key not in cls.defaults]
         if unknown:
-            raise ValueError(f"the {self.name} optimizer has no setting {', '.join(map(repr, unknown))}; "
-                             f"its settings: {', '.join(self.defaults)}")
-        for key, value in settings.items():
+            raise ValueError(f"the {cls.name} optimizer has no setting {', '.join(map(repr, unknown))}; "
+                             f"its settings: {', '.join(cls.defaults)}")
+        return {key: cls.checks[key](value, key) for key, value in settings.items()}
+
+    def configure(self, **settings: Any) -> None:
+        """Set settings by name (a continued ``fit`` may change them; the state is kept); ValueError, with
+        nothing changed, for a name this optimizer does not have or a value that does not fit."""
+        for key, value in self.check_settings(**settings).items():
             setattr(self, key, value)
 
-    def settings(self) -> dict[str, float | bool]:
-        """The hyper-parameters by name (see ``defaults``)."""
+    def settings(self) -> dict[str, Setting]:
+        """The settings by name (see ``defaults``)."""
         return {key: getattr(self, key) for key in self.defaults}
 
     def step(self, grad: Array, grad_scale: float) -> None:
@@ -103,7 +133,8 @@ class SGD(Optimizer):
 
     def step(self, grad, grad_scale):
         self.t += 1
-        self.ops.sgd_update(self.params, grad, self.lr, grad_scale, self.decay(grad_scale), self.n_weights)
+        self.ops.sgd_update(self.params, grad, self.current_lr, grad_scale, self.decay(grad_scale),
+                            self.n_weights)
 
 
 class Momentum(Optimizer):
@@ -114,8 +145,8 @@ class Momentum(Optimizer):
 
     def step(self, grad, grad_scale):
         self.t += 1
-        self.ops.velocity_update(self.name, self.params, grad, self.velocity, self.lr, self.momentum,
-                                 grad_scale, self.decay(grad_scale), self.n_weights)
+        self.ops.velocity_update(self.name, self.params, grad, self.velocity, self.current_lr,
+                                 self.momentum, grad_scale, self.decay(grad_scale), self.n_weights)
 
 
 class Nesterov(Momentum):
@@ -134,11 +165,13 @@ class Adam(Optimizer):
     name = "adam"
     buffers = ("m", "v")
     defaults = {**Optimizer.defaults, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "eps_on_corrected_v": True}
+    checks = {**Optimizer.checks, "beta1": _fraction, "beta2": _fraction, "eps": _positive,
+              "eps_on_corrected_v": inputs.boolean}
 
     def step(self, grad, grad_scale):
         self.t += 1
         eps = self.eps if self.eps_on_corrected_v else self.eps / np.sqrt(1.0 - self.beta2 ** self.t)
-        self.ops.adam_update(self.params, grad, self.m, self.v, self.lr, self.beta1, self.beta2,
+        self.ops.adam_update(self.params, grad, self.m, self.v, self.current_lr, self.beta1, self.beta2,
                              eps, self.t, grad_scale, self.decay(grad_scale), self.n_weights)
 
 
@@ -153,7 +186,7 @@ def optimizer_name(name: str) -> str:
     return key
 
 
-def make_optimizer(name: str, ops: Ops, params: Array, n_weights: int, **settings: float | bool) -> Optimizer:
+def make_optimizer(name: str, ops: Ops, params: Array, n_weights: int, **settings: Setting) -> Optimizer:
     """The optimizer called ``name`` over ``params``, with fresh (zero) state and ``settings`` (the rest at
     their defaults)."""
     return OPTIMIZERS[optimizer_name(name)](ops, params, n_weights, **settings)

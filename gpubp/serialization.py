@@ -1,9 +1,10 @@
 """Saving and loading networks as .npz files: named arrays only, no pickle, written atomically.
 
 Format version 2 adds, to version 1's model description and parameters: the optimizer state of the last
-``fit`` (``optimizer`` name, ``optimizer.t`` and one ``optimizer.<buffer>`` array per state buffer), the
-shuffle generator's state and the network's ``metadata``, both as JSON text. Version 1 files still load,
-with no optimizer state.
+``fit`` (``optimizer`` name, ``optimizer.t``, one ``optimizer.<buffer>`` array per state buffer, and its
+settings, the schedule's running state included, as JSON text ``optimizer_settings``), and as JSON text the
+shuffle generator's state and the network's ``metadata``. Version 1 files still load, with no optimizer
+state.
 
 Reading checks a file whole before a network is built: its zip and .npy structure (``gpubp.npzfile``,
 every read bounded by what the file declares), the parameter count against the layer sizes, the optimizer
@@ -24,12 +25,12 @@ from .costs import COSTS, Cost
 from .files import write_atomically
 from .initializers import parameter_count
 from .metadata import check_metadata
-from .optimizers import optimizer_name
+from .optimizers import OPTIMIZERS, optimizer_name
 
 FORMAT = "gpubp-network"
 FORMAT_VERSION = 2
 REQUIRED = ("format", "format_version", "sizes", "activation", "output", "cost", "dtype", "params")
-OPTIONAL = ("builtin_cost", "metadata", "shuffle_rng", "optimizer")
+OPTIONAL = ("builtin_cost", "metadata", "shuffle_rng", "optimizer", "optimizer_settings")
 OPTIMIZER_PREFIX = "optimizer."
 #: the optimizer's state buffers, and what a checkpoint adds (``gpubp.checkpoint``)
 KNOWN_PREFIXES = (OPTIMIZER_PREFIX, "checkpoint.")
@@ -62,6 +63,7 @@ def model_fields(net: Any, params: Any = None, optimizer_state: dict[str, Any] |
     if optimizer is not None:
         state = optimizer.state_dict() if optimizer_state is None else optimizer_state
         arrays["optimizer"] = np.array(optimizer.name)
+        arrays["optimizer_settings"] = np.array(json.dumps(optimizer.settings(), allow_nan=False))
         arrays.update({f"optimizer.{k}": np.asarray(to_host(v)) for k, v in state.items()})
     return arrays
 
@@ -139,6 +141,7 @@ def restore_fields(net: Any, fields: dict[str, np.ndarray], name: str) -> None:
                                        weight_decay=0.0)
         state = {k[len(OPTIMIZER_PREFIX):]: v for k, v in fields.items() if k.startswith(OPTIMIZER_PREFIX)}
         try:
+            optimizer.configure(**_optimizer_settings(fields, name))
             optimizer.load_state_dict(state)
         except ValueError as exc:
             raise ValueError(f"{name} holds a damaged training state: {exc}") from exc
@@ -240,10 +243,19 @@ def _check_optimizer_fields(fields: dict[str, np.ndarray], shape: tuple[int, ...
     if "optimizer" not in fields:
         return
     try:
-        optimizer_name(text_field(fields, "optimizer", name))
+        OPTIMIZERS[optimizer_name(text_field(fields, "optimizer", name))].check_settings(
+            **_optimizer_settings(fields, name))
     except ValueError as exc:
         raise ValueError(f"{name} holds a damaged training state: {exc}") from exc
     for key, value in fields.items():
         if key.startswith(OPTIMIZER_PREFIX) and key != OPTIMIZER_PREFIX + "t" and value.shape != shape:
             raise ValueError(f"{name} holds a damaged training state: {key} has shape {value.shape}, the "
                              f"parameters {shape}")
+
+
+def _optimizer_settings(fields: dict[str, np.ndarray], name: str) -> dict[str, Any]:
+    """The optimizer settings stored in ``fields`` ({} in files written before they were stored)."""
+    settings = _json_field(fields, "optimizer_settings", name) if "optimizer_settings" in fields else {}
+    if not isinstance(settings, dict):
+        raise ValueError("field 'optimizer_settings' is not a JSON object")
+    return settings

@@ -2,17 +2,21 @@
 ``sklearn.neural_network``'s, on any gpubp device.
 
 Same constructor parameters, defaults, fitted attributes and maths as scikit-learn 1.9's MLP, trained by
-``Network.fit`` (one epoch loop; scikit-learn's per-iteration logic runs in its epoch callback):
+``Network.fit`` (one epoch loop, whose optimizer runs the schedule and the stopping rule; scikit-learn's
+bookkeeping of each iteration runs in its epoch callback):
 
     L2             each batch minimises C + α/2 Σ‖W‖² / Σ wₓ, so ∇W gains αW / Σ wₓ (Σ wₓ = batch size
                    without sample weights): ``weight_decay=alpha`` with ``Optimizer.decay_per_sample``
     solver="sgd"   v ← μv − η∇; w ← w + v, or with Nesterov w ← w + μv − η∇ (gpubp's "nesterov")
     solver="adam"  scikit-learn's form: w ← w − η √(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + ε)
     schedules      invscaling η = η₀ / (t + 1)^power_t (t = samples seen), adaptive η /= 5 after
-                   ``n_iter_no_change`` epochs without a ``tol`` improvement; set on ``net.optimizer.lr``
-    stopping       ``tol`` / ``n_iter_no_change`` on the training loss, or with ``early_stopping`` on the
-                   validation score (accuracy, R²) of a held-out ``validation_fraction``, restoring the best
-                   parameters
+                   ``n_iter_no_change`` epochs without a ``tol`` improvement: ``fit``'s ``lr_schedule``
+    stopping       ``tol`` / ``n_iter_no_change`` on the training loss (with its L2 term), or with
+                   ``early_stopping`` on the validation score (accuracy, R²) of a held-out
+                   ``validation_fraction``, restoring the best parameters: ``fit``'s ``tol``, ``monitor``
+                   and ``restore_best``; the running state (η, t, best, count) goes in and out through
+                   ``optimizer_options`` and ``net.optimizer``, so ``partial_fit`` and ``warm_start`` go on
+                   as scikit-learn's
     losses         log-loss (softmax + log-likelihood, or sigmoid + cross-entropy for binary and
                    multilabel targets), squared error ½ mean((y − ŷ)²), Poisson (log link)
 
@@ -43,13 +47,14 @@ from .activations import ALIASES, ACTIVATIONS
 from .backend import DeviceError
 from .costs import Cost, _xp
 from .network import Network
+from .schedules import NOTHING_MONITORED
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
 #: scikit-learn's activation names that gpubp spells differently
 SKLEARN_ACTIVATIONS = {"logistic": "sigmoid"}
-#: scikit-learn's adaptive schedule stops once the learning rate falls to this
-MIN_ADAPTIVE_LR = 1e-6
+#: more epochs than any run has: scikit-learn's n_iter_no_change=inf (count, never stop)
+NEVER = 2 ** 62
 
 
 class PoissonLogLink(Cost):
@@ -148,7 +153,6 @@ class _BaseMLP(BaseEstimator):
         self.t_ = 0
         self.loss_curve_ = []
         self._no_improvement_count = 0
-        self._best_parameters = net.ops.to_numpy(net.parameters()).copy()
         if self.early_stopping:
             self.validation_scores_ = []
             self.best_validation_score_ = -np.inf
@@ -174,28 +178,35 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to "
                               "be clipped")
             batch_size = int(np.clip(self.batch_size, 1, n_train))
-        name = self._optimizer_name()
-        optimizer = net._optimizer_for(name, self._learning_rate, self._gpubp_momentum(), self.alpha)
-        optimizer.decay_per_sample = True
-        if name == "adam":
-            optimizer.beta1, optimizer.beta2, optimizer.eps = self.beta_1, self.beta_2, self.epsilon
-            optimizer.eps_on_corrected_v = False
         n_batches = -(-n_train // batch_size)
         total_weight = n_train if sw_train is None else float(np.sum(sw_train))
-        epoch_end = _EpochEnd(self, validation, n_train, n_batches / total_weight, incremental)
+        epoch_end = _EpochEnd(self, validation, n_batches / total_weight, incremental)
+        # scikit-learn stops when the count of epochs without improvement exceeds n_iter_no_change
+        patience = NEVER if self.n_iter_no_change == np.inf else int(self.n_iter_no_change) + 1
         try:
             net.fit(X_train, self._network_targets(y_train), epochs=1 if incremental else self.max_iter,
-                    batch_size=batch_size, lr=self._learning_rate, optimizer=name,
+                    batch_size=batch_size, lr=float(self.learning_rate_init), optimizer=self._optimizer_name(),
                     momentum=self._gpubp_momentum(), weight_decay=self.alpha, shuffle=self.shuffle,
                     progress=False, seed=int(random_state.randint(np.iinfo(np.int32).max)),
-                    callbacks=[epoch_end], sample_weight=sw_train)
+                    callbacks=[epoch_end], sample_weight=sw_train,
+                    lr_schedule=self.learning_rate if self.solver == "sgd" else "constant", power_t=self.power_t,
+                    tol=self.tol, n_iter_no_change=patience, monitor=epoch_end.monitored,
+                    restore_best=self.early_stopping, optimizer_options=self._optimizer_options())
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.")
         except FloatingPointError as exc:
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain "
                              "large values and need to be preprocessed.") from exc
-        if self.early_stopping:
-            net.parameters()[...] = net.ops.asarray(self._best_parameters)
+
+    def _optimizer_options(self) -> dict[str, Any]:
+        """scikit-learn's optimizer settings besides ``fit``'s own, and where its schedule stands: η (that of
+        a fresh optimizer, or where ``partial_fit`` left it), t_, the best loss or score, the count."""
+        best = -self.best_validation_score_ if self.early_stopping else self.best_loss_
+        options = {"decay_per_sample": True, "current_lr": self._learning_rate, "samples_seen": self.t_,
+                   "best": best, "no_improvement_count": self._no_improvement_count}
+        if self.solver == "adam":
+            options.update(beta1=self.beta_1, beta2=self.beta_2, eps=self.epsilon, eps_on_corrected_v=False)
+        return options
 
     def _optimizer_name(self) -> str:
         if self.solver == "adam":
@@ -317,83 +328,67 @@ class _BaseMLP(BaseEstimator):
 
 
 class _EpochEnd:
-    """scikit-learn's end-of-iteration logic, as a ``Network.fit`` callback: bookkeeping, loss_curve_,
-    the stopping rule, the best parameters, the learning-rate schedule. Returning False stops the fit."""
+    """scikit-learn's end of an iteration around ``Network.fit``'s schedule and stopping rule: ``monitored``
+    gives the rule the value scikit-learn watches; the callback then records what the optimizer decided in
+    the fitted attributes, prints as scikit-learn's verbose mode does, and warns at ``max_iter``."""
 
-    def __init__(self, estimator: _BaseMLP, validation: tuple | None, n_train: int, penalty_batches: float,
+    def __init__(self, estimator: _BaseMLP, validation: tuple | None, penalty_batches: float,
                  incremental: bool) -> None:
-        self.estimator, self.validation, self.n_train = estimator, validation, n_train
+        self.estimator, self.validation = estimator, validation
         #: Σ over batches of 1 / Σ wₓ: how many times the epoch's loss holds α/2 ‖W‖² / Σ wₓ, per sample
         self.penalty_batches = penalty_batches
         self.incremental = incremental
+        self.loss = self.score = np.nan
         estimator.n_iter_ = 0
 
-    def __call__(self, net: Network, epoch: int, logs: dict) -> bool:
+    def monitored(self, net: Network, logs: dict) -> float:
+        """The epoch's ``loss_`` (with the L2 term), or with early stopping minus its validation score."""
         est = self.estimator
         weights = net.parameters()[:net.n_weights]
         penalty = 0.5 * est.alpha * net.ops.item(weights.dot(weights)) * self.penalty_batches
+        self.loss = est._sklearn_loss(logs["loss"]) + penalty
+        if self.validation is None:
+            return self.loss
+        self.score = est._validation_score(self.validation)
+        return -self.score
+
+    def __call__(self, net: Network, epoch: int, logs: dict) -> None:
+        est, optimizer = self.estimator, net.optimizer
         est.n_iter_ += 1
-        est.loss_ = est._sklearn_loss(logs["loss"]) + penalty
-        est.t_ += self.n_train
+        est.loss_ = self.loss
+        est.t_ = optimizer.samples_seen
         est.loss_curve_.append(est.loss_)
         if est.verbose:
             print("Iteration %d, loss = %.8f" % (est.n_iter_, est.loss_))
-        self._update_no_improvement_count(net)
-        if est.solver == "sgd" and est.learning_rate == "invscaling":
-            est._learning_rate = float(est.learning_rate_init) / (est.t_ + 1) ** est.power_t
-            net.optimizer.lr = est._learning_rate
-        if est._no_improvement_count > est.n_iter_no_change:
-            what = "Validation score" if self.validation is not None else "Training loss"
-            message = (f"{what} did not improve more than tol={est.tol:f} for {est.n_iter_no_change} "
-                       "consecutive epochs.")
-            if self._stop(net, message):
-                return False
-            est._no_improvement_count = 0
-        if self.incremental:
-            return False
-        if est.n_iter_ == est.max_iter:
+        best = -np.inf if optimizer.best == NOTHING_MONITORED else optimizer.best
+        if self.validation is not None:
+            est.validation_scores_.append(self.score)
+            if est.verbose:
+                print("Validation score: %f" % self.score)
+            est.best_validation_score_ = -best
+        else:
+            est.best_loss_ = best
+        est._no_improvement_count = optimizer.no_improvement_count
+        reduced = optimizer.current_lr < est._learning_rate and optimizer.lr_schedule == "adaptive"
+        est._learning_rate = optimizer.current_lr
+        if est.verbose and (reduced or optimizer.stopped):
+            self._print_decision(optimizer, reduced)
+        if not optimizer.stopped and not self.incremental and est.n_iter_ == est.max_iter:
             warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and the optimization "
                           "hasn't converged yet." % est.max_iter, ConvergenceWarning)
-        return True
 
-    def _update_no_improvement_count(self, net: Network) -> None:
+    def _print_decision(self, optimizer: Any, reduced: bool) -> None:
+        """scikit-learn's message when the stopping rule fired."""
         est = self.estimator
-        if self.validation is not None:
-            score = est._validation_score(self.validation)
-            est.validation_scores_.append(score)
-            if est.verbose:
-                print("Validation score: %f" % score)
-            if score < est.best_validation_score_ + est.tol:
-                est._no_improvement_count += 1
-            else:
-                est._no_improvement_count = 0
-            if score > est.best_validation_score_:
-                est.best_validation_score_ = score
-                est._best_parameters = net.ops.to_numpy(net.parameters()).copy()
+        what = "Validation score" if self.validation is not None else "Training loss"
+        message = (f"{what} did not improve more than tol={est.tol:f} for {est.n_iter_no_change} "
+                   "consecutive epochs.")
+        if reduced:
+            print(message + " Setting learning rate to %f" % optimizer.current_lr)
+        elif optimizer.lr_schedule == "adaptive":
+            print(message + " Learning rate too small. Stopping.")
         else:
-            if est.loss_curve_[-1] > est.best_loss_ - est.tol:
-                est._no_improvement_count += 1
-            else:
-                est._no_improvement_count = 0
-            if est.loss_curve_[-1] < est.best_loss_:
-                est.best_loss_ = est.loss_curve_[-1]
-
-    def _stop(self, net: Network, message: str) -> bool:
-        """Stop, or (adaptive SGD) divide the learning rate by 5 and go on while it is above 1e-6."""
-        est = self.estimator
-        if est.solver != "sgd" or est.learning_rate != "adaptive":
-            if est.verbose:
-                print(message + " Stopping.")
-            return True
-        if est._learning_rate <= MIN_ADAPTIVE_LR:
-            if est.verbose:
-                print(message + " Learning rate too small. Stopping.")
-            return True
-        est._learning_rate /= 5.0
-        net.optimizer.lr = est._learning_rate
-        if est.verbose:
-            print(message + " Setting learning rate to %f" % est._learning_rate)
-        return False
+            print(message + " Stopping.")
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):

@@ -21,13 +21,17 @@ import numpy as np
 from . import inputs
 from .checkpoint import Checkpointer, say
 from .metrics import METRICS
-from .optimizers import OPTIMIZERS, optimizer_name
+from .optimizers import OPTIMIZERS, Optimizer, optimizer_name
 
 #: under distributed training (NCCL), weight gradients at least this large are summed across ranks as soon
 #: as their layer's BP4 is done, overlapping the rest of the backward pass
 BUCKET_BYTES = 1 << 20
 #: progress-bar refreshes per epoch (updating on every step would cost Python time on small batches)
 PROGRESS_UPDATES = 50
+#: optimizer settings that are arguments of ``fit`` itself, not ``optimizer_options``
+FIT_SETTINGS = ("lr", "momentum", "weight_decay", "lr_schedule", "power_t", "tol", "n_iter_no_change")
+#: metrics of the history where higher is better: the stopping rule watches minus them
+HIGHER_IS_BETTER = ("accuracy", "r2")
 
 
 class Trainer:
@@ -36,7 +40,10 @@ class Trainer:
     def __init__(self, net: Any, *, epochs: int, batch_size: int, lr: float, optimizer: str,
                  momentum: float, weight_decay: float, shuffle: bool, progress: bool | None,
                  seed: int | None, callbacks: Iterable[Callable] | None, comm: Any,
-                 checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1) -> None:
+                 checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1,
+                 lr_schedule: str = "constant", power_t: float = 0.5, tol: float | None = None,
+                 n_iter_no_change: int = 10, monitor: str | Callable | None = None,
+                 restore_best: bool = False, optimizer_options: dict[str, Any] | None = None) -> None:
         self.net = net
         self.epochs = inputs.positive_int(epochs, "epochs", minimum=0)
         self.batch_size = inputs.positive_int(batch_size, "batch_size")
@@ -61,6 +68,47 @@ class Trainer:
         self.progress = main_rank and (sys.stderr.isatty() if progress is None else bool(progress))
         every = inputs.positive_int(checkpoint_every, "checkpoint_every")
         self.checkpoints = None if checkpoint is None else Checkpointer(checkpoint, every, comm)
+        self._check_schedule(lr_schedule, power_t, tol, n_iter_no_change, monitor, restore_best)
+        self.options = self._optimizer_options(optimizer_options)
+
+    def _check_schedule(self, lr_schedule: Any, power_t: Any, tol: Any, n_iter_no_change: Any, monitor: Any,
+                        restore_best: Any) -> None:
+        """The schedule and stopping rule arguments, checked as the optimizer's settings of those names."""
+        rule = {} if tol is None else {"tol": tol}
+        self.schedule = OPTIMIZERS[self.optimizer_name].check_settings(
+            lr_schedule=lr_schedule, power_t=power_t, n_iter_no_change=n_iter_no_change, **rule)
+        if monitor is not None and not (isinstance(monitor, str) or callable(monitor)):
+            raise ValueError(f"monitor must be a key of the history (such as 'loss' or 'val_loss') or a "
+                             f"callable fn(net, logs) -> float; got {monitor!r}")
+        self.restore_best = inputs.boolean(restore_best, "restore_best")
+        if tol is None and (monitor is not None or self.restore_best):
+            raise ValueError(f"{'monitor' if monitor is not None else 'restore_best'} needs the stopping rule: "
+                             "give tol (with n_iter_no_change > epochs it never stops training)")
+        if self.restore_best and self.checkpoints is not None:
+            raise ValueError("restore_best keeps the best parameters in memory only: it cannot be combined "
+                             "with checkpoint")
+        self.monitor = monitor
+
+    def _optimizer_options(self, options: Any) -> dict[str, Any]:
+        """``optimizer_options`` checked against the optimizer's settings; those ``fit`` has an argument for
+        are refused."""
+        if options is None:
+            return {}
+        if not isinstance(options, dict):
+            raise ValueError(f"optimizer_options must be a dict of optimizer settings by name; got {options!r}")
+        optimizer = OPTIMIZERS[self.optimizer_name]
+        own = [key for key in options if key in FIT_SETTINGS]
+        if own:
+            raise ValueError(f"optimizer_options: {own[0]!r} is an argument of fit; pass {own[0]}=... instead")
+        unknown = [key for key in options if key not in optimizer.defaults]
+        if unknown:
+            settable = [key for key in optimizer.defaults if key not in FIT_SETTINGS]
+            raise ValueError(f"optimizer_options: the {optimizer.name} optimizer has no setting "
+                             f"{', '.join(map(repr, unknown))}; the settings it takes there: {', '.join(settable)}")
+        try:
+            return optimizer.check_settings(**options)
+        except ValueError as exc:
+            raise ValueError(f"optimizer_options: {exc}") from None
 
     def run(self, X: Any, Y: Any, validation_data: Any, sample_weight: Any = None) -> dict[str, list]:
         """Train; the checkpoint folder, if any, is released when training ends, however it ends."""
@@ -83,6 +131,7 @@ class Trainer:
             validation = self._validation(validation_data)
             copied = sum(a.nbytes for a in (x, target, weights) if a is not None) if self.shuffle else 0
             net.check_fit_memory(self.optimizer_name, min(self.batch_size, len(x)), copied)
+            self.watch = Monitor(self.monitor, self._history_keys(validation)) if "tol" in self.schedule else None
             self.identity, self._restart_point = self._run(len(x), validation, weights is not None), None
             history: dict[str, list] = {"loss": []}
             if validation is not None:
@@ -91,6 +140,7 @@ class Trainer:
             if self.checkpoints is not None:
                 resumed = self.checkpoints.open(net, self.optimizer_name, self.identity, history)
             optimizer = net._optimizer_for(self.optimizer_name, self.lr, self.momentum, self.weight_decay)
+            self._start_schedule(optimizer, resumed is not None)
             if resumed is not None:
                 history = resumed.history
             net.history = history
@@ -119,7 +169,33 @@ class Trainer:
                 "batch_size": self.batch_size, "optimizer": self.optimizer_name, "lr": self.lr,
                 "momentum": self.momentum if uses_momentum else None,
                 "weight_decay": self.weight_decay, "shuffle": self.shuffle,
-                "seed": None if self.seed is None else int(self.seed), "epochs": self.epochs}
+                "seed": None if self.seed is None else int(self.seed), "epochs": self.epochs,
+                **self._schedule_run()}
+
+    def _schedule_run(self) -> dict[str, Any]:
+        """The schedule's and the stopping rule's part of the run identity, each None where it does not shape
+        the trajectory (as in checkpoints written before these settings existed, which so still resume)."""
+        schedule, rule = self.schedule["lr_schedule"], self.watch is not None
+        return {"lr_schedule": None if schedule == "constant" else schedule,
+                "power_t": self.schedule["power_t"] if schedule == "invscaling" else None,
+                "tol": self.schedule["tol"] if rule else None,
+                "n_iter_no_change": self.schedule["n_iter_no_change"] if rule else None,
+                "monitor": self.watch.name if rule else None,
+                "optimizer_options": json.dumps(self.options, sort_keys=True) if self.options else None}
+
+    def _history_keys(self, validation: Any) -> list[str]:
+        """What this fit records each epoch."""
+        names = () if validation is None else ("loss", *METRICS[self.net.task])
+        return ["loss"] + [f"val_{name}" for name in names]
+
+    def _start_schedule(self, optimizer: Optimizer, resumed: bool) -> None:
+        """This fit's schedule settings and ``optimizer_options`` on the optimizer. A fresh run starts the
+        schedule (from the running state ``optimizer_options`` gives, if any); a resumed one continues the
+        checkpoint's."""
+        running = {key: value for key, value in self.options.items() if key in optimizer.running}
+        optimizer.configure(**self.schedule, **{k: v for k, v in self.options.items() if k not in running})
+        if not resumed:
+            optimizer.start_schedule(**running)
 
     def _report_resume(self, resumed: Any) -> bool:
         """Say on rank 0 where training resumes; True when the run has nothing left to do."""
@@ -141,6 +217,8 @@ class Trainer:
         comm.check_same(settings, "data size and fit arguments")
         config = f"{net.sizes} {net.activation.name} {net.output.name} {net.cost.name} {net.dtype.name}"
         comm.check_same(np.frombuffer(config.encode(), np.uint8), "model configuration")
+        schedule = json.dumps(self._schedule_run(), sort_keys=True)  # every rank takes rank 0's decisions
+        comm.check_same(np.frombuffer(schedule.encode(), np.uint8), "schedule and stopping rule")
         comm.broadcast(net._params, root=0)
         comm.check_same(net._params, "initial parameters")
         steps = np.array([optimizer.t], dtype=np.int64)
@@ -190,12 +268,17 @@ class Trainer:
         buckets = None if comm is None else GradientBuckets(net, comm)
         batches = [(start, min(start + bs, n)) for start in range(0, n, bs)]
         every = max(1, len(batches) // PROGRESS_UPDATES)
+        # restore_best: the parameters of the best epoch so far (before any, those the fit started from)
+        self._best = ops.empty(net.parameters().shape, net.dtype) if self.restore_best else None
+        if self._best is not None:
+            ops.copy(net.parameters(), out=self._best)
         for epoch in range(first, self.epochs + 1):
             self._restart_point = None
             for source, saved in zip(state, snapshot):
                 ops.copy(source, out=saved)
             steps_before = optimizer.t
             self._restart_point = (epoch - 1, snapshot, steps_before, rng.bit_generator.state)
+            self._restart_settings = optimizer.settings()
             if self.shuffle:
                 order = ops.permutation(n, rng)
                 ops.take_rows(x, order, out=xs)
@@ -238,13 +321,38 @@ class Trainer:
             if bar is None:
                 self._print_epoch(epoch, logs)
             if interrupt["hit"]:
+                self._restore_best()
                 raise KeyboardInterrupt(f"training interrupted in epoch {epoch} after {done} of {n} samples")
+            halt = self._end_epoch(optimizer, n, epoch, logs)
             stop = any(cb(net, epoch, dict(logs)) is False for cb in self.callbacks)
+            stop = stop or halt
             end = stop or epoch == self.epochs
             if self.checkpoints is not None and (end or epoch % self.checkpoints.every == 0):
                 self.checkpoints.write(net, epoch, history, self.identity, finished=end)
             if stop:
                 break
+        self._restore_best()
+
+    def _end_epoch(self, optimizer: Optimizer, n: int, epoch: int, logs: dict) -> bool:
+        """The optimizer's schedule and stopping rule after ``epoch``; True when the rule stops training
+        (said on stderr with progress on). Keeps the parameters of an epoch better than any before."""
+        value = None if self.watch is None else self.watch.value(self.net, logs)
+        if value is not None and self.comm is not None:
+            shared = np.array([value])  # every rank takes rank 0's decisions
+            self.comm.broadcast(shared, root=0)
+            value = float(shared[0])
+        best = optimizer.best
+        message = optimizer.epoch_end(n, value)
+        if self._best is not None and optimizer.best < best:
+            self.net.ops.copy(self.net.parameters(), out=self._best)
+        if message and self.progress:
+            say(f"epoch {epoch}: {self.watch.name}: {message}")
+        return value is not None and optimizer.stopped
+
+    def _restore_best(self) -> None:
+        """restore_best: the parameters of the best epoch back into the network."""
+        if self._best is not None:
+            self.net.ops.copy(self._best, out=self.net.parameters())
 
     def _checkpoint_restart_point(self) -> None:
         """Training stopped by an exception (Ctrl-C, divergence, …): checkpoint the end of the last
@@ -254,6 +362,7 @@ class Trainer:
             return
         epoch, snapshot, steps, shuffle_state = point
         optimizer = self.net.optimizer
+        optimizer.configure(**self._restart_settings)  # the schedule as it was at the end of that epoch
         state = dict(zip(optimizer.buffers, snapshot[1:]), t=np.array(steps, dtype=np.int64))
         try:
             self.checkpoints.write(self.net, epoch, self.net.history, self.identity, finished=False,
@@ -280,6 +389,28 @@ class Trainer:
         if self.progress:
             text = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
             print(f"epoch {epoch}/{self.epochs}  {text}", file=sys.stderr, flush=True)
+
+
+class Monitor:
+    """What the stopping rule watches, as a value to minimise: a key of the history (negated where higher is
+    better: accuracy, R²), or what ``fn(net, logs)`` returns."""
+
+    def __init__(self, monitor: str | Callable | None, keys: list[str]) -> None:
+        if monitor is None:
+            monitor = "val_loss" if "val_loss" in keys else "loss"
+        if isinstance(monitor, str) and monitor not in keys:
+            hint = "" if len(keys) > 1 else " (the val_ metrics need validation_data)"
+            raise ValueError(f"monitor {monitor!r} is not recorded by this fit, which records "
+                             f"{', '.join(keys)}{hint}")
+        self.source = monitor
+        self.name = monitor if isinstance(monitor, str) else getattr(monitor, "__qualname__", "monitor")
+        higher = isinstance(monitor, str) and monitor.rsplit("_", 1)[-1] in HIGHER_IS_BETTER
+        self.sign = -1.0 if higher else 1.0
+
+    def value(self, net: Any, logs: dict) -> float:
+        """This epoch's value, lower being better."""
+        value = logs[self.source] if isinstance(self.source, str) else self.source(net, dict(logs))
+        return self.sign * float(value)
 
 
 class GradientBuckets:

@@ -40,6 +40,10 @@ PROBLEMS = {
     # shuffled epochs, momentum, validation; every batch splits evenly over 2 ranks
     "epochs": (dict(sizes=[6, 7, 4], activation="sigmoid", cost="quadratic"), 24,
                dict(epochs=3, batch_size=6, lr=1.0, optimizer="momentum", seed=3), False),
+    # the adaptive schedule and the stopping rule on val_loss, the best epoch's parameters kept
+    "schedule": (dict(sizes=[6, 7, 4], activation="sigmoid", cost="quadratic"), 24,
+                 dict(epochs=8, batch_size=6, lr=1.0, optimizer="momentum", seed=3, lr_schedule="adaptive",
+                      tol=1e-3, n_iter_no_change=1, restore_best=True), False),
     # batches of 7, 7, 7 and 2 rows: shards of 4/3 and 1/1 on 2 ranks
     "uneven": (dict(sizes=[6, 8, 5, 3], activation="relu", output="softmax", cost="log_likelihood"), 23,
                dict(epochs=2, batch_size=7, lr=0.01, optimizer="adam", weight_decay=1e-3, seed=5), True),

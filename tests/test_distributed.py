@@ -143,10 +143,11 @@ def test_collectives_on_two_ranks(tmp_path):
 
 
 @needs_mpi
-@pytest.mark.parametrize("name", ["epochs", "step", "uneven", "buckets"])
+@pytest.mark.parametrize("name", ["epochs", "step", "uneven", "buckets", "schedule"])
 def test_two_ranks_train_exactly_like_one_process(name, tmp_path):
     """step: one SGD step on the whole batch; epochs: shuffled momentum epochs; uneven: 4/3 and 1/1 shards;
-    buckets: the gradient summed in per-layer pieces, one of them started during the backward pass."""
+    buckets: the gradient summed in per-layer pieces, one of them started during the backward pass;
+    schedule: the learning rate divided and the best parameters kept on rank 0's decisions."""
     rc, output, _ = launch(name, tmp_path)
     assert rc == 0, output
     net, X, Y, fit = worker.problem(name)
