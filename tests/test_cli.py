@@ -146,9 +146,29 @@ def test_sizes_that_do_not_fit_the_data(capsys):
     ("--lr", "-1", "lr"),
     ("--dtype", "float16", "float16"),
     ("--device", "tpu", "unknown device 'tpu'"),
+    ("--optimizer-option", "beta1=0.5", "no setting 'beta1'"),
+    ("--optimizer-option", "momentum", "expected NAME=VALUE"),
+    ("--lr-schedule", "cosine", "invalid choice: 'cosine'"),
+    ("--power-t", "-1", "power_t"),
+    ("--n-iter-no-change", "0", "n_iter_no_change"),
+    ("--restore-best", None, "restore_best needs the stopping rule"),
 ])
 def test_bad_training_options(capsys, option, value, fragment):
-    assert_one_line_error(*run(capsys, "train", option, value, "--epochs", "1", "--no-progress"), fragment)
+    given = (option,) if value is None else (option, value)
+    assert_one_line_error(*run(capsys, "train", *given, "--epochs", "1", "--no-progress"), fragment)
+
+
+@needs_digits
+def test_schedule_and_stopping_rule_options(capsys):
+    """--tol stops on the validation loss (digits has a validation split) once --n-iter-no-change epochs in a
+    row miss it (the first epoch always improves on nothing); --optimizer-option reaches the optimizer."""
+    status, out, err = run(capsys, "train", "--epochs", "40", "--optimizer", "adam", "--lr", "0.01",
+                           "--lr-schedule", "invscaling", "--power-t", "0.1", "--tol", "10",
+                           "--n-iter-no-change", "2", "--restore-best", "--optimizer-option", "beta2=0.99",
+                           "--optimizer-option", "eps=1e-6", "--progress")
+    assert status == 0, err
+    assert "epoch 3/40" in out and "epoch 4/40" not in out, out
+    assert "epoch 3: val_loss: no improvement by tol=10" in err
 
 
 @pytest.mark.parametrize("where", ["missing-folder/model.npz", "."])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..files import refuse_same_files
+from ..schedules import SCHEDULES
 from .common import INTERRUPTED, CliError, check_writable, say
 from .data import add_data_options, data_files, load_data, outputs_text
 
@@ -49,6 +51,22 @@ def add_command(commands: Any) -> None:
     decay.add_argument("--l2", type=float, default=None, metavar="LAMBDA",
                        help="L2 in the book's form C + λ/(2n) Σw², i.e. --weight-decay λ/n for n "
                             "training samples")
+    train.add_argument("--lr-schedule", default="constant", choices=SCHEDULES,
+                       help="constant η; invscaling η₀/(t+1)^power_t over samples seen t; adaptive η/5 "
+                            "when --tol's rule fires (default constant)")
+    train.add_argument("--power-t", type=float, default=0.5, help="the exponent of --lr-schedule invscaling "
+                                                                  "(default 0.5)")
+    train.add_argument("--tol", type=float, default=None,
+                       help="stop after --n-iter-no-change epochs whose loss does not improve by TOL: the "
+                            "validation loss where the data has a validation split, else the training loss "
+                            "(default: off)")
+    train.add_argument("--n-iter-no-change", type=int, default=10, metavar="N",
+                       help="epochs without an improvement before --tol's rule fires (default 10)")
+    train.add_argument("--restore-best", action="store_true",
+                       help="end with the parameters of the best epoch that --tol's rule saw")
+    train.add_argument("--optimizer-option", action="append", default=[], type=_option, metavar="NAME=VALUE",
+                       help="any other optimizer setting, e.g. beta2=0.99 for adam (repeatable; VALUE is "
+                            "read as JSON, else as text)")
     train.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: env "
                                                       "GPUBP_DEVICE, else auto)")
     train.add_argument("--dtype", default="float32", help="float32 or float64 (default float32)")
@@ -114,6 +132,17 @@ def _folder(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("empty path; give a folder")
     return text
+
+
+def _option(text: str) -> tuple[str, object]:
+    """An --optimizer-option NAME=VALUE: VALUE as JSON (numbers, true/false), else as the text itself."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE; got {text!r}")
+    try:
+        return name.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return name.strip(), value
 
 
 def _seed(text: str) -> int:
@@ -217,7 +246,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                 momentum=args.momentum, weight_decay=weight_decay, validation_data=held_out,
                 progress=main_rank and _progress_wanted(args.progress), seed=args.seed,
                 callbacks=[report], distributed=comm, checkpoint=args.checkpoint,
-                checkpoint_every=args.checkpoint_every)
+                checkpoint_every=args.checkpoint_every, lr_schedule=args.lr_schedule, power_t=args.power_t,
+                tol=args.tol, n_iter_no_change=args.n_iter_no_change,
+                monitor=None if args.tol is None else "val_loss" if monitor == "validation" else "loss",
+                restore_best=args.restore_best,
+                optimizer_options=dict(args.optimizer_option) or None)
     except KeyboardInterrupt as exc:
         status = INTERRUPTED
         if main_rank:
