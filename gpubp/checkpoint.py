@@ -234,12 +234,13 @@ class Checkpointer:
         stopped_early = checkpoint.finished and checkpoint.epoch < checkpoint.run["epochs"]
         return checkpoint.epoch == epochs or stopped_early
 
-    def write(self, state: ModelState, epoch: int, run: dict[str, Any], finished: bool) -> None:
-        """Write ``state``, the network's at the end of ``epoch`` (its history holds the epochs up to there),
-        then delete this run's checkpoints older than the previous one. Only rank 0 writes."""
+    def write(self, state: Callable[[], ModelState], epoch: int, run: dict[str, Any], finished: bool) -> None:
+        """Write ``state()``, the network's state at the end of ``epoch`` (its history holds the epochs up to
+        there), then delete this run's checkpoints older than the previous one. Only rank 0 writes (and
+        takes the state: a copy to the host)."""
         if not self.main_rank:
             return
-        arrays = self._arrays(state, epoch, run, finished)
+        arrays = self._arrays(state(), epoch, run, finished)
         path = self._path(epoch)
         # a name that is not yet this run's is never written over, even if a file appeared there since
         write_npz(path, arrays, temp_prefix=f"{TEMP_PREFIX}{self.run_id}-", replace=path in self.files)

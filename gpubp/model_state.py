@@ -16,7 +16,7 @@ import numpy as np
 Setting = bool | int | float | str
 
 
-@dataclass
+@dataclass(eq=False)
 class OptimizerState:
     """An optimizer as it stands: its name, its hyper-parameters by name (``Optimizer.settings()``), its state
     buffers by name (host arrays shaped like the flat parameters) and the steps it has taken."""
@@ -27,11 +27,11 @@ class OptimizerState:
     t: int
 
 
-@dataclass
+@dataclass(eq=False)
 class ModelState:
     """A network's description, flat parameters (weights then biases, a host array in its dtype), optimizer
     of the last ``fit`` (None: none yet), shuffle generator state (``bit_generator.state``; None: none yet),
-    metadata and history.
+    metadata and history. Its arrays make ``==`` ambiguous: states are compared part by part.
 
     ``cost`` is the cost's name, or the Cost object itself for a user-defined cost (a file stores only its
     name: loading such a file needs the object again)."""

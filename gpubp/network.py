@@ -147,7 +147,7 @@ class Network:
         return self._grad
 
     def to(self, device: str) -> "Network":
-        """Move the parameters and the optimizer state to ``device`` (in place); returns the network."""
+        """Move the network, its whole ``state()`` (optimizer included), to ``device`` in place; returns it."""
         ops = get_ops(device)
         state = self.state()
         self.ops = ops

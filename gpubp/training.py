@@ -244,7 +244,7 @@ class Trainer:
             stop = any(cb(net, epoch, dict(logs)) is False for cb in self.callbacks)
             end = stop or epoch == self.epochs
             if self.checkpoints is not None and (end or epoch % self.checkpoints.every == 0):
-                self.checkpoints.write(net.state(), epoch, self.identity, finished=end)
+                self.checkpoints.write(net.state, epoch, self.identity, finished=end)
             if stop:
                 break
 
@@ -256,7 +256,7 @@ class Trainer:
             return
         epoch, snapshot, steps, shuffle_state = point
         try:
-            self.checkpoints.write(self._restart_state(epoch, snapshot, steps, shuffle_state), epoch,
+            self.checkpoints.write(lambda: self._restart_state(epoch, snapshot, steps, shuffle_state), epoch,
                                    self.identity, finished=False)
         except Exception as exc:
             say(f"could not write the checkpoint of epoch {epoch}: {exc}")
