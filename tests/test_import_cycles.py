@@ -102,3 +102,8 @@ def test_the_graph_sees_late_and_relative_imports():
 def test_no_import_cycles():
     found = cycles(import_graph())
     assert not found, "import cycles:\n" + "\n".join(" -> ".join(cycle) for cycle in found)
+
+
+def test_every_cycle_is_listed_once():
+    graph = {"a": {"b"}, "b": {"a", "c"}, "c": {"a", "d"}, "d": set()}
+    assert cycles(graph) == [["a", "b", "a"], ["a", "b", "c", "a"]]
