@@ -164,7 +164,7 @@ def modelled_step_s(t_c: float, sizes, batch: int, itemsize: int, n: int, link: 
     per_flop = t_c / step_flops(sizes, batch)
     now = per_flop * 2 * batch * sum(macs)  # the forward pass
     comm_free = 0.0
-    for l in range(len(macs) - 1, -1, -1):  # backward order, as in Network._backprop_sum
+    for l in range(len(macs) - 1, -1, -1):  # backward order, as in Network.backprop_sum
         now += per_flop * 2 * batch * macs[l]  # BP3/BP4: layer l's gradient is complete
         comm_free = max(now, comm_free) + ring_allreduce_s(nbytes[l], n, *link)
         if l > 0:

@@ -9,9 +9,11 @@ from .backend import DeviceError
 from .costs import Cost, CustomCost
 from .gradcheck import gradcheck
 from .inputs import to_numpy
+from .model_state import ModelState
 from .network import Network
 from .serialization import load
 
 __version__ = "0.1.0"
 
-__all__ = ["Cost", "CustomCost", "DeviceError", "Network", "gradcheck", "load", "to_numpy", "__version__"]
+__all__ = ["Cost", "CustomCost", "DeviceError", "ModelState", "Network", "gradcheck", "load", "to_numpy",
+           "__version__"]

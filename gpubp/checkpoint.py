@@ -1,14 +1,17 @@
 """Checkpoints of a training run, so that ``fit(..., checkpoint=DIR)`` survives a crash and resumes exactly.
 
-A checkpoint is a model file (``gpubp.serialization``: parameters, optimizer state, shuffle generator,
-metadata; ``gpubp.load`` reads it as a model) plus the run it belongs to:
+A checkpoint is a model file holding the network's state at the end of an epoch (``gpubp.model_file``:
+parameters, optimizer, shuffle generator, metadata, the history of the completed epochs; ``gpubp.load``
+reads it as a model) plus the run it belongs to:
 
-    checkpoint.format, checkpoint.version   "gpubp-checkpoint", 1
+    checkpoint.format, checkpoint.version   "gpubp-checkpoint", 2
     checkpoint.epoch                        epochs completed (the state is the one at the end of that epoch)
     checkpoint.finished                     the run ended (its last epoch, or a callback stopped it)
     checkpoint.run                          JSON: data size and the fit arguments that must match to resume
     checkpoint.run_id                       16 hex digits naming the run (absent in older checkpoints)
-    checkpoint.history.<key>                float64, one value per completed epoch
+
+Version 1 kept the history here, as ``checkpoint.history.<key>`` (float64, one value per completed epoch);
+such checkpoints still resume.
 
 ``DIR/ckpt-<epoch, 6 digits>.npz`` (``ckpt-<epoch>-<run id>.npz`` when that name is taken by a file that is
 not the run's) is written atomically (temp file, fsync, rename, fsync of DIR) and the previous checkpoint is
@@ -40,13 +43,15 @@ from typing import Any, BinaryIO, Callable, Iterable
 import numpy as np
 
 from .files import fsync_folder, written_size
+from .model_file import history_of, model_state, npz_writer, read_npz, state_arrays, text_field, write_npz
+from .model_state import ModelState, OptimizerState
 from .optimizers import OPTIMIZERS
 from .schedules import SCHEDULES
-from .serialization import (check_model_fields, model_description, model_fields, npz_writer, read_npz,
-                            restore_fields, text_field, write_npz)
 
 FORMAT = "gpubp-checkpoint"
-VERSION = 1
+VERSION = 2
+#: where version 1 kept the history
+HISTORY_PREFIX_V1 = "checkpoint.history."
 #: DIR/ckpt-000012.npz holds the state at the end of epoch 12; DIR/ckpt-000012-<run id>.npz too, written
 #: under that name when the first one is taken by a file that is not the run's
 FILE_NAME = re.compile(r"ckpt-(\d{6,})(?:-([0-9a-f]{16}))?\.npz")
@@ -66,8 +71,10 @@ STAMP_BYTES = 4096
 #: state's JSON is longer, so a checkpoint holding it is as large as one can be
 LONGEST_SHUFFLE_STATE = {"bit_generator": "PCG64", "state": {"state": 2**128 - 1, "inc": 2**128 - 1},
                          "has_uint32": 1, "uinteger": 2**32 - 1}
-#: the longest JSON of an optimizer setting of each type (text: the longest schedule name)
-LONGEST_SETTING = {bool: False, int: -2**63, float: -sys.float_info.max, str: max(SCHEDULES, key=len)}
+#: no float's JSON is longer (sign, 17 digits, point, 3-digit exponent): an optimizer setting's longest value
+LONGEST_FLOAT = -2.2250738585072014e-308
+#: the longest value of each text setting
+LONGEST_TEXT = {"lr_schedule": max(SCHEDULES, key=len)}
 
 
 class CheckpointWarning(UserWarning):
@@ -81,15 +88,19 @@ class CheckpointDirectoryError(OSError, ValueError):
 
 @dataclass
 class Checkpoint:
-    """One checkpoint as read back: ``fields`` is its model file, the rest its run."""
+    """One checkpoint as read back: the network's ``state`` at the end of ``epoch``, and its run."""
 
     name: str
     epoch: int
     finished: bool
     run: dict[str, Any]
-    history: dict[str, list[float]]
-    fields: dict[str, np.ndarray]
+    state: ModelState
     run_id: str | None = None
+
+    @property
+    def history(self) -> dict[str, list[float]]:
+        """The run's history up to ``epoch``."""
+        return self.state.history
 
 
 def checkpoint_path(directory: str | os.PathLike, epoch: int, run_id: str | None = None) -> str:
@@ -100,10 +111,11 @@ def checkpoint_path(directory: str | os.PathLike, epoch: int, run_id: str | None
 
 def read_checkpoint(source: str | os.PathLike | bytes, name: str | None = None) -> Checkpoint:
     """The checkpoint in the file ``source`` (or its bytes); ValueError saying what is wrong if it is not a
-    complete, undamaged gpubp checkpoint (parameters and optimizer state are checked as a restore would)."""
+    complete, undamaged gpubp checkpoint (its model state is checked whole: ``gpubp.model_file``)."""
     source = source if isinstance(source, bytes) else os.fspath(source)
     name = name or repr(source)
-    fields = check_model_fields(read_npz(source, name, kind="gpubp checkpoint"), name)
+    fields = read_npz(source, name, kind="gpubp checkpoint")
+    state = model_state(fields, name)
     missing = [k for k in ("checkpoint.format", "checkpoint.version", "checkpoint.epoch",
                            "checkpoint.finished", "checkpoint.run") if k not in fields]
     if missing:
@@ -130,17 +142,14 @@ def read_checkpoint(source: str | os.PathLike | bytes, name: str | None = None) 
         run_id = text_field(fields, "checkpoint.run_id", name)
         if not RUN_ID.fullmatch(run_id):
             raise ValueError(f"{name} is damaged: checkpoint.run_id is not 16 hex digits")
-    history = {}
-    prefix = "checkpoint.history."
-    for key in (k for k in fields if k.startswith(prefix)):
-        values = fields[key]
-        if values.dtype != np.float64 or values.shape != (epoch,):
-            raise ValueError(f"{name} is damaged: {key} does not hold {epoch} float64 values")
-        history[key[len(prefix):]] = [float(v) for v in values]
-    if "loss" not in history:
+    if version == 1:
+        state.history = history_of(fields, HISTORY_PREFIX_V1, name)
+    if "loss" not in state.history:
         raise ValueError(f"{name} is damaged: it has no loss history")
-    _check_restorable(fields, name)
-    return Checkpoint(name, epoch, bool(finished), run, history, fields, run_id)
+    for key, values in state.history.items():
+        if len(values) != epoch:
+            raise ValueError(f"{name} is damaged: its history of {key!r} does not hold {epoch} values")
+    return Checkpoint(name, epoch, bool(finished), run, state, run_id)
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> Checkpoint | None:
@@ -184,7 +193,8 @@ class Checkpointer:
             self._lock()
             found = _newest_good(self.directory)
             self._start_run(found[2] if found is not None and found[2] is not None else secrets.token_hex(8))
-            self._probe(written_size(npz_writer(_largest_arrays(net, optimizer, run, history_keys))))
+            largest = self._arrays(_largest_state(net, optimizer, run, history_keys), run["epochs"], run, True)
+            self._probe(written_size(npz_writer(largest)))
             _report_others(self.directory)
             return b"" if found is None else found[0].encode() + b"\0" + found[1]
 
@@ -202,7 +212,7 @@ class Checkpointer:
             raise ValueError(f"{checkpoint.name} has reached epoch {checkpoint.epoch}, past the epochs="
                              f"{run['epochs']} asked for: ask for epochs >= {checkpoint.epoch} to continue "
                              "it, or use another checkpoint directory")
-        restore_fields(net, checkpoint.fields, checkpoint.name)
+        net.load_state(checkpoint.state)
         self.last_written = checkpoint.epoch
         return checkpoint
 
@@ -227,15 +237,13 @@ class Checkpointer:
         stopped_early = checkpoint.finished and checkpoint.epoch < checkpoint.run["epochs"]
         return checkpoint.epoch == epochs or stopped_early
 
-    def write(self, net: Any, epoch: int, history: dict[str, list], run: dict[str, Any], finished: bool,
-              params: Any = None, optimizer_state: dict[str, Any] | None = None,
-              shuffle_state: dict | None = None) -> None:
-        """Write the state at the end of ``epoch`` (the net's own, or the given arrays of that moment), then
-        delete this run's checkpoints older than the previous one. Only rank 0 writes."""
+    def write(self, state: Callable[[], ModelState], epoch: int, run: dict[str, Any], finished: bool) -> None:
+        """Write ``state()``, the network's state at the end of ``epoch`` (its history holds the epochs up to
+        there), then delete this run's checkpoints older than the previous one. Only rank 0 writes (and
+        takes the state: a copy to the host)."""
         if not self.main_rank:
             return
-        arrays = model_fields(net, params, optimizer_state, shuffle_state)
-        arrays.update(_run_arrays(epoch, history, run, finished, self.run_id))
+        arrays = self._arrays(state(), epoch, run, finished)
         path = self._path(epoch)
         # a name that is not yet this run's is never written over, even if a file appeared there since
         write_npz(path, arrays, temp_prefix=f"{TEMP_PREFIX}{self.run_id}-", replace=path in self.files)
@@ -245,6 +253,18 @@ class Checkpointer:
         for _, stale in older[:max(0, len(older) - (KEEP - 1))]:
             _remove(stale)
             del self.files[stale]
+
+    def _arrays(self, state: ModelState, epoch: int, run: dict[str, Any],
+                finished: bool) -> dict[str, np.ndarray]:
+        """The arrays of this run's checkpoint of ``state`` at the end of ``epoch``."""
+        arrays = state_arrays(state)
+        arrays.update({
+            "checkpoint.format": np.array(FORMAT), "checkpoint.version": np.array(VERSION),
+            "checkpoint.epoch": np.array(epoch, dtype=np.int64), "checkpoint.finished": np.array(finished),
+            "checkpoint.run": np.array(json.dumps(run, allow_nan=False)),
+            "checkpoint.run_id": np.array(self.run_id),
+        })
+        return arrays
 
     def _names(self, epoch: int) -> list[str]:
         """The names this run may give its checkpoint of ``epoch``."""
@@ -364,34 +384,25 @@ def say(text: str) -> None:
 
 
 # ---- internals ------------------------------------------------------------------------------------------
-def _run_arrays(epoch: int, history: dict[str, list], run: dict[str, Any], finished: bool,
-                run_id: str) -> dict[str, np.ndarray]:
-    """The checkpoint.* arrays of a checkpoint at the end of ``epoch``."""
-    arrays = {
-        "checkpoint.format": np.array(FORMAT), "checkpoint.version": np.array(VERSION),
-        "checkpoint.epoch": np.array(epoch, dtype=np.int64), "checkpoint.finished": np.array(finished),
-        "checkpoint.run": np.array(json.dumps(run, allow_nan=False)), "checkpoint.run_id": np.array(run_id),
-    }
-    arrays.update({f"checkpoint.history.{k}": np.array(v[:epoch], dtype=np.float64) for k, v in history.items()})
-    return arrays
-
-
-def _largest_arrays(net: Any, optimizer: str, run: dict[str, Any],
-                    history_keys: Iterable[str]) -> dict[str, np.ndarray]:
-    """The arrays of the largest checkpoint this run will write: its last epoch's, with ``optimizer``'s
-    state and the longest shuffle generator state (zeros for the parameters: only their size counts, and
-    nothing is copied from the device)."""
+def _largest_state(net: Any, optimizer: str, run: dict[str, Any], history_keys: Iterable[str]) -> ModelState:
+    """The state in the largest checkpoint this run will write: its last epoch's, with ``optimizer``'s
+    state, each of its settings at its longest and the longest shuffle generator state (zeros for the
+    parameters: only their size counts, and nothing is copied from the device)."""
     zeros = np.zeros(net.parameters().shape, net.dtype)
-    arrays = {k: v for k, v in model_fields(net, zeros, shuffle_state=LONGEST_SHUFFLE_STATE).items()
-              if not k.startswith("optimizer")}  # the optimizer of the net's previous fit, if any
-    arrays["optimizer"] = np.array(optimizer)
-    arrays["optimizer.t"] = np.array(0, dtype=np.int64)
-    longest = {key: LONGEST_SETTING[type(value)] for key, value in OPTIMIZERS[optimizer].defaults.items()}
-    arrays["optimizer_settings"] = np.array(json.dumps(longest))
-    arrays.update({f"optimizer.{buffer}": arrays["params"] for buffer in OPTIMIZERS[optimizer].buffers})
-    epochs = run["epochs"]
-    arrays.update(_run_arrays(epochs, {k: [0.0] * epochs for k in history_keys}, run, True, "0" * 16))
-    return arrays
+    kind = OPTIMIZERS[optimizer]
+    settings = {key: _longest(key, value) for key, value in kind.defaults.items()}
+    return ModelState(**net.description(), params=zeros,
+                      optimizer=OptimizerState(optimizer, settings, dict.fromkeys(kind.buffers, zeros), 0),
+                      shuffle=LONGEST_SHUFFLE_STATE, metadata=net.metadata,
+                      history={key: [0.0] * run["epochs"] for key in history_keys})
+
+
+def _longest(key: str, setting: Any) -> Any:
+    """A value of setting ``key``'s type whose JSON is as long as that setting's can be (for text, the
+    longest value it takes)."""
+    if isinstance(setting, bool):
+        return False
+    return LONGEST_FLOAT if isinstance(setting, (int, float)) else LONGEST_TEXT.get(key, setting)
 
 
 def _checkpoint_files(directory: str) -> list[tuple[int, bool, str]]:
@@ -485,26 +496,10 @@ def _report(message: str) -> None:
     warnings.warn(message, CheckpointWarning, stacklevel=4)
 
 
-def _check_restorable(fields: dict[str, np.ndarray], name: str) -> None:
-    """Restore the fields into a scratch CPU network: ValueError if the model or its state does not fit."""
-    from .network import Network
-
-    description = model_description(fields, name)
-    try:
-        scratch = Network(description["sizes"], activation=description["activation"],
-                          output=description["output"], cost="quadratic", device="cpu",
-                          dtype=description["dtype"])
-    except ValueError as exc:
-        raise ValueError(f"{name} holds an invalid model description: {exc}") from exc
-    restore_fields(scratch, fields, name)
-
-
 def _differences(checkpoint: Checkpoint, net: Any, run: dict[str, Any]) -> list[str]:
     """What differs between the checkpoint's run and this one ("lr 0.1 there, 0.05 here"); the number of
     epochs may differ (a larger one extends the run)."""
-    stored = model_description(checkpoint.fields, checkpoint.name)
-    here = {"sizes": net.sizes, "activation": net.activation.name, "output": net.output.name,
-            "cost": net.cost.name, "dtype": net.dtype.name}
+    stored, here = checkpoint.state.description(), net.description()
     pairs = [(k, stored[k], here[k]) for k in here]
     pairs += [(k, checkpoint.run.get(k), v) for k, v in run.items() if k != "epochs"]
     return [f"{key} {there!r} there, {mine!r} here" for key, there, mine in pairs if there != mine]

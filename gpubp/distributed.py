@@ -220,6 +220,11 @@ class Communicator:
         return array.data.ptr
 
 
+def init_for(ops: Any) -> Communicator:
+    """:func:`init` for a network on the backend ``ops``: the CPU for a CPU backend, else the GPUs."""
+    return init("cpu" if ops.on_host else "cuda")
+
+
 def init(device: str | None = None, timeout: float | None = 60.0) -> Communicator:
     """Join the MPI job (or run alone) and pick this rank's device; returns its :class:`Communicator`.
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
+
+from .network import Network
 
 #: gradients smaller than this are compared absolutely (relative error is noise there)
 TINY = 1e-8
@@ -17,13 +20,9 @@ def gradcheck(net: Any, X: Any, Y: Any = None, eps: float = 1e-6, max_params: in
 
     Runs on a float64 CPU copy of ``net``; ``net`` itself is not changed.
     """
-    from .network import Network
-
     if not (isinstance(eps, (float, int)) and 0 < eps < 1):
         raise ValueError(f"eps must be a small positive number; got {eps!r}")
-    twin = Network(net.sizes, activation=net.activation.name, output=net.output.name, cost=net.cost,
-                   device="cpu", dtype="float64")
-    twin.parameters()[...] = net.ops.to_numpy(net.parameters())
+    twin = Network.from_state(replace(net.state(), dtype="float64", optimizer=None), device="cpu")
     nabla_w, nabla_b = twin.backprop(X, Y)
     analytic = np.concatenate([g.ravel() for g in nabla_w + nabla_b])
     theta = twin.parameters()

@@ -14,17 +14,21 @@ mean cost C = (1/m) Σₓ Cₓ. Every array operation goes through the backend `
 
 from __future__ import annotations
 
+import copy
+import os
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import inputs
+from . import inputs, model_file
 from .activations import get_activation
-from .backend import get_ops
+from .backend import Ops, get_ops
+from .backend.arrays import array_module
 from .backend.ops import host_available_memory
-from .costs import Cost, CrossEntropy, LogLikelihood, get_cost
+from .costs import COSTS, Cost, CrossEntropy, LogLikelihood, get_cost
 from .initializers import init_parameters, parameter_count
 from .metrics import METRICS, accuracy, regression_metrics
+from .model_state import ModelState, OptimizerState, Setting, shuffle_generator
 from .optimizers import OPTIMIZERS, Optimizer, make_optimizer, optimizer_name
 from .units import bytes_text
 
@@ -70,7 +74,7 @@ class Network:
     """A fully connected feedforward network; see the module docstring for the equations."""
 
     def __init__(self, sizes: Sequence[int], activation: str = "sigmoid", output: str | None = None,
-                 cost: str | Cost | Any = "quadratic", device: str | None = "auto",
+                 cost: str | Cost | Any = "quadratic", device: str | Ops | None = "auto",
                  dtype: str = "float32", seed: int | None = None) -> None:
         self.sizes = _check_sizes(sizes)
         self.activation = get_activation(activation)
@@ -86,13 +90,14 @@ class Network:
                              f"'softmax'; got output={self.output.name!r}")
         self.dtype = _check_dtype(dtype)
         self.seed = inputs.seed(seed)
-        self.ops = get_ops(device)
+        #: the backend: ``device`` may name it ("auto", "cpu", "cuda:N"; None: env GPUBP_DEVICE) or be one
+        self.ops = device if isinstance(device, Ops) else get_ops(device)
         self.history: dict[str, list] = {}
         #: what an application of the model needs besides its parameters (JSON values; saved with it)
         self.metadata: dict[str, Any] = {}
         self._optimizer: Optimizer | None = None
         #: the shuffle generator of the last ``fit``; a later ``fit`` without ``seed`` continues it
-        self._shuffle_rng: np.random.Generator | None = None
+        self.shuffle_rng: np.random.Generator | None = None
         self._check_memory(self._construction_needs(),
                            f"sizes {self.sizes} need {parameter_count(self.sizes):,} parameters: ")
         self._load_parameters(init_parameters(self.sizes, self.layer_activations, seed))
@@ -112,7 +117,8 @@ class Network:
             self._params = self.ops.asarray(np.asarray(flat_host, dtype=self.dtype))
             self._grad = self.ops.zeros(self._params.shape, self.dtype)
         self.weights, self.biases = self._views(self._params)
-        self._nabla_w, self._nabla_b = self._views(self._grad)
+        #: per-layer views into the flat gradient: Σₓ ∂Cₓ/∂Wˡ and Σₓ ∂Cₓ/∂bˡ of the last ``backprop_sum``
+        self.nabla_w, self.nabla_b = self._views(self._grad)
         self._workspaces: dict[int, Workspace] = {}
         self._shuffled: tuple[tuple, list] = ((), [])
         self._optimizer = None  # its state belonged to the replaced buffer
@@ -136,18 +142,78 @@ class Network:
         """The flat parameter buffer (weights then biases) on the device; writes change the model."""
         return self._params
 
-    def to(self, device: str) -> "Network":
-        """Move the parameters and the optimizer state to ``device`` (in place); returns the network."""
-        ops = get_ops(device)
-        flat = self.ops.to_numpy(self._params)
-        optimizer = self._optimizer
-        state = None if optimizer is None else optimizer.state_dict()
+    def gradient(self) -> Array:
+        """The flat gradient buffer, laid out as ``parameters()``: Σₓ ∂Cₓ/∂θ of the last ``backprop_sum``."""
+        return self._grad
+
+    def to(self, device: str | Ops) -> "Network":
+        """Move the network, its whole ``state()`` (optimizer included), to ``device`` (a name, or a backend
+        such as ``get_ops("cpu", cpu_backend="numpy")``) in place; returns it."""
+        ops = device if isinstance(device, Ops) else get_ops(device)
+        state = self.state()
         self.ops = ops
-        self._load_parameters(flat)
-        if optimizer is not None:
-            self._optimizer_for(optimizer.name, optimizer.lr, optimizer.momentum, optimizer.weight_decay)
-            self._optimizer.load_state_dict(state)
+        self._load_parameters(state.params)
+        self.load_state(state)
         return self
+
+    # ---- state ------------------------------------------------------------------------------------
+    def description(self) -> dict[str, Any]:
+        """sizes, activation, output, cost and dtype, each by name (as ``ModelState.description()``)."""
+        return {"sizes": list(self.sizes), "activation": self.activation.name, "output": self.output.name,
+                "cost": self.cost.name, "dtype": self.dtype.name}
+
+    def state(self) -> ModelState:
+        """A snapshot of the whole model as host copies: its description, parameters, the optimizer of the
+        last ``fit`` with its settings and state, the shuffle generator's state, metadata and history."""
+        optimizer, saved = self._optimizer, None
+        if optimizer is not None:
+            host = optimizer.state_dict()
+            saved = OptimizerState(optimizer.name, optimizer.settings(), {b: host[b] for b in optimizer.buffers},
+                                   optimizer.t)
+        description = self.description()
+        if type(COSTS.get(self.cost.name)) is not type(self.cost):
+            description["cost"] = self.cost  # user-defined: the object itself
+        params = self.ops.to_numpy(self._params)
+        shuffle = None if self.shuffle_rng is None else self.shuffle_rng.bit_generator.state
+        return ModelState(**description, params=params.copy() if self.ops.on_host else params, optimizer=saved,
+                          shuffle=shuffle, metadata=copy.deepcopy(self.metadata),
+                          history=copy.deepcopy(self.history))
+
+    @classmethod
+    def from_state(cls, state: ModelState, device: str | Ops | None = None) -> "Network":
+        """The network whose ``state()`` ``state`` is, on ``device`` (as the constructor's; None: env
+        GPUBP_DEVICE, else "auto")."""
+        net = cls(state.sizes, activation=state.activation, output=state.output, cost=state.cost,
+                  device=device, dtype=state.dtype)
+        net.load_state(state)
+        return net
+
+    def load_state(self, state: ModelState) -> None:
+        """Make this network ``state`` in place: its parameters, optimizer, shuffle generator, metadata and
+        history (a checkpoint resumes into the caller's network so). ValueError, before anything changes,
+        when ``state`` is of a model of another description or its parts do not fit."""
+        here = self.description()
+        differences = [f"{key} {there!r} there, {here[key]!r} here"
+                       for key, there in state.description().items() if there != here[key]]
+        if differences:
+            raise ValueError(f"the state is of another model: {'; '.join(differences)}")
+        params = np.asarray(state.params)
+        if params.shape != tuple(self._params.shape):
+            raise ValueError(f"the state holds {params.size} parameters; sizes {self.sizes} need "
+                             f"{self._params.size}")
+        optimizer = None if state.optimizer is None else self._restored_optimizer(state.optimizer)
+        rng = None if state.shuffle is None else shuffle_generator(state.shuffle)
+        with self.ops.activate():
+            self._params[...] = self.ops.asarray(params, dtype=self.dtype)
+        self._optimizer, self.shuffle_rng = optimizer, rng
+        self.metadata, self.history = copy.deepcopy(state.metadata), copy.deepcopy(state.history)
+
+    def _restored_optimizer(self, saved: OptimizerState) -> Optimizer:
+        """An optimizer over this network's parameters with the settings and state of ``saved``."""
+        with self.ops.activate():
+            optimizer = make_optimizer(saved.name, self.ops, self._params, self.n_weights, **saved.settings)
+        optimizer.load_state_dict({"t": saved.t, **saved.buffers})
+        return optimizer
 
     # ---- memory -----------------------------------------------------------------------------------
     def _construction_needs(self) -> Needs:
@@ -157,9 +223,9 @@ class Network:
         the parameter buffer."""
         n, size, dtype, device = parameter_count(self.sizes), self.dtype.itemsize, self.dtype.name, self.device
         needs = [(device, n * size, f"the {dtype} parameters"), (device, n * size, "their gradients")]
-        if device != HOST or dtype != "float64":
+        if not self.ops.on_host or dtype != "float64":
             needs.append((HOST, 8 * n, "their float64 initial values"))
-        if device != HOST and dtype != "float64":
+        if not self.ops.on_host and dtype != "float64":
             needs.append((HOST, n * size, f"their {dtype} copy uploaded to {device}"))
         return needs
 
@@ -201,15 +267,16 @@ class Network:
     def reset_optimizer(self) -> None:
         """Drop the optimizer state (and the shuffle generator): the next ``fit`` starts both afresh."""
         self._optimizer = None
-        self._shuffle_rng = None
+        self.shuffle_rng = None
 
-    def _optimizer_for(self, name: str, lr: float, momentum: float, weight_decay: float) -> Optimizer:
-        """The kept optimizer when it has this name (with these hyper-parameters), else a fresh one."""
+    def optimizer_for(self, name: str, **settings: Setting) -> Optimizer:
+        """The optimizer a ``fit`` steps with: the kept one when it has this name (its state continues), else
+        a fresh one; either way given ``settings`` (hyper-parameters by name, see ``Optimizer.defaults``)."""
         optimizer = self._optimizer
-        if optimizer is None or optimizer.name != name:
+        if optimizer is None or optimizer.name != optimizer_name(name):
             with self.ops.activate():
                 optimizer = make_optimizer(name, self.ops, self._params, self.n_weights)
-        optimizer.configure(lr=lr, momentum=momentum, weight_decay=weight_decay)
+        optimizer.configure(**settings)
         self._optimizer = optimizer
         return optimizer
 
@@ -222,7 +289,7 @@ class Network:
                 ws = self._workspaces[m] = Workspace(self, m)
         return ws
 
-    def _shuffle_buffers(self, *arrays: Array | None) -> list[Array | None]:
+    def shuffle_buffers(self, *arrays: Array | None) -> list[Array | None]:
         """Buffers like ``arrays`` (None stays None) for an epoch's shuffled copy of the training data.
 
         The network keeps them for the next ``fit`` on data of the same shapes: a data-set-sized
@@ -261,11 +328,12 @@ class Network:
         return out
 
     # ---- backward ---------------------------------------------------------------------------------
-    def _backprop_sum(self, x: Array, target: Array, loss_sum: Array | None = None,
-                      layer_done: Callable[[int], Any] | None = None,
-                      weights: Array | None = None) -> list[Array]:
-        """BP1–BP4 for one batch: fills the flat gradient with Σₓ ∂Cₓ/∂θ (Σₓ wₓ ∂Cₓ/∂θ with per-sample
-        ``weights``); returns the δˡ buffers.
+    def backprop_sum(self, x: Array, target: Array, loss_sum: Array | None = None,
+                     layer_done: Callable[[int], Any] | None = None,
+                     weights: Array | None = None) -> list[Array]:
+        """BP1–BP4 for one batch of checked device arrays (``check_inputs``, ``check_targets``): fills the
+        flat ``gradient()`` with Σₓ ∂Cₓ/∂θ (Σₓ wₓ ∂Cₓ/∂θ with per-sample ``weights``) and adds the batch's
+        Σₓ Cₓ to ``loss_sum``; returns the δˡ buffers.
 
         ``layer_done(l)`` is called as soon as layer l's gradients are complete (distributed training
         starts summing them across ranks there)."""
@@ -281,7 +349,7 @@ class Network:
                                               weights, deltas[-1], loss_sum)        # BP1, rows × wₓ
         for l in range(self.num_layers - 1, -1, -1):
             a_prev = activations[l - 1] if l > 0 else x
-            ops.layer_gradients(delta, a_prev, self._nabla_w[l], self._nabla_b[l])  # BP3 Σδ, BP4 δᵀa
+            ops.layer_gradients(delta, a_prev, self.nabla_w[l], self.nabla_b[l])    # BP3 Σδ, BP4 δᵀa
             if layer_done is not None:
                 layer_done(l)
             if l > 0:
@@ -297,23 +365,24 @@ class Network:
         """
         with self.ops.activate():
             x, single = inputs.check_inputs(X, self.sizes[0], self.ops, self.dtype)
-            target = self._targets(Y, len(x), single=single)
+            target = self.check_targets(Y, len(x), single=single)
             if len(x) == 0:
                 raise ValueError("backprop needs at least one sample; X is empty")
             with self.ops.errstate():
-                deltas = self._backprop_sum(x, target)
+                deltas = self.backprop_sum(x, target)
             scale = 1.0 / len(x)
-            nabla_w = [g * scale for g in self._nabla_w]
-            nabla_b = [g * scale for g in self._nabla_b]
+            nabla_w = [g * scale for g in self.nabla_w]
+            nabla_b = [g * scale for g in self.nabla_b]
             if return_deltas:
                 return nabla_w, nabla_b, [d.copy() for d in deltas]
         return nabla_w, nabla_b
 
-    def _targets(self, Y: Any, n: int, what: str = "Y", single: bool = False) -> Array:
-        """Y checked and on the device; for one 1-D sample X, Y is that sample's target (a label or a
-        (sizes[-1],) vector) and gains the batch axis."""
+    def check_targets(self, Y: Any, n: int, what: str = "Y", single: bool = False) -> Array:
+        """Y checked (for ``n`` samples; ``what`` names it in errors) and on the device; for one 1-D sample
+        X (``single``), Y is that sample's target (a label or a (sizes[-1],) vector) and gains the batch
+        axis."""
         if single and Y is not None:
-            Y = Y[None] if hasattr(Y, "__cuda_array_interface__") else np.asarray(Y)[None]
+            Y = array_module(Y).asarray(Y)[None]
         return inputs.check_targets(Y, n, self.sizes[-1], self.ops, self.dtype, self.cost.needs_target,
                                     what)
 
@@ -322,7 +391,7 @@ class Network:
         """The mean cost C = (1/n) Σₓ Cₓ over X (no regularisation term)."""
         with self.ops.activate():
             x, single = inputs.check_inputs(X, self.sizes[0], self.ops, self.dtype)
-            return self._loss(self._forward_chunks(x), self._targets(Y, len(x), single=single))
+            return self._loss(self._forward_chunks(x), self.check_targets(Y, len(x), single=single))
 
     def _loss(self, a: Array, target: Array) -> float:
         if len(a) == 0:
@@ -362,9 +431,11 @@ class Network:
         is the target's) for classification, or "mse", "mae" and "r2" for regression."""
         with self.ops.activate():
             x, single = inputs.check_inputs(X, self.sizes[0], self.ops, self.dtype)
-            return self._evaluate(x, self._targets(Y, len(x), single=single))
+            return self.evaluate_checked(x, self.check_targets(Y, len(x), single=single))
 
-    def _evaluate(self, x: Array, target: Array) -> dict[str, float]:
+    def evaluate_checked(self, x: Array, target: Array) -> dict[str, float]:
+        """``evaluate`` of inputs and targets already checked and on the device (``check_inputs``,
+        ``check_targets``), as the trainer's validation data."""
         a = self._forward_chunks(x)
         loss = self._loss(a, target)
         if target is None or len(x) == 0:
@@ -422,7 +493,7 @@ class Network:
         if distributed is True:
             from . import distributed as _distributed
 
-            distributed = _distributed.init("cpu" if self.device == "cpu" else "cuda")
+            distributed = _distributed.init_for(self.ops)
         trainer = Trainer(self, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                           momentum=momentum, weight_decay=weight_decay, shuffle=shuffle,
                           progress=progress, seed=seed, callbacks=callbacks, comm=distributed,
@@ -432,11 +503,10 @@ class Network:
         return trainer.run(X, Y, validation_data, sample_weight)
 
     # ---- persistence ------------------------------------------------------------------------------
-    def save(self, path: str) -> None:
-        """Write the model to ``path`` (.npz, no pickle, atomic: a temp file renamed into place)."""
-        from .serialization import save
-
-        save(self, path)
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model's ``state()`` to ``path`` exactly (no suffix is added) as a model file
+        (``gpubp.model_file``: .npz, no pickle, atomic: a temp file renamed into place)."""
+        model_file.write_npz(path, model_file.state_arrays(self.state()))
 
     def export(self, path: str) -> None:
         """Write the model for use outside gpubp: ``.onnx`` (standard ONNX operators) or ``.safetensors``

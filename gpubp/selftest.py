@@ -350,12 +350,7 @@ def _network(ops: Ops, config: tuple, dtype: str) -> Any:
     from .network import Network
 
     sizes, hidden, output, cost, _, _ = config
-    net = Network(sizes, activation=hidden, output=output, cost=cost, device="cpu", dtype=dtype, seed=0)
-    if ops is not net.ops:
-        flat = net.ops.to_numpy(net.parameters())
-        net.ops = ops
-        net._load_parameters(flat)
-    return net
+    return Network(sizes, activation=hidden, output=output, cost=cost, device=ops, dtype=dtype, seed=0)
 
 
 def _network_data(config: tuple, dtype: str, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -45,7 +45,9 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from .activations import ALIASES, ACTIVATIONS
 from .backend import DeviceError
+from .backend.arrays import is_device_array, to_host
 from .costs import Cost, _xp
+from .model_state import ModelState
 from .network import Network
 from .schedules import NOTHING_MONITORED
 
@@ -231,7 +233,7 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size "
                              "of your dataset.")
         ops = self.network_.ops
-        take = (lambda a, i: a[ops.asarray(i)]) if _is_device_array(X) else (lambda a, i: a[i])
+        take = (lambda a, i: a[ops.asarray(i)]) if is_device_array(X) else (lambda a, i: a[i])
         sw = (None, None) if sample_weight is None else (sample_weight[train], sample_weight[val])
         X_val = ops.asarray(take(X, val), dtype=self.network_.dtype)
         return take(X, train), y[train], sw[0], (X_val, self._scoring_targets(y[val]), sw[1])
@@ -244,28 +246,28 @@ class _BaseMLP(BaseEstimator):
             X = self._validate_X(X)
         a = self.network_.forward(X)
         out_dtype = X.dtype if X.dtype.kind == "f" else np.float64
-        if _is_device_array(X):
+        if is_device_array(X):
             return a.astype(out_dtype, copy=False)
         return self.network_.ops.to_numpy(a).astype(out_dtype, copy=False)
 
     def _validation_score(self, validation: tuple) -> float:
         X_val, y_val, sw_val = validation
-        y_pred = _host(self._predict(X_val, check_input=False))
+        y_pred = to_host(self._predict(X_val, check_input=False))
         if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
             return np.nan
         return self._score_function(y_val, y_pred, sample_weight=sw_val)
 
     # ---- input validation ---------------------------------------------------------------------------
     def _validate_X(self, X: Any, reset: bool = False) -> Any:
-        if _is_device_array(X):
+        if is_device_array(X):
             return _check_device_X(self, X, reset)
         return validate_data(self, X, dtype=(np.float64, np.float32), reset=reset)
 
     def _validate_Xy(self, X: Any, y: Any, reset: bool, **y_options) -> tuple[Any, np.ndarray]:
         """X and y checked as scikit-learn does; a CuPy X stays on its device (y comes to the host)."""
-        if _is_device_array(X):
+        if is_device_array(X):
             X = _check_device_X(self, X, reset)
-            y = validate_data(self, X="no_validation", y=_host(y), multi_output=True, **y_options)
+            y = validate_data(self, X="no_validation", y=to_host(y), multi_output=True, **y_options)
             if len(y) != X.shape[0]:
                 raise ValueError(f"Found input variables with inconsistent numbers of samples: "
                                  f"[{X.shape[0]}, {len(y)}]")
@@ -275,18 +277,19 @@ class _BaseMLP(BaseEstimator):
 
     # ---- pickling -----------------------------------------------------------------------------------
     def __getstate__(self) -> dict:
-        """The estimator with its network on the host (device arrays cannot be pickled)."""
+        """The estimator with its network as a ``ModelState`` (host arrays: device arrays cannot be
+        pickled)."""
         state = dict(super().__getstate__())  # a copy: BaseEstimator may hand back __dict__ itself
         if "network_" in state:
-            state["network_"] = _network_to_host(state["network_"])
+            state["network_"] = state["network_"].state()
         return state
 
     def __setstate__(self, state: dict) -> None:
         """Rebuild the network on the estimator's ``device`` (the CPU, with a warning, where that device
         is not usable here)."""
-        host = state.get("network_")
-        if isinstance(host, dict):
-            state = dict(state, network_=_network_from_host(host, state.get("device")))
+        saved = state.get("network_")
+        if isinstance(saved, ModelState):
+            state = dict(state, network_=_network_from_state(saved, state.get("device")))
         super().__setstate__(state)
 
     # ---- scikit-learn's fitted attributes that live in the network --------------------------------
@@ -485,7 +488,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self._predict(X)
 
     def _predict(self, X, check_input=True) -> np.ndarray:
-        y_pred = _host(self._forward(X, check_input))
+        y_pred = to_host(self._forward(X, check_input))
         if self.n_outputs_ == 1:
             y_pred = y_pred.ravel()
         return self._label_binarizer.inverse_transform(y_pred)
@@ -601,15 +604,6 @@ def _store_parameters(estimator: _BaseMLP, arguments: dict) -> None:
             setattr(estimator, name, value)
 
 
-def _is_device_array(x: Any) -> bool:
-    """A CuPy (or other CUDA array interface) array: validated and trained on without a host copy."""
-    return hasattr(x, "__cuda_array_interface__")
-
-
-def _host(x: Any) -> np.ndarray:
-    return x.get() if _is_device_array(x) and hasattr(x, "get") else np.asarray(x)
-
-
 class _HostShape:
     """Stands in for a device X where scikit-learn only needs its number of samples."""
 
@@ -647,40 +641,11 @@ def _check_device_X(estimator: _BaseMLP, X: Any, reset: bool) -> Any:
     return X
 
 
-def _network_to_host(net: Network) -> dict:
-    """Everything of ``net`` as host values: description, parameters, optimizer state, shuffle generator."""
-    optimizer = net.optimizer
-    state = None
-    if optimizer is not None:
-        settings = {k: v for k, v in vars(optimizer).items() if isinstance(v, (bool, int, float))}
-        state = {"name": optimizer.name, "settings": settings, "state": optimizer.state_dict()}
-    return {"sizes": list(net.sizes), "activation": net.activation.name, "output": net.output.name,
-            "cost": net.cost if net.cost.name not in ("quadratic", "cross_entropy", "log_likelihood")
-            else net.cost.name, "dtype": net.dtype.name, "params": net.ops.to_numpy(net.parameters()).copy(),
-            "optimizer": state, "shuffle_rng": net._shuffle_rng, "metadata": dict(net.metadata),
-            "history": dict(net.history)}
-
-
-def _network_from_host(host: dict, device: str | None) -> Network:
-    """The network of ``_network_to_host`` on ``device`` (the CPU, with a warning, if it is not usable)."""
-    description = dict(sizes=host["sizes"], activation=host["activation"], output=host["output"],
-                       cost=host["cost"], dtype=host["dtype"])
+def _network_from_state(state: ModelState, device: str | None) -> Network:
+    """The network of ``state`` on ``device`` (the CPU, with a warning, if that device is not usable)."""
     try:
-        net = Network(**description, device=device)
+        return Network.from_state(state, device=device)
     except DeviceError as exc:
         warnings.warn(f"the pickled estimator's device {device!r} is not usable here ({exc}); its network "
                       "is loaded on the CPU", RuntimeWarning)
-        net = Network(**description, device="cpu")
-    net._load_parameters(host["params"])
-    optimizer = host["optimizer"]
-    if optimizer is not None:
-        settings = optimizer["settings"]
-        restored = net._optimizer_for(optimizer["name"], settings["lr"], settings["momentum"],
-                                      settings["weight_decay"])
-        for key, value in settings.items():
-            setattr(restored, key, value)
-        restored.load_state_dict(optimizer["state"])
-    net._shuffle_rng = host["shuffle_rng"]
-    net.metadata = host["metadata"]
-    net.history = host["history"]
-    return net
+        return Network.from_state(state, device="cpu")

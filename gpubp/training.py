@@ -21,6 +21,7 @@ import numpy as np
 from . import inputs
 from .checkpoint import Checkpointer, say
 from .metrics import METRICS
+from .model_state import ModelState
 from .optimizers import OPTIMIZERS, Optimizer, optimizer_name
 
 #: under distributed training (NCCL), weight gradients at least this large are summed across ranks as soon
@@ -124,7 +125,7 @@ class Trainer:
         net, ops = self.net, self.net.ops
         with ops.activate():
             x, _ = inputs.check_inputs(X, net.sizes[0], ops, net.dtype)
-            target = net._targets(Y, len(x))
+            target = net.check_targets(Y, len(x))
             if len(x) == 0:
                 raise ValueError("fit needs at least one training sample; X is empty")
             weights = inputs.check_sample_weight(sample_weight, len(x), ops, net.dtype)
@@ -139,12 +140,14 @@ class Trainer:
             resumed = None
             if self.checkpoints is not None:
                 resumed = self.checkpoints.open(net, self.optimizer_name, self.identity, history)
-            optimizer = net._optimizer_for(self.optimizer_name, self.lr, self.momentum, self.weight_decay)
-            self._start_schedule(optimizer, resumed is not None)
+            optimizer = net.optimizer_for(self.optimizer_name, lr=self.lr, momentum=self.momentum,
+                                          weight_decay=self.weight_decay)
+            # a checkpoint from before schedules (no running state stored) ran at a constant lr: start afresh
+            self._start_schedule(optimizer, resumed is not None and "current_lr" in resumed.state.optimizer.settings)
             if resumed is not None:
                 history = resumed.history
             net.history = history
-            rng = net._shuffle_rng = net._shuffle_rng if resumed is not None else self._shuffle_rng()
+            rng = net.shuffle_rng = net.shuffle_rng if resumed is not None else self._shuffle_rng()
             if self.comm is not None:
                 self._agree_across_ranks(len(x), optimizer, rng)
             if resumed is not None and self._report_resume(resumed):
@@ -219,8 +222,8 @@ class Trainer:
         comm.check_same(np.frombuffer(config.encode(), np.uint8), "model configuration")
         schedule = json.dumps(self._schedule_run(), sort_keys=True)  # every rank takes rank 0's decisions
         comm.check_same(np.frombuffer(schedule.encode(), np.uint8), "schedule and stopping rule")
-        comm.broadcast(net._params, root=0)
-        comm.check_same(net._params, "initial parameters")
+        comm.broadcast(net.parameters(), root=0)
+        comm.check_same(net.parameters(), "initial parameters")
         steps = np.array([optimizer.t], dtype=np.int64)
         comm.broadcast(steps, root=0)
         optimizer.t = int(steps[0])
@@ -236,13 +239,13 @@ class Trainer:
             raise ValueError("validation_data must be a pair (X_val, Y_val)")
         xv, _ = inputs.check_inputs(validation_data[0], self.net.sizes[0], self.net.ops, self.net.dtype,
                                     what="validation X")
-        return xv, self.net._targets(validation_data[1], len(xv), what="validation Y")
+        return xv, self.net.check_targets(validation_data[1], len(xv), what="validation Y")
 
     def _shuffle_rng(self) -> np.random.Generator:
         """The generator of the epochs' orders: from ``seed`` when given, else the network's generator of its
         previous ``fit`` continued (so fit(seed=s, epochs=a) then fit(epochs=b) shuffles as one fit of a + b
         epochs), else fresh."""
-        rng = self.net._shuffle_rng if self.seed is None else None
+        rng = self.net.shuffle_rng if self.seed is None else None
         if self.comm is not None:
             state = "" if rng is None else json.dumps(rng.bit_generator.state, sort_keys=True)
             self.comm.check_same(np.frombuffer(state.encode(), np.uint8), "shuffle generator state")
@@ -261,9 +264,9 @@ class Trainer:
         net, ops, n, bs, comm = self.net, self.net.ops, len(x), self.batch_size, self.comm
         xs, ts, wts = x, target, weights
         if self.shuffle:
-            xs, ts, wts = net._shuffle_buffers(x, target, weights)
+            xs, ts, wts = net.shuffle_buffers(x, target, weights)
         loss_sum = ops.zeros((1,), net.dtype)
-        state = [net._params] + optimizer.state_arrays()
+        state = [net.parameters()] + optimizer.state_arrays()
         snapshot = [ops.empty(s.shape, s.dtype) for s in state]
         buckets = None if comm is None else GradientBuckets(net, comm)
         batches = [(start, min(start + bs, n)) for start in range(0, n, bs)]
@@ -295,13 +298,13 @@ class Trainer:
                     lo, hi = (start, stop) if comm is None else _shard(comm, start, stop)
                     batch_weights = None if wts is None else wts[lo:hi]
                     if comm is None:
-                        net._backprop_sum(xs[lo:hi], None if ts is None else ts[lo:hi], loss_sum,
-                                          weights=batch_weights)
+                        net.backprop_sum(xs[lo:hi], None if ts is None else ts[lo:hi], loss_sum,
+                                         weights=batch_weights)
                     else:
-                        net._backprop_sum(xs[lo:hi], None if ts is None else ts[lo:hi], loss_sum,
-                                          buckets.layer_done, batch_weights)
+                        net.backprop_sum(xs[lo:hi], None if ts is None else ts[lo:hi], loss_sum,
+                                         buckets.layer_done, batch_weights)
                         buckets.finish()
-                    optimizer.step(net._grad, 1.0 / totals[i] if totals[i] > 0 else 0.0)
+                    optimizer.step(net.gradient(), 1.0 / totals[i] if totals[i] > 0 else 0.0)
                     if bar is not None and (i % every == 0 or stop == n):
                         bar.update(stop - bar.n)
                     if interrupt["hit"]:
@@ -312,7 +315,7 @@ class Trainer:
                 logs = {"loss": ops.item(loss_sum) / sum(totals[:i + 1])}
                 self._check_finite(epoch, logs["loss"], state, snapshot, optimizer, steps_before)
                 if validation is not None:
-                    result = net._evaluate(*validation)
+                    result = net.evaluate_checked(*validation)
                     logs.update({f"val_{name}": value for name, value in result.items()})
                 if bar is not None:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
@@ -328,7 +331,7 @@ class Trainer:
             stop = stop or halt
             end = stop or epoch == self.epochs
             if self.checkpoints is not None and (end or epoch % self.checkpoints.every == 0):
-                self.checkpoints.write(net, epoch, history, self.identity, finished=end)
+                self.checkpoints.write(net.state, epoch, self.identity, finished=end)
             if stop:
                 break
         self._restore_best()
@@ -361,21 +364,29 @@ class Trainer:
         if self.checkpoints is None or point is None or point[0] <= self.checkpoints.last_written:
             return
         epoch, snapshot, steps, shuffle_state = point
-        optimizer = self.net.optimizer
-        optimizer.configure(**self._restart_settings)  # the schedule as it was at the end of that epoch
-        state = dict(zip(optimizer.buffers, snapshot[1:]), t=np.array(steps, dtype=np.int64))
         try:
-            self.checkpoints.write(self.net, epoch, self.net.history, self.identity, finished=False,
-                                   params=snapshot[0], optimizer_state=state, shuffle_state=shuffle_state)
+            self.checkpoints.write(lambda: self._restart_state(epoch, snapshot, steps, shuffle_state), epoch,
+                                   self.identity, finished=False)
         except Exception as exc:
             say(f"could not write the checkpoint of epoch {epoch}: {exc}")
+
+    def _restart_state(self, epoch: int, snapshot: list, steps: int, shuffle_state: dict) -> ModelState:
+        """The network's state at the end of ``epoch``, from the copy of its parameters and optimizer state
+        taken (with the optimizer's steps and the shuffle generator's state) when the next epoch began."""
+        state, to_host = self.net.state(), self.net.ops.to_numpy
+        state.params = to_host(snapshot[0])
+        state.optimizer.buffers = {b: to_host(a) for b, a in zip(state.optimizer.buffers, snapshot[1:])}
+        state.optimizer.t, state.shuffle = steps, shuffle_state
+        state.optimizer.settings = dict(self._restart_settings)  # the schedule as it was at that epoch's end
+        state.history = {key: values[:epoch] for key, values in state.history.items()}
+        return state
 
     def _check_finite(self, epoch: int, loss: float, state: list, snapshot: list, optimizer: Any,
                       steps_before: int) -> None:
         """On a NaN/inf loss or parameter, put the parameters and the optimizer state back as they were
         at the start of ``epoch`` and raise FloatingPointError."""
         ops, net = self.net.ops, self.net
-        if np.isfinite(loss) and ops.all_finite(net._params):
+        if np.isfinite(loss) and ops.all_finite(net.parameters()):
             return
         for saved, target in zip(snapshot, state):
             ops.copy(saved, out=target)
@@ -426,15 +437,15 @@ class GradientBuckets:
         self.comm = comm
         self.early: dict[int, Any] = {}
         if comm.overlaps_compute:
-            self.early = {l: g for l, g in enumerate(net._nabla_w) if l > 0 and g.nbytes >= BUCKET_BYTES}
+            self.early = {l: g for l, g in enumerate(net.nabla_w) if l > 0 and g.nbytes >= BUCKET_BYTES}
         self.rest, start, offset = [], 0, 0
-        for l, g in enumerate(net._nabla_w):
+        for l, g in enumerate(net.nabla_w):
             if l in self.early:
                 if offset > start:
-                    self.rest.append(net._grad[start:offset])
+                    self.rest.append(net.gradient()[start:offset])
                 start = offset + g.size
             offset += g.size
-        self.rest.append(net._grad[start:])
+        self.rest.append(net.gradient()[start:])
         self.pending: list[Callable[[], None]] = []
 
     def layer_done(self, l: int) -> None:

@@ -108,8 +108,9 @@ def test_two_ranks_killed_and_resumed_equal_an_uninterrupted_two_rank_run(tmp_pa
     assert hits == 2, f"only {hits} kills hit a running job"
     assert (tmp_path / "log.txt").read_text().count("resuming from") == 2
     expected, got = (read_checkpoint(d / "ckpt-000010.npz") for d in (whole, pieces))
-    np.testing.assert_array_equal(got.fields["params"], expected.fields["params"])
-    np.testing.assert_array_equal(got.fields["optimizer.velocity"], expected.fields["optimizer.velocity"])
+    np.testing.assert_array_equal(got.state.params, expected.state.params)
+    np.testing.assert_array_equal(got.state.optimizer.buffers["velocity"],
+                                  expected.state.optimizer.buffers["velocity"])
     assert got.history == expected.history and got.finished
 
 
@@ -190,7 +191,7 @@ def test_divergence_checkpoints_the_last_good_epoch(tmp_path):
         net.fit(X, y, checkpoint=tmp_path, checkpoint_every=10, callbacks=[explode], **fit)
     saved = read_checkpoint(tmp_path / "ckpt-000003.npz")
     assert saved.epoch == 3 and not saved.finished
-    np.testing.assert_array_equal(saved.fields["params"], net.parameters())  # put back to epoch 3's end
+    np.testing.assert_array_equal(saved.state.params, net.parameters())  # put back to epoch 3's end
 
 
 def test_a_callback_that_stops_training_finishes_the_run(tmp_path, capsys):
@@ -409,6 +410,28 @@ def test_a_checkpoint_without_a_run_id_is_resumed_and_never_deleted(tmp_path):
     assert child.digests(tmp_path)["ckpt-000002.npz"] == before["ckpt-000002.npz"]
     assert read_checkpoint(tmp_path / "ckpt-000002.npz").run_id is None
     assert read_checkpoint(tmp_path / "ckpt-000006.npz").run_id is not None  # a new one
+
+
+def test_a_version_1_checkpoint_keeps_its_history_apart_and_resumes_exactly(tmp_path):
+    """Version 1 (a version 2 model file) held the history in checkpoint.history.<key>."""
+    whole, X, y, fit = make()
+    whole.fit(X, y, **fit)
+    make()[0].fit(X, y, checkpoint=tmp_path, **dict(fit, epochs=3))
+    with np.load(tmp_path / "ckpt-000003.npz") as saved:
+        fields = {k.replace("history.", "checkpoint.history.", 1) if k.startswith("history.") else k: v
+                  for k, v in saved.items() if k != "optimizer_settings"}
+    fields.update({"format_version": np.array(2), "checkpoint.version": np.array(1)})
+    np.savez(tmp_path / "ckpt-000003.npz", **fields)
+    old = read_checkpoint(tmp_path / "ckpt-000003.npz")
+    assert old.history == {k: v[:3] for k, v in whole.history.items()}
+    fields["checkpoint.history.loss"] = fields["checkpoint.history.loss"][:2]
+    np.savez(tmp_path / "short.npz", **fields)
+    with pytest.raises(ValueError, match="its history of 'loss' does not hold 3 values"):
+        read_checkpoint(tmp_path / "short.npz")
+    os.remove(tmp_path / "short.npz")
+    resumed, _, _, _ = make()
+    assert resumed.fit(X, y, checkpoint=tmp_path, **fit) == whole.history
+    np.testing.assert_array_equal(params(resumed), params(whole))
 
 
 def test_files_that_cannot_be_read_do_not_stop_the_scan(tmp_path):

@@ -283,16 +283,16 @@ def test_gradient_buckets_cover_the_flat_gradient_once():
     comm = RecordingCommunicator()
     buckets = GradientBuckets(net, comm)
     assert sorted(buckets.early) == [1, 2]  # layer 0 is ready last; layer 3 is small
-    net._backprop_sum(np.zeros((2, 5)), np.array([0, 1]), None, buckets.layer_done)
+    net.backprop_sum(np.zeros((2, 5)), np.array([0, 1]), None, buckets.layer_done)
     assert [kind for kind, _ in comm.events] == ["start", "start"]  # during the backward pass
     buckets.finish()
     started = [a for kind, a in comm.events if kind == "start"]
     assert len(started) == 4 and len([1 for kind, _ in comm.events if kind == "wait"]) == 4
-    covered = np.zeros(net._grad.size, dtype=int)
-    base = net._grad.__array_interface__["data"][0]
+    covered = np.zeros(net.gradient().size, dtype=int)
+    base = net.gradient().__array_interface__["data"][0]
     for piece in started:
         first = (piece.__array_interface__["data"][0] - base) // 8
         covered[first:first + piece.size] += 1
     assert (covered == 1).all()
     comm.overlaps_compute = False
-    assert [p.size for p in GradientBuckets(net, comm).rest] == [net._grad.size]
+    assert [p.size for p in GradientBuckets(net, comm).rest] == [net.gradient().size]

@@ -300,15 +300,15 @@ def test_training_step_allocates_nothing(cupy, rng):
         x = cupy.asarray(rng.standard_normal((16, 20)), dtype=np.float32)
         y = cupy.asarray(rng.integers(0, 4, 16))
         loss_sum = cupy.zeros((1,), np.float32)
-        net._backprop_sum(x, y, loss_sum)
-        ops.sgd_update(net._params, net._grad, 0.1, 1 / 16, 0.0, net.n_weights)
+        net.backprop_sum(x, y, loss_sum)
+        ops.sgd_update(net.parameters(), net.gradient(), 0.1, 1 / 16, 0.0, net.n_weights)
         pool = cupy.get_default_memory_pool()
         calls = []
         cupy.cuda.set_allocator(lambda size: calls.append(size) or pool.malloc(size))
         try:
             for _ in range(3):
-                net._backprop_sum(x, y, loss_sum)
-                ops.sgd_update(net._params, net._grad, 0.1, 1 / 16, 0.0, net.n_weights)
+                net.backprop_sum(x, y, loss_sum)
+                ops.sgd_update(net.parameters(), net.gradient(), 0.1, 1 / 16, 0.0, net.n_weights)
         finally:
             cupy.cuda.set_allocator(pool.malloc)
     assert calls == [], f"device allocations of {calls} bytes in a training step"

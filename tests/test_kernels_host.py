@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 from emulated_gpu import emulated_gpus
 from kernel_checks import apply_update, assert_delta_close
+from states import same_state
 
 import gpubp
 from gpubp.activations import ACTIVATIONS, SOFTMAX
+from gpubp.checkpoint import read_checkpoint
 from gpubp.backend import get_ops
 from gpubp.backend import kernels
 from gpubp.backend.numpy_ops import NumpyOps
@@ -306,6 +308,38 @@ def test_emulated_network_takes_host_inputs_and_shuffles_on_device(emulated, rng
     np.testing.assert_allclose(cpu.forward(X), gpubp.to_numpy(net.forward(X)), rtol=1e-12)
 
 
+def test_emulated_state_moves_between_devices_and_checkpoints_from_the_device(emulated, rng, tmp_path):
+    """state() of a "cuda:0" network holds host copies; from_state and to() move it both ways and training goes
+    on alike; the checkpoint of an epoch before a divergence comes from the device's copy of that moment."""
+    X, y = rng.standard_normal((30, 5)), rng.integers(0, 3, 30)
+    fit = dict(batch_size=8, lr=0.1, optimizer="adam", progress=False)
+    gpu = gpubp.Network([5, 8, 3], activation="tanh", output="softmax", cost="log_likelihood",
+                        device="cuda:0", dtype="float64", seed=1)
+    gpu.fit(X, y, epochs=2, seed=2, **fit)
+    gpu.optimizer.configure(beta1=0.8)
+    state = gpu.state()
+    assert type(state.params) is np.ndarray
+    assert all(type(b) is np.ndarray for b in state.optimizer.buffers.values())
+    cpu = gpubp.Network.from_state(state, device="cpu")
+    back = gpubp.Network.from_state(cpu.state(), device="cuda:0")
+    assert back.ops is emulated[1] and same_state(back.state(), state)
+    assert gpu.to("cpu").device == "cpu" and same_state(gpu.state(), state)
+    assert gpu.to("cuda:0").ops is emulated[1] and same_state(gpu.state(), state)
+    for net in (cpu, back):  # no shuffle: a GPU draws its own orders from the shuffle generator
+        net.fit(X, y, epochs=1, shuffle=False, **fit)
+    np.testing.assert_allclose(gpubp.to_numpy(back.parameters()), cpu.parameters(), rtol=1e-10)
+
+    def explode(net, epoch, logs):
+        net.optimizer.current_lr = 1e308  # epoch 2 diverges
+
+    with pytest.raises(FloatingPointError, match="epoch 2"):
+        back.fit(X, y, epochs=3, checkpoint=tmp_path, checkpoint_every=10, callbacks=[explode], **fit)
+    saved = read_checkpoint(tmp_path / "ckpt-000001.npz")
+    np.testing.assert_array_equal(saved.state.params, gpubp.to_numpy(back.parameters()))  # epoch 1's end
+    np.testing.assert_array_equal(saved.state.optimizer.buffers["m"], gpubp.to_numpy(back.optimizer.m))
+    assert saved.state.optimizer.t == back.optimizer.t and len(saved.history["loss"]) == 1
+
+
 @pytest.mark.parametrize("config", CONFIGS[:3], ids=lambda c: f"{c[1]}-{c[2]}-{c[3]}")
 def test_emulated_weighted_fit_like_numpy(emulated, rng, config):
     """fit(sample_weight=...) on the emulated CupyOps (weighted δᴸ rows and loss, device shuffle of the
@@ -341,6 +375,6 @@ def test_emulated_sklearn_estimator(emulated):
     assert gpu.network_.ops is emulated[1]
     np.testing.assert_allclose(gpu.predict_proba(X), cpu.predict_proba(X), rtol=1e-9)
     state = gpu.__getstate__()["network_"]
-    assert type(state["params"]) is np.ndarray
-    assert all(type(v) is np.ndarray for v in state["optimizer"]["state"].values())
+    assert type(state.params) is np.ndarray
+    assert all(type(v) is np.ndarray for v in state.optimizer.buffers.values())
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(gpu)).predict(X), gpu.predict(X))

@@ -51,7 +51,7 @@ def test_decay_per_sample_scales_l2_by_the_batch():
     rng = np.random.default_rng(2)
     X, Y = rng.standard_normal((6, 3)), rng.standard_normal((6, 2))
     nets = [gpubp.Network([3, 2], "identity", device="cpu", dtype="float64", seed=0) for _ in range(2)]
-    nets[0]._optimizer_for("sgd", 0.1, 0.9, 0.6).decay_per_sample = True
+    nets[0].optimizer_for("sgd", decay_per_sample=True)
     nets[0].fit(X, Y, epochs=1, batch_size=6, lr=0.1, weight_decay=0.6, shuffle=False, progress=False)
     nets[1].fit(X, Y, epochs=1, batch_size=6, lr=0.1, weight_decay=0.1, shuffle=False, progress=False)
     np.testing.assert_allclose(nets[0].parameters(), nets[1].parameters(), rtol=1e-14)

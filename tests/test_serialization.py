@@ -32,7 +32,7 @@ def test_round_trip_gives_identical_outputs(trained, tmp_path):
     for a, b in zip(list(loaded.weights) + list(loaded.biases), list(net.weights) + list(net.biases)):
         np.testing.assert_array_equal(a, b)
     with np.load(path, allow_pickle=False) as data:
-        assert int(data["format_version"]) == 2
+        assert int(data["format_version"]) == 3
 
 
 def test_float32_round_trip(tmp_path, rng):

@@ -270,14 +270,14 @@ def test_unpickling_onto_an_unusable_device_falls_back_to_the_cpu(monkeypatch):
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, device="cpu").fit(X, y)
     blob = pickle.dumps(clf.set_params(device="cuda:7"))
-    real = gsk.Network
+    real = gsk.Network.from_state
 
-    def network(*args, device=None, **kwargs):
+    def from_state(state, device=None):
         if device == "cuda:7":
             raise DeviceError("device 'cuda:7' is not usable: no such GPU")
-        return real(*args, device=device, **kwargs)
+        return real(state, device=device)
 
-    monkeypatch.setattr(gsk, "Network", network)
+    monkeypatch.setattr(gsk.Network, "from_state", staticmethod(from_state))
     with pytest.warns(RuntimeWarning, match="loaded on the CPU"):
         loaded = pickle.loads(blob)
     assert loaded.network_.device == "cpu"

@@ -180,12 +180,12 @@ def test_training_step_allocates_no_arrays(config, rng):
 
     opt = make_optimizer("sgd", net.ops, net.parameters(), net.n_weights, lr=0.1, momentum=0.9)
     target, loss_sum = y[:batch].astype(np.int64), np.zeros(1, np.float32)
-    net._backprop_sum(X[:batch], target, loss_sum)
+    net.backprop_sum(X[:batch], target, loss_sum)
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     for i in range(4):
-        net._backprop_sum(X[i * batch:(i + 1) * batch], target, loss_sum)
-        opt.step(net._grad, 1.0 / batch)
+        net.backprop_sum(X[i * batch:(i + 1) * batch], target, loss_sum)
+        opt.step(net.gradient(), 1.0 / batch)
     peak = tracemalloc.get_traced_memory()[1] - base
     tracemalloc.stop()
     smallest_buffer = batch * min(sizes[1:]) * 4
@@ -196,11 +196,15 @@ def test_fit_keeps_its_shuffle_buffers_for_the_next_fit_of_the_same_shapes(rng):
     X, y = blobs(rng, n=40)
     net = gpubp.Network([4, 5, 3], device="cpu", seed=0)
     net.fit(X, y, epochs=1, batch_size=8, lr=0.1, progress=False)
-    buffers = list(net._shuffle_buffers(net.ops.asarray(X, dtype=net.dtype), net._targets(y, 40), None))
+
+    def shuffle_buffers():  # for X and y (no sample weights)
+        return net.shuffle_buffers(net.ops.asarray(X, dtype=net.dtype), net.check_targets(y, 40), None)[:2]
+
+    buffers = shuffle_buffers()
     net.fit(X[::-1], y[::-1], epochs=1, batch_size=8, lr=0.1, progress=False)
-    again = net._shuffle_buffers(net.ops.asarray(X, dtype=net.dtype), net._targets(y, 40), None)
-    assert all(a is b for a, b in zip(again, buffers))
+    assert all(a is b for a, b in zip(shuffle_buffers(), buffers))
     net.fit(X[:20], y[:20], epochs=1, batch_size=8, lr=0.1, progress=False)  # other shapes: new buffers
-    assert net._shuffled[1][0].shape == (20, 4)
-    net.to("cpu")
-    assert net._shuffled == ((), [])
+    again = shuffle_buffers()
+    assert not any(a is b for a, b in zip(again, buffers))
+    net.to("cpu")  # a move drops them
+    assert not any(a is b for a, b in zip(shuffle_buffers(), again))

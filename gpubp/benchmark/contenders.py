@@ -27,12 +27,7 @@ def gpubp_network(config: Config, device: str, seed: int, cpu_backend: str | Non
 def on_cpu_backend(net: Any, backend: str) -> Any:
     """``net``, a network on the CPU, run from now on by the CPU backend ``backend`` ("numba", "numpy" or
     "auto"), whatever env GPUBP_CPU_BACKEND says; its parameters stay as they are."""
-    ops = get_ops("cpu", cpu_backend=backend)
-    if ops is not net.ops:
-        host = net.ops.to_numpy(net.parameters())
-        net.ops = ops
-        net._load_parameters(host)
-    return net
+    return net.to(get_ops("cpu", cpu_backend=backend))
 
 
 class GpubpTrainer:
