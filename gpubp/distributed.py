@@ -37,7 +37,8 @@ from typing import Any, Callable, NoReturn
 
 import numpy as np
 
-from .backend import DeviceError, cuda_unavailable_reason, parse_device, resolve_device, visible_gpus
+from .backend import (DeviceError, cuda_unavailable_reason, is_device_array, parse_device, resolve_device, to_host,
+                      visible_gpus)
 
 Array = Any
 #: environment variables in which MPI launchers (MPICH/Hydra, Open MPI, PMIx) give a process its rank
@@ -116,7 +117,7 @@ class Communicator:
         _check_contiguous(array, "allreduce_sum")
         if self._mpi is None:
             return _done
-        if not _on_gpu(array):
+        if not is_device_array(array):
             from mpi4py import MPI
 
             request = self._mpi.Iallreduce(MPI.IN_PLACE, array, op=MPI.SUM)
@@ -148,7 +149,7 @@ class Communicator:
                              for r, m in enumerate(metas))
             raise ValueError(f"cannot broadcast from rank {root}: the ranks hold arrays of different "
                              f"size or dtype ({held}); is the same model built on every rank?")
-        if not _on_gpu(array):
+        if not is_device_array(array):
             self._wait(self._mpi.Ibcast(array, root=root), "broadcast")
         else:
             ptr = self._device_pointer(array, "broadcast")
@@ -161,7 +162,7 @@ class Communicator:
         """
         if self._mpi is None:
             return
-        host = np.ascontiguousarray(_to_host(array))
+        host = np.ascontiguousarray(to_host(array))
         sha = hashlib.sha256(f"{host.dtype.str}{host.shape}".encode())
         sha.update(host.tobytes())
         digest = np.zeros(_DIGEST_BYTES, dtype=np.uint8)
@@ -415,19 +416,6 @@ def _stream_ptr() -> int:
     import cupy
 
     return cupy.cuda.get_current_stream().ptr
-
-
-def _on_gpu(array: Array) -> bool:
-    """Whether ``array`` is in GPU memory (CuPy and other CUDA arrays export __cuda_array_interface__)."""
-    return hasattr(array, "__cuda_array_interface__")
-
-
-def _to_host(array: Array) -> np.ndarray:
-    if not _on_gpu(array):
-        return array
-    import cupy
-
-    return cupy.asnumpy(array)
 
 
 def _check_contiguous(array: Array, what: str) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from . import inputs
+from .backend import parse_device
 from .checkpoint import Checkpointer, say
 from .metrics import METRICS
 from .model_state import ModelState
@@ -58,7 +59,7 @@ class Trainer:
         if not all(callable(cb) for cb in self.callbacks):
             raise ValueError("callbacks must be callables cb(net, epoch, logs)")
         self.comm = comm
-        if comm is not None and (comm.device == "cpu") != (net.device == "cpu"):
+        if comm is not None and parse_device(comm.device)[0] != parse_device(net.device)[0]:
             raise ValueError(f"the network is on {net.device!r} but the communicator of this rank is for "
                              f"{comm.device!r}: create the network on comm.device, or move it with "
                              f"net.to(comm.device)")
