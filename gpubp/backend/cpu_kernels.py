@@ -3,118 +3,97 @@
 Each kernel mirrors the NumPy reference (``Ops`` and ``gpubp/activations.py``) operation by operation, in
 the array's own dtype, with every constant first rounded to that dtype as NumPy rounds Python floats, so
 results agree with ``Ops`` to an ulp or two (libm's tanh/exp/log1p against NumPy's own; σ is computed as
-1/(1 + e^−z), see ``_sigmoid``). No ``fastmath``: it would contract a·b + c into FMAs and reorder sums, and
-the reference would no longer be matched. The layer kernels add the layer's matmul, through BLAS, to the
-fused pass (``layer_forward``, ``layer_backward``, ``layer_gradients``).
+1/(1 + e^−z), see ``activations.scalar_sigmoid``). No ``fastmath``: it would contract a·b + c into FMAs and
+reorder sums, and the reference would no longer be matched. The layer kernels add the layer's matmul,
+through BLAS, to the fused pass (``layer_forward``, ``layer_backward``, ``layer_gradients``).
+
+σ and σ′ are the registry's one-element forms (``scalar_f``, ``scalar_df`` of ``activations.ACTIVATIONS``),
+compiled here; ``act_f``, ``act_df`` and the activation dispatch of the kernels are if-ladders built from
+the registry (``_ladder``), so a new activation needs nothing in this file.
 
 The elementwise kernels take flat C-contiguous 1-D views with (rows, cols) passed as ``cols``, the output
-and layer kernels the 2-D arrays; the activation and the cost are the integer ids of ``kernels.ACTIVATION_IDS`` / ``kernels.COST_IDS``: each kernel therefore compiles
-once per dtype (two specialisations), cached on disk (``cache=True``) so only the first run on a machine
-pays for the compile. Inside, the elementwise kernels branch on the activation once, outside the loop, into
-a loop with that activation fixed (``_each_activation``), which the compiler vectorises (the σ′ ⊙ g of ReLU
-is 30× faster so than with the branch in the loop). The kernels are serial: on the small batches where
-they matter a thread pool's wake-up costs more than the pass itself, and at M/L sizes they are a few
-percent of a step (bench/README.md).
+and layer kernels the 2-D arrays; the activation and the cost are their integer kernel ids
+(``Activation.kernel_id``, ``kernels.COST_IDS``): each kernel therefore compiles once per dtype (two
+specialisations), cached on disk (``cache=True``) so only the first run on a machine pays for the compile.
+Numba keys that cache on this file alone: after editing an activation's one-element forms, delete
+``gpubp/backend/__pycache__/cpu_kernels.*.nb[ci]``. Inside, the elementwise kernels branch on the
+activation once, outside the loop, into a loop with that activation fixed (``_each_activation``), which the
+compiler vectorises (the σ′ ⊙ g of ReLU is 30× faster so than with the branch in the loop). The kernels are
+serial: on the small batches where they matter a thread pool's wake-up costs more than the pass itself,
+and at M/L sizes they are a few percent of a step (bench/README.md).
 """
 
 from __future__ import annotations
 
 import math
+import types
+from typing import Callable, Sequence
 
 import numpy as np
 from numba import njit
+from numba.extending import register_jitable
 
-from ..activations import GELU_C, GELU_K, LEAKY_SLOPE
-from .kernels import ACTIVATION_IDS, COST_IDS
+from .. import activations
+from ..activations import ACTIVATIONS
+from .kernels import COST_IDS
 
-SIGMOID, TANH, RELU, LEAKY_RELU, SOFTPLUS, SWISH, GELU, MISH, IDENTITY = (
-    ACTIVATION_IDS[name] for name in ("sigmoid", "tanh", "relu", "leaky_relu", "softplus", "swish", "gelu",
-                                      "mish", "identity"))
 QUADRATIC, CROSS_ENTROPY, LOG_LIKELIHOOD = (COST_IDS[n] for n in ("quadratic", "cross_entropy",
                                                                    "log_likelihood"))
 #: the id of softmax for the layer kernels (row-wise; not one of the elementwise ids)
-SOFTMAX = max(ACTIVATION_IDS.values()) + 1
-LN2 = math.log(2.0)
-GELU_3K = 3.0 * GELU_K
+SOFTMAX = max(act.kernel_id for act in ACTIVATIONS.values()) + 1
 
 #: error_model="numpy": x/0 is inf or NaN as in NumPy (Python's ZeroDivisionError check would also keep
 #: every loop with a division from vectorising)
-jit = njit(cache=True, nogil=True, error_model="numpy")
+JIT_OPTIONS = dict(nogil=True, error_model="numpy")
+jit = njit(cache=True, **JIT_OPTIONS)
 
 
-# ---- σ and σ′ (gpubp/activations.py, same order of operations) ----------------------------------------
-@jit
-def _sigmoid(z, t):
-    """1 / (1 + e^−z): the reference's ½ tanh(z/2) + ½ within an ulp or two (and closer to σ for very
-    negative z, where the tanh form cancels), at a third of the cost (libm's expf against its tanhf, which
-    was a tenth of a [784, 30, 10] training step). e^−z overflows to inf for z ≪ 0, giving σ = 0."""
-    return t(1) / (t(1) + math.exp(-z))
+# ---- σ and σ′ from the registry ----------------------------------------------------------------------
+def _compiled(function: Callable) -> Callable:
+    """``function`` made callable from compiled code, with every plain function of gpubp.activations that
+    it calls (the registry's one-element forms and their helpers)."""
+    for name in function.__code__.co_names:
+        callee = function.__globals__.get(name)
+        if isinstance(callee, types.FunctionType) and callee.__module__ == activations.__name__:
+            _compiled(callee)
+    return register_jitable(**JIT_OPTIONS)(function)
 
 
-@jit
-def _softplus(z, t):
-    """NumPy's logaddexp(0, z): ln 2 at 0, ln(1 + e^z) below, z + ln(1 + e^−z) above; NaN stays NaN."""
-    if z == 0:
-        return t(LN2)
-    if z < 0:
-        return math.log1p(math.exp(z))
-    if z > 0:
-        return z + math.log1p(math.exp(-z))
-    return z
+def _ladder(arms: Sequence[tuple[int, Callable]]) -> Callable:
+    """A compiled ``select(act, *args)`` that returns ``arm(*args)`` for the (id, arm) pair whose id is
+    ``act`` (the last arm for any other id): an if-ladder, one comparison per arm. Called with a constant
+    ``act``, it folds to that arm alone."""
+    (ident, arm), rest = arms[0], arms[1:]
+    if not rest:
+        def last(act, *args):
+            return arm(*args)
+
+        return register_jitable(**JIT_OPTIONS)(last)
+    other = _ladder(rest)
+
+    def select(act, *args):
+        if act == ident:
+            return arm(*args)
+        return other(act, *args)
+
+    return register_jitable(**JIT_OPTIONS)(select)
 
 
-@jit
-def _gelu_tanh(z, t):
-    """tanh(√(2/π) (z + 0.044715 z³))."""
-    return math.tanh(t(GELU_C) * (z + t(GELU_K) * z * z * z))
+def _each_activation(loop: Callable) -> Callable:
+    """``loop(act, *args)`` behind a compiled ``fn(act, *args)`` that branches on ``act`` once, into a call
+    of ``loop`` with the activation id a constant: each such call compiles with σ fixed and vectorises."""
+    def fixed(ident: int) -> Callable:
+        def call(*args):
+            return loop(ident, *args)
+
+        return register_jitable(**JIT_OPTIONS)(call)
+
+    return _ladder([(act.kernel_id, fixed(act.kernel_id)) for act in ACTIVATIONS.values()])
 
 
-@jit
-def act_f(act, z, t):
-    """σ(z) for activation id ``act``."""
-    if act == SIGMOID:
-        return _sigmoid(z, t)
-    if act == TANH:
-        return math.tanh(z)
-    if act == RELU:
-        return z if z >= 0 or z != z else t(0)                   # np.maximum(z, 0): NaN propagates
-    if act == LEAKY_RELU:
-        return z if z >= 0 or z != z else z * t(LEAKY_SLOPE)
-    if act == SOFTPLUS:
-        return _softplus(z, t)
-    if act == SWISH:
-        return _sigmoid(z, t) * z
-    if act == GELU:
-        return (_gelu_tanh(z, t) + t(1)) * t(0.5) * z
-    if act == MISH:
-        return math.tanh(_softplus(z, t)) * z
-    return z                                                      # identity
-
-
-@jit
-def act_df(act, z, a, t):
-    """σ′(z) for activation id ``act``, given a = σ(z)."""
-    if act == SIGMOID:
-        return (t(1) - a) * a
-    if act == TANH:
-        return t(1) - a * a
-    if act == RELU:
-        return t(1) if a > 0 else t(0)
-    if act == LEAKY_RELU:
-        return (t(1) if a > 0 else t(0)) * t(1.0 - LEAKY_SLOPE) + t(LEAKY_SLOPE)
-    if act == SOFTPLUS:
-        return _sigmoid(z, t)
-    if act == SWISH:
-        s = _sigmoid(z, t)
-        return ((t(1) - s) * z + t(1)) * s
-    if act == GELU:
-        th = _gelu_tanh(z, t)
-        du = t(GELU_C) * (t(1) + t(GELU_3K) * z * z)
-        return t(0.5) * z * (t(1) - th * th) * du + t(0.5) * (t(1) + th)
-    if act == MISH:
-        th = math.tanh(_softplus(z, t))
-        return (t(1) - th * th) * z * _sigmoid(z, t) + th
-    return t(1)                                                   # identity
+#: σ(z) and σ′(z) (given a = σ(z)) for activation id ``act``: act_f(act, z, t), act_df(act, z, a, t)
+act_f = _ladder([(act.kernel_id, _compiled(act.scalar_f)) for act in ACTIVATIONS.values()])
+act_df = _ladder([(act.kernel_id, _compiled(act.scalar_df)) for act in ACTIVATIONS.values()])
 
 
 # ---- forward ------------------------------------------------------------------------------------
@@ -129,27 +108,13 @@ def _bias_activation_loop(act, z, b, a, cols):
             a[base + j] = act_f(act, v, t)
 
 
+_bias_activation_each = _each_activation(_bias_activation_loop)
+
+
 @jit
 def bias_activation(act, z, b, a, cols):
     """z += b (row-broadcast) and a = σ(z), one pass."""
-    if act == SIGMOID:
-        _bias_activation_loop(SIGMOID, z, b, a, cols)
-    elif act == TANH:
-        _bias_activation_loop(TANH, z, b, a, cols)
-    elif act == RELU:
-        _bias_activation_loop(RELU, z, b, a, cols)
-    elif act == LEAKY_RELU:
-        _bias_activation_loop(LEAKY_RELU, z, b, a, cols)
-    elif act == SOFTPLUS:
-        _bias_activation_loop(SOFTPLUS, z, b, a, cols)
-    elif act == SWISH:
-        _bias_activation_loop(SWISH, z, b, a, cols)
-    elif act == GELU:
-        _bias_activation_loop(GELU, z, b, a, cols)
-    elif act == MISH:
-        _bias_activation_loop(MISH, z, b, a, cols)
-    else:
-        _bias_activation_loop(IDENTITY, z, b, a, cols)
+    _bias_activation_each(act, z, b, a, cols)
 
 
 @jit
@@ -186,27 +151,13 @@ def _backprop_loop(act, z, a, g, out):
             out[i] = act_df(act, z[i], a[i], t) * g[i]
 
 
+_backprop_each = _each_activation(_backprop_loop)
+
+
 @jit
 def backprop_activation(act, z, a, g, out):
     """out = σ′(z) ⊙ g (BP1/BP2); ``out`` may be ``g``."""
-    if act == SIGMOID:
-        _backprop_loop(SIGMOID, z, a, g, out)
-    elif act == TANH:
-        _backprop_loop(TANH, z, a, g, out)
-    elif act == RELU:
-        _backprop_loop(RELU, z, a, g, out)
-    elif act == LEAKY_RELU:
-        _backprop_loop(LEAKY_RELU, z, a, g, out)
-    elif act == SOFTPLUS:
-        _backprop_loop(SOFTPLUS, z, a, g, out)
-    elif act == SWISH:
-        _backprop_loop(SWISH, z, a, g, out)
-    elif act == GELU:
-        _backprop_loop(GELU, z, a, g, out)
-    elif act == MISH:
-        _backprop_loop(MISH, z, a, g, out)
-    else:
-        _backprop_loop(IDENTITY, z, a, g, out)
+    _backprop_each(act, z, a, g, out)
 
 
 @jit

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..activations import Activation
-from ..costs import LOG_EPS, Cost, CrossEntropy, LogLikelihood, Quadratic
 from . import cpu_kernels
-from .kernels import ACTIVATION_IDS, COST_IDS
-from .ops import Array, Ops
+from .kernels import ACTIVATION_IDS, LOG_EPS
+from .ops import Array, Ops, cost_id, is_stable
+
+if TYPE_CHECKING:
+    from ..costs import Cost
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _INT64 = np.dtype(np.int64)
@@ -28,15 +31,6 @@ _INT64 = np.dtype(np.int64)
 #: NumPy's matmul and the elementwise kernels instead
 _NUMBA_BLAS = importlib.util.find_spec("scipy") is not None
 _IDENTITY = ACTIVATION_IDS["identity"]
-_BUILTIN_COSTS = (Quadratic, CrossEntropy, LogLikelihood)
-
-
-def _cost_id(cost: Cost) -> int | None:
-    """The kernel id of a built-in cost (subclasses included, as in Ops), None for any other cost."""
-    for kind in _BUILTIN_COSTS:
-        if isinstance(cost, kind):
-            return COST_IDS[kind.name]
-    return None
 
 
 def _fusable(*arrays: Array) -> bool:
@@ -138,18 +132,16 @@ class NumbaOps(Ops):
         key = (type(cost), type(activation), activation.name)
         if key not in self._plans:
             act = ACTIVATION_IDS.get(activation.name) if activation.elementwise else _IDENTITY
-            stable = (isinstance(cost, CrossEntropy) and activation.name == "sigmoid") or \
-                     (isinstance(cost, LogLikelihood) and activation.name == "softmax")
-            cost_id = _cost_id(cost)
-            self._plans[key] = None if act is None or cost_id is None else (act, cost_id, stable)
+            kind = cost_id(cost)
+            self._plans[key] = None if act is None or kind is None else (act, kind, is_stable(cost, activation))
         return self._plans[key]
 
     def cost_sum(self, cost: Cost, a: Array, target: Array) -> Array:
         """Σₓ Cₓ(a, y) as a 0-d array (one pass for the built-in costs)."""
         total = np.zeros(1, np.float64)
-        cost_id = _cost_id(cost)
-        if cost_id is None or not _fusable(a) or \
-                not self._output_kernel(cost_id, _IDENTITY, False, a, a, target, None, total):
+        kind = cost_id(cost)
+        if kind is None or not _fusable(a) or \
+                not self._output_kernel(kind, _IDENTITY, False, a, a, target, None, total):
             return super().cost_sum(cost, a, target)
         return a.dtype.type(total[0])
 
