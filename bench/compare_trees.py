@@ -7,9 +7,10 @@ Configs, both float32 on random data (10,000 × 784 uniform [0, 1) inputs, rando
 ``S`` [784, 30, 10] sigmoid / sigmoid / quadratic, SGD lr 3, batch 10; ``sk`` [784, 100, 10] relu / softmax /
 log-likelihood, Adam lr 1e-3, batch 32 (scikit-learn's MLPClassifier set-up). A run imports gpubp from its
 root, builds the net (seed 0), times its first one-batch ``fit`` (the kernels' compile or on-disk cache
-load: ``first_call_s``), then ``--epochs`` whole ``fit(epochs=1)`` calls. Per round and config the trees run
-in turn (order alternating); each ratio after/before is the median over rounds of the per-round ratio of
-the median epoch times. Run with ``OPENBLAS_CORETYPE`` unset (bench/README.md).
+load: ``first_call_s``), then ``--epochs`` whole ``fit(epochs=1)`` calls, of which the fastest counts (on a
+shared machine the others measure its neighbours). Per round and config the trees run in turn (order
+alternating); each ratio after/before is the median over rounds of the per-round ratio of those fastest
+epochs. Run with ``OPENBLAS_CORETYPE`` unset (bench/README.md).
 """
 
 from __future__ import annotations
@@ -76,12 +77,12 @@ def main() -> None:
             for tree in order:
                 time.sleep(0.2)
                 runs[name][tree].append(run(trees[tree], config, args.epochs))
-            line = "  ".join(f"{tree} {statistics.median(runs[name][tree][-1]['epoch_s']):.3f} s "
+            line = "  ".join(f"{tree} {min(runs[name][tree][-1]['epoch_s']):.4f} s "
                              f"(first call {runs[name][tree][-1]['first_call_s']:.3f} s)" for tree in trees)
             print(f"round {round_ + 1} {name}: {line}", flush=True)
     summary = {}
     for name, by_tree in runs.items():
-        epoch = {tree: [statistics.median(r["epoch_s"]) for r in rs] for tree, rs in by_tree.items()}
+        epoch = {tree: [min(r["epoch_s"]) for r in rs] for tree, rs in by_tree.items()}
         summary[name] = {
             "epoch_s": {tree: statistics.median(e) for tree, e in epoch.items()},
             "first_call_s": {tree: statistics.median(r["first_call_s"] for r in rs) for tree, rs in by_tree.items()},

@@ -1,14 +1,14 @@
 // Activation functions σ and their derivatives σ′, for the host and the device.
 //
 // The same lines as gpubp/activations.py, in the same order of operations: the CUDA kernels include this
-// header, and tests/cpp/activations_host.cpp compiles it with a plain C++ compiler so that CI (no GPU)
-// checks every f and f′ against the NumPy backend.
+// header, and tests/cpp/kernels_host.cpp compiles it with a plain C++ compiler so that CI (no GPU) checks
+// every f and f′ against the NumPy backend (tests/test_kernels_host.py).
 //
 // act_f<ACT>(z) = σ(z); act_df<ACT>(z, a) = σ′(z) given a = σ(z). Sigmoid, tanh, ReLU, leaky ReLU, ELU,
 // SELU and identity take σ′ from a (sigmoid a(1−a), tanh 1−a², ELU a + α below 0); softplus, swish, GELU and
 // mish need z. The ids below are the registry's (Activation.kernel_id in gpubp/activations.py): an
-// activation added there gets its enum entry, its act_f/act_df cases, its dispatch case and its name here;
-// tests/test_kernels_host.py checks that they agree.
+// activation added there gets its enum entry, its act_f/act_df cases, its dispatch case, its name and (if
+// σ′ reads them) its act_needs_z/act_needs_a entry here; tests/test_activation_registry.py checks them.
 #pragma once
 
 #include "common.cuh"

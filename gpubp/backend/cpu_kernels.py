@@ -8,30 +8,33 @@ reorder sums, and the reference would no longer be matched. The layer kernels ad
 through BLAS, to the fused pass (``layer_forward``, ``layer_backward``, ``layer_gradients``).
 
 σ and σ′ are the registry's one-element forms (``scalar_f``, ``scalar_df`` of ``activations.ACTIVATIONS``),
-compiled here; ``act_f``, ``act_df`` and the activation dispatch of the kernels are if-ladders built from
-the registry (``_ladder``), so a new activation needs nothing in this file.
+compiled here. The kernels that apply them are compiled once per activation: ``KERNELS[name]`` holds that
+activation's kernels (``ActivationKernels``), each compiled on its first call, in which the activation id is
+a compile-time constant, so that ``act_f``/``act_df`` resolve to its σ while compiling and every loop runs
+σ inline, without a branch, and vectorises (the σ′ ⊙ g of ReLU is 30× faster so than with a branch on the
+activation in the loop). A new activation in the registry needs nothing here.
 
 The elementwise kernels take flat C-contiguous 1-D views with (rows, cols) passed as ``cols``, the output
-and layer kernels the 2-D arrays; the activation and the cost are their integer kernel ids
-(``Activation.kernel_id``, ``kernels.COST_IDS``): each kernel therefore compiles once per dtype (two
-specialisations), cached on disk (``cache=True``) so only the first run on a machine pays for the compile.
-Numba keys that cache on this file alone: after editing an activation's one-element forms, delete
-``gpubp/backend/__pycache__/cpu_kernels.*.nb[ci]``. Inside, the elementwise kernels branch on the
-activation once, outside the loop, into a loop with that activation fixed (``_each_activation``), which the
-compiler vectorises (the σ′ ⊙ g of ReLU is 30× faster so than with the branch in the loop). The kernels are
-serial: on the small batches where they matter a thread pool's wake-up costs more than the pass itself,
-and at M/L sizes they are a few percent of a step (bench/README.md).
+and layer kernels the 2-D arrays; the cost is its kernel id (``Cost.kernel_id``, ``kernels.COST_IDS``). Each
+kernel compiles once per dtype (two specialisations) and activation, cached on disk (``cache=True``), so only
+the first run on a machine pays for the compile. Numba keys that cache on this file's source alone: after
+editing an activation's one-element forms, delete ``gpubp/backend/__pycache__/cpu_kernels.*.nb[ci]``. The
+kernels are serial: on the small batches where they matter a thread pool's wake-up costs more than the pass
+itself, and at M/L sizes they are a few percent of a step (bench/README.md).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-import types
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple
 
 import numpy as np
 from numba import njit
-from numba.extending import register_jitable
+from numba.core import types
+from numba.core.errors import TypingError
+from numba.extending import overload, register_jitable
 
 from .. import activations
 from ..activations import ACTIVATIONS
@@ -39,8 +42,6 @@ from .kernels import COST_IDS
 
 QUADRATIC, CROSS_ENTROPY, LOG_LIKELIHOOD = (COST_IDS[n] for n in ("quadratic", "cross_entropy",
                                                                    "log_likelihood"))
-#: the id of softmax for the layer kernels (row-wise; not one of the elementwise ids)
-SOFTMAX = max(act.kernel_id for act in ACTIVATIONS.values()) + 1
 
 #: error_model="numpy": x/0 is inf or NaN as in NumPy (Python's ZeroDivisionError check would also keep
 #: every loop with a division from vectorising)
@@ -49,56 +50,50 @@ jit = njit(cache=True, **JIT_OPTIONS)
 
 
 # ---- σ and σ′ from the registry ----------------------------------------------------------------------
+@functools.cache
 def _compiled(function: Callable) -> Callable:
     """``function`` made callable from compiled code, with every plain function of gpubp.activations that
     it calls (the registry's one-element forms and their helpers)."""
     for name in function.__code__.co_names:
         callee = function.__globals__.get(name)
-        if isinstance(callee, types.FunctionType) and callee.__module__ == activations.__name__:
+        if inspect.isfunction(callee) and callee.__module__ == activations.__name__:
             _compiled(callee)
     return register_jitable(**JIT_OPTIONS)(function)
 
 
-def _ladder(arms: Sequence[tuple[int, Callable]]) -> Callable:
-    """A compiled ``select(act, *args)`` that returns ``arm(*args)`` for the (id, arm) pair whose id is
-    ``act`` (the last arm for any other id): an if-ladder, one comparison per arm. Called with a constant
-    ``act``, it folds to that arm alone."""
-    (ident, arm), rest = arms[0], arms[1:]
-    if not rest:
-        def last(act, *args):
-            return arm(*args)
+def _by_activation(form: str) -> Callable:
+    """A function for compiled code, ``fn(act, *args)``: the registry activation of kernel id ``act`` (a
+    compile-time constant) applied as its one-element ``form`` ("scalar_f" or "scalar_df") to ``args``,
+    chosen while compiling."""
+    by_id = {act.kernel_id: _compiled(getattr(act, form)) for act in ACTIVATIONS.values()}
 
-        return register_jitable(**JIT_OPTIONS)(last)
-    other = _ladder(rest)
+    def fn(act, *args):
+        raise TypeError(f"{form} by activation id runs only in compiled code")
 
-    def select(act, *args):
-        if act == ident:
-            return arm(*args)
-        return other(act, *args)
+    @overload(fn, prefer_literal=True, jit_options=JIT_OPTIONS)
+    def choose(act, *args):
+        if not isinstance(act, types.IntegerLiteral) or act.literal_value not in by_id:
+            raise TypingError(f"the activation id must be a constant kernel id of the registry, got {act}")
+        form_of_act = by_id[act.literal_value]
 
-    return register_jitable(**JIT_OPTIONS)(select)
+        def apply(act, *args):
+            return form_of_act(*args)
 
+        return apply
 
-def _each_activation(loop: Callable) -> Callable:
-    """``loop(act, *args)`` behind a compiled ``fn(act, *args)`` that branches on ``act`` once, into a call
-    of ``loop`` with the activation id a constant: each such call compiles with σ fixed and vectorises."""
-    def fixed(ident: int) -> Callable:
-        def call(*args):
-            return loop(ident, *args)
-
-        return register_jitable(**JIT_OPTIONS)(call)
-
-    return _ladder([(act.kernel_id, fixed(act.kernel_id)) for act in ACTIVATIONS.values()])
+    return fn
 
 
-#: σ(z) and σ′(z) (given a = σ(z)) for activation id ``act``: act_f(act, z, t), act_df(act, z, a, t)
-act_f = _ladder([(act.kernel_id, _compiled(act.scalar_f)) for act in ACTIVATIONS.values()])
-act_df = _ladder([(act.kernel_id, _compiled(act.scalar_df)) for act in ACTIVATIONS.values()])
+#: σ(z) and σ′(z) (given a = σ(z)) of the activation of constant kernel id ``act``: act_f(act, z, t),
+#: act_df(act, z, a, t), with ``t`` the scalar type
+act_f = _by_activation("scalar_f")
+act_df = _by_activation("scalar_df")
 
 
 # ---- forward ------------------------------------------------------------------------------------
 @jit
-def _bias_activation_loop(act, z, b, a, cols):
+def _bias_activation(act, z, b, a, cols):
+    """z += b (row-broadcast) and a = σ(z), one pass."""
     t = z.dtype.type
     for r in range(z.size // cols):
         base = r * cols
@@ -106,15 +101,6 @@ def _bias_activation_loop(act, z, b, a, cols):
             v = z[base + j] + b[j]
             z[base + j] = v
             a[base + j] = act_f(act, v, t)
-
-
-_bias_activation_each = _each_activation(_bias_activation_loop)
-
-
-@jit
-def bias_activation(act, z, b, a, cols):
-    """z += b (row-broadcast) and a = σ(z), one pass."""
-    _bias_activation_each(act, z, b, a, cols)
 
 
 @jit
@@ -139,7 +125,8 @@ def bias_softmax(z, b, a, cols):
 
 # ---- backward -------------------------------------------------------------------------------------
 @jit
-def _backprop_loop(act, z, a, g, out):
+def _backprop_activation(act, z, a, g, out):
+    """out = σ′(z) ⊙ g (BP1/BP2); ``out`` may be ``g``."""
     t = g.dtype.type
     if g.ctypes.data == out.ctypes.data:
         # in place as one array: given as two, LLVM's run-time overlap check sees them overlap and takes its
@@ -149,15 +136,6 @@ def _backprop_loop(act, z, a, g, out):
     else:
         for i in range(g.size):
             out[i] = act_df(act, z[i], a[i], t) * g[i]
-
-
-_backprop_each = _each_activation(_backprop_loop)
-
-
-@jit
-def backprop_activation(act, z, a, g, out):
-    """out = σ′(z) ⊙ g (BP1/BP2); ``out`` may be ``g``."""
-    _backprop_each(act, z, a, g, out)
 
 
 @jit
@@ -203,7 +181,7 @@ def _cost_grad(cost, stable, ai, yi, eps, t):
 
 
 @jit
-def output_delta(act, cost, stable, z, a, y, labels, out, loss_sum, log_eps):
+def _output_delta(act, cost, stable, z, a, y, labels, out, loss_sum, log_eps):
     """δᴸ = ∇ₐC ⊙ σ′(zᴸ), or aᴸ − y when ``stable``, into ``out`` (skipped when it is empty); Σₓ Cₓ added
     into ``loss_sum[0]`` (skipped when empty), summed in float64 with Neumaier's compensation so that the
     loss is exact to an ulp (finite differences of it check the gradient). Targets: ``y`` like ``a``, or
@@ -258,23 +236,37 @@ def _overlap(x, y):
 
 
 @jit
-def layer_forward(act, x, w, b, z, a):
-    """zˡ = aˡ⁻¹ Wˡᵀ + bˡ and aˡ = σ(zˡ) (``act`` SOFTMAX: row-wise) for x = aˡ⁻¹, w = Wˡ."""
+def _layer_matmul(x, w, b, z, a):
+    """zˡ = aˡ⁻¹ Wˡᵀ into ``z`` for x = aˡ⁻¹, w = Wˡ, where the arrays fit ``b`` and ``a`` too."""
     m, n_out = z.shape
     if m == 0 or x.shape[0] != m or w.shape[0] != n_out or w.shape[1] != x.shape[1] \
             or b.shape[0] != n_out or a.shape != z.shape or m * n_out * x.shape[1] > SMALL_MATMUL \
             or _overlap(z, x) or _overlap(z, w):
         return False
     np.dot(x, w.T, z)
-    if act == SOFTMAX:
-        bias_softmax(z.reshape(z.size), b, a.reshape(a.size), n_out)
-    else:
-        bias_activation(act, z.reshape(z.size), b, a.reshape(a.size), n_out)
     return True
 
 
 @jit
-def layer_backward(act, delta, w, z, a, out):
+def _layer_forward(act, x, w, b, z, a):
+    """zˡ = aˡ⁻¹ Wˡᵀ + bˡ and aˡ = σ(zˡ) for x = aˡ⁻¹, w = Wˡ."""
+    if not _layer_matmul(x, w, b, z, a):
+        return False
+    _bias_activation(act, z.reshape(z.size), b, a.reshape(a.size), z.shape[1])
+    return True
+
+
+@jit
+def layer_forward_softmax(x, w, b, z, a):
+    """zˡ = aˡ⁻¹ Wˡᵀ + bˡ and aˡ = softmax(zˡ) row by row for x = aˡ⁻¹, w = Wˡ."""
+    if not _layer_matmul(x, w, b, z, a):
+        return False
+    bias_softmax(z.reshape(z.size), b, a.reshape(a.size), z.shape[1])
+    return True
+
+
+@jit
+def _layer_backward(act, delta, w, z, a, out):
     """BP2: δˡ = (δˡ⁺¹ Wˡ⁺¹) ⊙ σ′(zˡ) into ``out``, for delta = δˡ⁺¹, w = Wˡ⁺¹ (``z`` may be ``a`` where σ′
     needs only a)."""
     m, n = out.shape
@@ -284,7 +276,7 @@ def layer_backward(act, delta, w, z, a, out):
         return False
     np.dot(delta, w, out)
     flat = out.reshape(out.size)
-    backprop_activation(act, z.reshape(z.size), a.reshape(a.size), flat, flat)
+    _backprop_activation(act, z.reshape(z.size), a.reshape(a.size), flat, flat)
     return True
 
 
@@ -303,6 +295,52 @@ def layer_gradients(delta, a_prev, nabla_w, nabla_b):
         for j in range(n_out):
             nabla_b[j] += delta[r, j]
     return True
+
+
+# ---- the kernels of each activation ----------------------------------------------------------------
+class ActivationKernels(NamedTuple):
+    """One activation's kernels, called without the activation (see the functions of the same names)."""
+
+    #: (z, b, a, cols): z += b and a = σ(z)
+    bias_activation: Callable
+    #: (z, a, g, out): out = σ′(z) ⊙ g
+    backprop_activation: Callable
+    #: (cost, stable, z, a, y, labels, out, loss_sum, log_eps): δᴸ and Σₓ Cₓ
+    output_delta: Callable
+    #: (x, w, b, z, a) -> bool: a layer's forward pass
+    layer_forward: Callable
+    #: (delta, w, z, a, out) -> bool: BP2
+    layer_backward: Callable
+
+
+def _activation_kernels(act: int) -> ActivationKernels:
+    """The kernels of activation id ``act``: closures over the constant id, so that each compiles (and is
+    cached on disk) for that activation alone."""
+    @jit
+    def bias_activation(z, b, a, cols):
+        _bias_activation(act, z, b, a, cols)
+
+    @jit
+    def backprop_activation(z, a, g, out):
+        _backprop_activation(act, z, a, g, out)
+
+    @jit
+    def output_delta(cost, stable, z, a, y, labels, out, loss_sum, log_eps):
+        _output_delta(act, cost, stable, z, a, y, labels, out, loss_sum, log_eps)
+
+    @jit
+    def layer_forward(x, w, b, z, a):
+        return _layer_forward(act, x, w, b, z, a)
+
+    @jit
+    def layer_backward(delta, w, z, a, out):
+        return _layer_backward(act, delta, w, z, a, out)
+
+    return ActivationKernels(bias_activation, backprop_activation, output_delta, layer_forward, layer_backward)
+
+
+#: the kernels of every registry activation, by name
+KERNELS = {name: _activation_kernels(act.kernel_id) for name, act in ACTIVATIONS.items()}
 
 
 # ---- optimizers over the flat parameter buffer (Ops.sgd_update & co.) --------------------------------
