@@ -10,10 +10,12 @@ kernel id tables, the ONNX export and the initialisation all read these records:
   which the fused CPU backend compiles with Numba (``gpubp/backend/cpu_kernels.py``). ``t`` is the element's
   scalar type: every constant is rounded to it first (``t(0.01)``), as NumPy rounds a Python float against
   an array, so that both agree to an ulp or two; NaN propagates as in ``f``. They may call this module's
-  plain functions (``scalar_sigmoid`` …), which are compiled with them.
+  plain functions (``scalar_sigmoid`` …), which are compiled with them. Numba caches the compiled kernels
+  keyed on cpu_kernels.py alone: after editing a one-element form, delete
+  ``gpubp/backend/__pycache__/cpu_kernels.*.nb[ci]``.
 - ``kernel_id``: the activation's id in the CUDA kernels, ``enum Activation`` of ``kernels/activations.cuh``,
-  whose ``act_f``/``act_df`` cases are its third implementation (tests/test_kernels_host.py checks the
-  header against this registry, and its maths against ``f`` and ``df``).
+  whose ``act_f``/``act_df`` cases are its third implementation (tests/test_activation_registry.py checks
+  the header against this registry, tests/test_kernels_host.py its maths against ``f`` and ``df``).
 - ``init``: the family of its initial weights, "he", "xavier" or "lecun" (``gpubp/initializers.py``).
 - ``onnx(graph, z)``: σ in standard ONNX operators (``gpubp/export.py``).
 
@@ -21,9 +23,9 @@ Adding an activation is one record here, in ``ACTIVATIONS``, and its case in ``k
 This module needs only NumPy-style array modules: Numba stays an optional extra.
 
 GELU uses the tanh form of Hendrycks & Gimpel, ``gelu(z) = ½ z (1 + tanh(√(2/π) (z + 0.044715 z³)))``, the
-same form as PyTorch's ``gelu(approximate="tanh")``. ELU (α = 1) and SELU (Klambauer et al.) are
-λz for z > 0 and λα(eᶻ − 1) below, with λ = 1, α = 1 and PyTorch's λ ≈ 1.0507, α ≈ 1.6733 respectively; eᶻ − 1
-is computed as expm1(z), exact near 0.
+same form as PyTorch's ``gelu(approximate="tanh")``. ELU (α = 1) and SELU (Klambauer et al.) are λz for
+z > 0 and λα(eᶻ − 1) below, with λ = 1, α = 1 and PyTorch's λ ≈ 1.0507, α ≈ 1.6733 respectively; eᶻ − 1 is
+computed as expm1(z), exact near 0.
 
 Softmax is not elementwise: it is applied row-wise to the output layer only, and its backward pass
 multiplies by its Jacobian (see ``Softmax``).
@@ -75,16 +77,6 @@ def scalar_softplus(z: Any, t: Any) -> Any:
 def scalar_gelu_tanh(z: Any, t: Any) -> Any:
     """tanh(√(2/π) (z + 0.044715 z³))."""
     return math.tanh(t(GELU_C) * (z + t(GELU_K) * z * z * z))
-
-
-def scalar_exponential_linear(z: Any, scale: Any, scale_alpha: Any) -> Any:
-    """λz for z > 0, else λα expm1(z) (NaN: the second, NaN), with ``scale`` = λ and ``scale_alpha`` = λα."""
-    return scale * z if z > 0 else scale_alpha * math.expm1(z)
-
-
-def scalar_exponential_linear_prime(a: Any, scale: Any, scale_alpha: Any) -> Any:
-    """λ where a > 0, else a + λα (= λα eᶻ; NaN stays NaN)."""
-    return scale if a > 0 else a + scale_alpha
 
 
 # ---- the records ------------------------------------------------------------------------------------
@@ -386,13 +378,25 @@ class Identity(Activation):
 
 
 class _ExponentialLinear(Activation):
-    """σ(z) = λz for z > 0, else λα(eᶻ − 1); σ′ = λ where a > 0, else a + λα (= λα eᶻ). a has z's sign, so σ′
-    needs a alone."""
+    """σ(z) = λz for z > 0, else λα(eᶻ − 1), computed as λα expm1(z); σ′ = λ where a > 0, else a + λα
+    (= λα eᶻ): a has z's sign, so σ′ needs a alone. A subclass sets λ (``scale``) and α (``alpha``), and its
+    one-element forms are made with them."""
 
     needs_z = False
-    #: λ and α
     scale: float = 1.0
     alpha: float = 1.0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        scale, scale_alpha = cls.scale, cls.scale * cls.alpha
+
+        def scalar_f(z, t):
+            return t(scale) * z if z > 0 else t(scale_alpha) * math.expm1(z)   # NaN: the second, NaN
+
+        def scalar_df(z, a, t):
+            return t(scale) if a > 0 else a + t(scale_alpha)
+
+        cls.scalar_f, cls.scalar_df = staticmethod(scalar_f), staticmethod(scalar_df)
 
     def f(self, xp, z, out):
         """λα expm1(min(z, 0)) + λ max(z, 0): the exponential of the negative part only, never overflowing."""
@@ -407,6 +411,12 @@ class _ExponentialLinear(Activation):
         xp.copyto(out, self.scale, where=a > 0)
         return out
 
+    def onnx(self, graph, z):
+        """Elu(α) where λ = 1, else Selu(α, γ = λ)."""
+        if self.scale == 1.0:
+            return graph.op("Elu", [z], alpha=self.alpha)
+        return graph.op("Selu", [z], alpha=self.alpha, gamma=self.scale)
+
 
 class ELU(_ExponentialLinear):
     name = "elu"
@@ -414,34 +424,12 @@ class ELU(_ExponentialLinear):
     init = "he"
     alpha = ELU_ALPHA
 
-    @staticmethod
-    def scalar_f(z, t):
-        return scalar_exponential_linear(z, t(1), t(ELU_ALPHA))
-
-    @staticmethod
-    def scalar_df(z, a, t):
-        return scalar_exponential_linear_prime(a, t(1), t(ELU_ALPHA))
-
-    def onnx(self, graph, z):
-        return graph.op("Elu", [z], alpha=ELU_ALPHA)
-
 
 class SELU(_ExponentialLinear):
     name = "selu"
     kernel_id = 10
     init = "lecun"
     scale, alpha = SELU_SCALE, SELU_ALPHA
-
-    @staticmethod
-    def scalar_f(z, t):
-        return scalar_exponential_linear(z, t(SELU_SCALE), t(SELU_SCALE * SELU_ALPHA))
-
-    @staticmethod
-    def scalar_df(z, a, t):
-        return scalar_exponential_linear_prime(a, t(SELU_SCALE), t(SELU_SCALE * SELU_ALPHA))
-
-    def onnx(self, graph, z):
-        return graph.op("Selu", [z], alpha=SELU_ALPHA, gamma=SELU_SCALE)
 
 
 class Softmax(Activation):

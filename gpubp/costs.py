@@ -14,8 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-#: LOG_EPS: probabilities are clipped to [EPS, 1 − EPS] inside logarithms, per dtype (shared with the kernels)
-from .backend.kernels import COST_IDS, LOG_EPS
+from .backend.kernels import COST_IDS, LOG_EPS  # LOG_EPS: the clip of the logarithms' arguments, per dtype
 
 
 class Cost:

@@ -171,6 +171,20 @@ def _runtime_imports(path: Path) -> set[str]:
     return found
 
 
+def test_the_fused_cost_paths_follow_the_cost_kernel_id():
+    """Built-in costs and their subclasses carry a kernel id (the fused paths), user costs none."""
+    from gpubp.backend.ops import cost_id, is_stable
+    from gpubp.costs import COSTS, CustomCost, LogLikelihood
+
+    class Tempered(LogLikelihood):
+        name = "tempered"
+
+    assert {name: cost_id(cost) for name, cost in COSTS.items()} == kernels.COST_IDS
+    assert cost_id(Tempered()) == kernels.COST_IDS["log_likelihood"]
+    assert is_stable(Tempered(), gpubp.activations.SOFTMAX) and not is_stable(COSTS["quadratic"], ACTIVATIONS["sigmoid"])
+    assert cost_id(CustomCost(lambda a, y: a.sum(1), lambda a, y: 1 + 0 * a)) is None
+
+
 def test_backend_imports_no_costs_and_no_cycle():
     graph = {f"gpubp.backend.{path.stem}": _runtime_imports(path) for path in BACKEND.glob("*.py")}
     graph["gpubp.backend"] = graph.pop("gpubp.backend.__init__")

@@ -61,19 +61,16 @@ def _compiled(function: Callable) -> Callable:
     return register_jitable(**JIT_OPTIONS)(function)
 
 
-def _by_activation(form: str) -> Callable:
-    """A function for compiled code, ``fn(act, *args)``: the registry activation of kernel id ``act`` (a
-    compile-time constant) applied as its one-element ``form`` ("scalar_f" or "scalar_df") to ``args``,
-    chosen while compiling."""
+def _choose_by_activation(stub: Callable, form: str) -> None:
+    """Compile each call ``stub(act, *args)`` as the one-element ``form`` ("scalar_f" or "scalar_df") of the
+    registry activation whose kernel id is ``act``, a compile-time constant: chosen while compiling, so no
+    branch on the activation is left in the compiled code."""
     by_id = {act.kernel_id: _compiled(getattr(act, form)) for act in ACTIVATIONS.values()}
 
-    def fn(act, *args):
-        raise TypeError(f"{form} by activation id runs only in compiled code")
-
-    @overload(fn, prefer_literal=True, jit_options=JIT_OPTIONS)
+    @overload(stub, prefer_literal=True, jit_options=JIT_OPTIONS)
     def choose(act, *args):
         if not isinstance(act, types.IntegerLiteral) or act.literal_value not in by_id:
-            raise TypingError(f"the activation id must be a constant kernel id of the registry, got {act}")
+            raise TypingError(f"{stub.__name__} needs a constant kernel id of the registry, got {act}")
         form_of_act = by_id[act.literal_value]
 
         def apply(act, *args):
@@ -81,13 +78,19 @@ def _by_activation(form: str) -> Callable:
 
         return apply
 
-    return fn
+
+def act_f(act, z, t):
+    """σ(z) of the activation of constant kernel id ``act``, ``t`` the scalar type (compiled code only)."""
+    raise TypeError("act_f runs only in compiled code")
 
 
-#: σ(z) and σ′(z) (given a = σ(z)) of the activation of constant kernel id ``act``: act_f(act, z, t),
-#: act_df(act, z, a, t), with ``t`` the scalar type
-act_f = _by_activation("scalar_f")
-act_df = _by_activation("scalar_df")
+def act_df(act, z, a, t):
+    """σ′(z), given a = σ(z), of the activation of constant kernel id ``act`` (compiled code only)."""
+    raise TypeError("act_df runs only in compiled code")
+
+
+_choose_by_activation(act_f, "scalar_f")
+_choose_by_activation(act_df, "scalar_df")
 
 
 # ---- forward ------------------------------------------------------------------------------------
@@ -237,7 +240,8 @@ def _overlap(x, y):
 
 @jit
 def _layer_matmul(x, w, b, z, a):
-    """zˡ = aˡ⁻¹ Wˡᵀ into ``z`` for x = aˡ⁻¹, w = Wˡ, where the arrays fit ``b`` and ``a`` too."""
+    """zˡ = aˡ⁻¹ Wˡᵀ into ``z`` for x = aˡ⁻¹, w = Wˡ; False, nothing done, where the arrays (the bias ``b``
+    and the output ``a`` included) do not fit the layer kernels."""
     m, n_out = z.shape
     if m == 0 or x.shape[0] != m or w.shape[0] != n_out or w.shape[1] != x.shape[1] \
             or b.shape[0] != n_out or a.shape != z.shape or m * n_out * x.shape[1] > SMALL_MATMUL \

@@ -24,7 +24,8 @@ from .errors import DeviceError, install_command
 ACTIVATION_IDS = {name: act.kernel_id for name, act in ACTIVATIONS.items()}
 #: the cost ids of ``kernels/costs.cuh`` (enum Cost), which the built-in costs carry as ``Cost.kernel_id``
 COST_IDS = {"quadratic": 0, "cross_entropy": 1, "log_likelihood": 2}
-#: probabilities are clipped to [EPS, 1 − EPS] inside the costs' logarithms, per dtype (1e-7 for others)
+#: probabilities are clipped to [EPS, 1 − EPS] inside the costs' logarithms, per dtype (1e-7 for others);
+#: the same in every backend, and re-exported by gpubp.costs
 LOG_EPS = {np.dtype(np.float32): 1e-7, np.dtype(np.float64): 1e-15}
 
 #: the kernels of each source file (extern "C" names, one per dtype suffix)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,7 +31,8 @@ _INT64 = np.dtype(np.int64)
 #: Numba's np.dot calls BLAS through SciPy: without SciPy the layer methods run Ops' composition of
 #: NumPy's matmul and the elementwise kernels instead
 _NUMBA_BLAS = importlib.util.find_spec("scipy") is not None
-_IDENTITY = cpu_kernels.KERNELS["identity"]
+_KERNELS = cpu_kernels.KERNELS
+_IDENTITY = _KERNELS["identity"]
 
 
 def _fusable(*arrays: Array) -> bool:
@@ -55,15 +56,7 @@ def _matrices(*arrays: Array) -> bool:
 
 def _kernels(activation: Activation) -> ActivationKernels | None:
     """The kernels of a built-in elementwise activation (by name, as the registry's), None for any other."""
-    return cpu_kernels.KERNELS.get(activation.name) if activation.elementwise else None
-
-
-def _forward_kernel(activation: Activation) -> Callable | None:
-    """The layer_forward kernel of a built-in activation (softmax's too), None for any other."""
-    if not activation.elementwise:
-        return cpu_kernels.layer_forward_softmax if activation.name == "softmax" else None
-    kernels = _kernels(activation)
-    return None if kernels is None else kernels.layer_forward
+    return _KERNELS.get(activation.name) if activation.elementwise else None
 
 
 def _flat(x: Array) -> Array:
@@ -155,10 +148,10 @@ class NumbaOps(Ops):
             return super().cost_sum(cost, a, target)
         return a.dtype.type(total[0])
 
-    def _output_kernel(self, kernels: ActivationKernels, cost_id: int, stable: bool, z: Array, a: Array,
+    def _output_kernel(self, kernels: ActivationKernels, kind: int, stable: bool, z: Array, a: Array,
                        target: Array, out: Array | None, loss_sum: Array | None) -> bool:
-        """Run the activation's output_delta kernel; False (nothing done) where the targets or ``loss_sum``
-        do not fit it, so that the caller runs the reference instead."""
+        """Run the activation's output_delta kernel for the cost of kernel id ``kind``; False (nothing done)
+        where the targets or ``loss_sum`` do not fit it, so that the caller runs the reference instead."""
         if a.ndim != 2 or a.size == 0:
             return False
         empty = self._empty[a.dtype]
@@ -175,7 +168,7 @@ class NumbaOps(Ops):
             loss = loss_sum.reshape(1)
         else:
             return False
-        kernels.output_delta(cost_id, stable, z, a, y, labels, empty if out is None else out, loss,
+        kernels.output_delta(kind, stable, z, a, y, labels, empty if out is None else out, loss,
                              LOG_EPS.get(a.dtype, 1e-7))
         return True
 
@@ -183,7 +176,11 @@ class NumbaOps(Ops):
     def layer_forward(self, a_prev: Array, W: Array, b: Array, activation: Activation, z: Array,
                       a: Array) -> Array:
         """zˡ = aˡ⁻¹ Wˡᵀ + bˡ and aˡ = σ(zˡ) in one call (the activation's layer_forward kernel)."""
-        forward = _forward_kernel(activation)
+        if activation.elementwise:
+            kernels = _KERNELS.get(activation.name)
+            forward = None if kernels is None else kernels.layer_forward
+        else:
+            forward = cpu_kernels.layer_forward_softmax if activation.name == "softmax" else None
         if forward is None or not _NUMBA_BLAS or not _fusable(a_prev, W, b, z, a) \
                 or not _matrices(a_prev, W, z, a) or b.ndim != 1 or not forward(a_prev, W, b, z, a):
             return super().layer_forward(a_prev, W, b, activation, z, a)
