@@ -54,9 +54,9 @@ def test_a_planted_wrong_kernel_is_reported(capsys, monkeypatch):
         np.dot(delta, w, out=out)
         return True
 
-    for name, kernels in cpu_kernels.KERNELS.items():
-        planted = kernels._replace(backprop_activation=lambda z, a, g, out: np.copyto(out, g),
-                                   layer_backward=bp2_without_sigma_prime)
+    for name, of_activation in cpu_kernels.KERNELS.items():
+        planted = of_activation._replace(backprop_activation=lambda z, a, g, out: np.copyto(out, g),
+                                         layer_backward=bp2_without_sigma_prime)
         monkeypatch.setitem(cpu_kernels.KERNELS, name, planted)
     status, out, rows = selftest(capsys)
     assert status == 1
