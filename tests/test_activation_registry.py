@@ -1,7 +1,8 @@
 """The one activation registry (gpubp/activations.py): every record is complete, the CUDA header
 kernels/activations.cuh names the same activations with the same ids, the one-element forms the fused CPU
 backend compiles agree with the array forms, ELU and SELU are what PyTorch computes, each activation's
-initialisation family is used, and the backend modules import no costs and no cycle."""
+initialisation family is used; the backends choose fused cost paths by ``Cost.kernel_id``, their modules
+import no costs and no cycle, and the kernels built from the registry load from Numba's disk cache."""
 
 from __future__ import annotations
 
