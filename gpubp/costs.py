@@ -2,9 +2,10 @@
 
 A cost gives, for outputs ``a`` (batch, k) and targets ``y`` (batch, k) or ``None``:
 ``fn(a, y)`` the per-sample costs Cₓ, shape (batch,), and ``derivative(a, y)`` ∇ₐCₓ, shape (batch, k).
-The mean cost is C = (1/n) Σₓ Cₓ. Built-in costs also have fused paths in the backend (the stable output
-deltas aᴸ − y for sigmoid + cross_entropy and softmax + log_likelihood); a user-defined cost is any object
-with ``fn`` and ``derivative`` (see ``CustomCost``), computed with the network's array module.
+The mean cost is C = (1/n) Σₓ Cₓ. Built-in costs also have fused paths in the backend, chosen by their
+``kernel_id`` (the stable output deltas aᴸ − y for sigmoid + cross_entropy and softmax + log_likelihood); a
+user-defined cost is any object with ``fn`` and ``derivative`` (see ``CustomCost``), computed with the
+network's array module.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-#: probabilities are clipped to [EPS, 1 − EPS] inside logarithms (dtype-aware in the backend)
-LOG_EPS = {np.dtype(np.float32): 1e-7, np.dtype(np.float64): 1e-15}
+from .backend.kernels import COST_IDS, LOG_EPS  # LOG_EPS: the clip of the logarithms' arguments, per dtype
 
 
 class Cost:
@@ -23,6 +23,8 @@ class Cost:
     name: str = ""
     #: whether the cost compares the output with a target y
     needs_target: bool = True
+    #: id in the backends' fused kernels (kernels/costs.cuh); None: the backends run ``fn`` and ``derivative``
+    kernel_id: int | None = None
 
     def fn(self, a: Any, y: Any) -> Any:
         raise NotImplementedError
@@ -52,6 +54,7 @@ class Quadratic(Cost):
     """Cₓ = ½ ‖y − aᴸ‖², ∇ₐCₓ = aᴸ − y."""
 
     name = "quadratic"
+    kernel_id = COST_IDS["quadratic"]
 
     def fn(self, a, y):
         return 0.5 * ((a - y) ** 2).sum(axis=-1)
@@ -64,6 +67,7 @@ class CrossEntropy(Cost):
     """Cₓ = −Σⱼ [yⱼ ln aⱼ + (1 − yⱼ) ln(1 − aⱼ)], ∇ₐCₓ = (aᴸ − y) / (aᴸ(1 − aᴸ))."""
 
     name = "cross_entropy"
+    kernel_id = COST_IDS["cross_entropy"]
 
     def fn(self, a, y):
         xp = _xp(a)
@@ -79,6 +83,7 @@ class LogLikelihood(Cost):
     """Cₓ = −ln aᴸ_y (softmax output), ∇ₐCₓ = −y / aᴸ."""
 
     name = "log_likelihood"
+    kernel_id = COST_IDS["log_likelihood"]
 
     def fn(self, a, y):
         return -(y * _xp(a).log(_clip(a))).sum(axis=-1)

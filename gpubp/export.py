@@ -3,10 +3,11 @@
 
 ONNX (``pip install gpubp[onnx]``): opset ONNX_OPSET, float32, input ``input`` (batch, sizes[0]) and
 output ``output`` (batch, sizes[-1]) with a dynamic batch axis ``batch``. Each layer is one
-``Gemm(aˡ⁻¹, Wˡ, bˡ, transB=1)`` named ``layers.{l}.gemm`` and its activation in standard operators:
-Sigmoid, Tanh, Relu, LeakyRelu(alpha=0.01), Softplus, Softmax(axis=-1), Identity; swish as z·Sigmoid(z),
-gelu (tanh form) as ½z(1 + Tanh(√(2/π)(z + 0.044715z³))), mish as z·Tanh(Softplus(z)). The model's
-``metadata`` (class names, standardisation, …) is stored as the metadata property ``gpubp.metadata``.
+``Gemm(aˡ⁻¹, Wˡ, bˡ, transB=1)`` with output ``layers.{l}.z`` and its activation in standard operators, each
+activation's ``onnx`` recipe (gpubp/activations.py): Sigmoid, Tanh, Relu, LeakyRelu(alpha=0.01), Softplus,
+Elu(alpha=1), Selu(alpha, gamma), Softmax(axis=-1), Identity; swish as z·Sigmoid(z), gelu (tanh form) as
+½z(1 + Tanh(√(2/π)(z + 0.044715z³))), mish as z·Tanh(Softplus(z)). The model's ``metadata`` (class names,
+standardisation, …) is stored as the metadata property ``gpubp.metadata``.
 
 Safetensors (``pip install gpubp[safetensors]``): tensors ``layers.{l}.weight`` (n_out, n_in) and
 ``layers.{l}.bias`` (n_out,) in the network's dtype, as ``torch.nn.Linear`` holds them; the metadata (all
@@ -17,14 +18,12 @@ each JSON.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .activations import GELU_K, LEAKY_SLOPE
 from .files import write_atomically
 
 ONNX_OPSET = 17
@@ -59,48 +58,36 @@ def layer_activations(net: Any) -> list[str]:
 
 # ---- ONNX -------------------------------------------------------------------------------------------
 class _Graph:
-    """ONNX nodes and float32 initializers, with fresh value names."""
+    """ONNX nodes and float32 initializers, with fresh value names under the current layer's ``prefix``: the
+    ``graph`` that the activations' ``onnx`` recipes build on."""
 
     def __init__(self, helper: Any, numpy_helper: Any) -> None:
         self.helper, self.numpy_helper = helper, numpy_helper
         self.nodes: list = []
         self.initializers: list = []
         self.count = 0
+        self.prefix = ""
 
     def constant(self, name: str, value: Any) -> str:
+        """A float32 initializer called ``{prefix}.{name}``; returns its name."""
+        name = f"{self.prefix}.{name}"
         self.initializers.append(self.numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], prefix: str, output: str | None = None, **attrs: Any) -> str:
+    def op(self, op_type: str, inputs: list[str], output: str | None = None, **attrs: Any) -> str:
+        """A node ``op_type(inputs)`` with ONNX attributes ``attrs``; returns its output's name."""
         self.count += 1
-        output = output or f"{prefix}.{op_type.lower()}{self.count}"
-        self.nodes.append(self.helper.make_node(op_type, inputs, [output], name=f"{prefix}.{op_type}{self.count}",
+        output = output or f"{self.prefix}.{op_type.lower()}{self.count}"
+        self.nodes.append(self.helper.make_node(op_type, inputs, [output], name=f"{self.prefix}.{op_type}{self.count}",
                                                 **attrs))
         return output
 
-
-def _activation(graph: _Graph, name: str, z: str, prefix: str, output: str | None) -> str:
-    """σ(z) in standard ONNX operators; the result is called ``output`` when given."""
-    single = {"sigmoid": ("Sigmoid", {}), "tanh": ("Tanh", {}), "relu": ("Relu", {}),
-              "leaky_relu": ("LeakyRelu", {"alpha": LEAKY_SLOPE}), "softplus": ("Softplus", {}),
-              "softmax": ("Softmax", {"axis": -1}), "identity": ("Identity", {})}
-    if name in single:
-        op_type, attrs = single[name]
-        return graph.op(op_type, [z], prefix, output, **attrs)
-    if name == "swish":  # z σ(z)
-        return graph.op("Mul", [z, graph.op("Sigmoid", [z], prefix)], prefix, output)
-    if name == "mish":  # z tanh(softplus(z))
-        return graph.op("Mul", [z, graph.op("Tanh", [graph.op("Softplus", [z], prefix)], prefix)], prefix, output)
-    if name == "gelu":  # ½ z (1 + tanh(√(2/π) (z + 0.044715 z³)))
-        cube = graph.op("Mul", [graph.op("Mul", [z, z], prefix), z], prefix)
-        inner = graph.op("Add", [z, graph.op("Mul", [cube, graph.constant(f"{prefix}.gelu_k", GELU_K)], prefix)],
-                         prefix)
-        t = graph.op("Tanh", [graph.op("Mul", [inner, graph.constant(f"{prefix}.gelu_c",
-                                                                      math.sqrt(2.0 / math.pi))], prefix)], prefix)
-        one_plus = graph.op("Add", [t, graph.constant(f"{prefix}.one", 1.0)], prefix)
-        half_z = graph.op("Mul", [z, graph.constant(f"{prefix}.half", 0.5)], prefix)
-        return graph.op("Mul", [half_z, one_plus], prefix, output)
-    raise ValueError(f"no ONNX form for activation {name!r}")
+    def rename(self, value: str, name: str) -> None:
+        """Call the last node's output ``value`` by ``name`` instead (the graph's output)."""
+        node = self.nodes[-1]
+        if node.output[0] != value:
+            raise ValueError(f"{value!r} is not the output of the graph's last node {node.name!r}")
+        node.output[0] = name
 
 
 def to_onnx(net: Any) -> Any:
@@ -111,12 +98,13 @@ def to_onnx(net: Any) -> Any:
     graph = _Graph(helper, numpy_helper)
     a = INPUT_NAME
     names = layer_activations(net)
-    for l, (W, b, act) in enumerate(zip(net.weights, net.biases, names)):
-        prefix = f"layers.{l}"
-        weight = graph.constant(f"{prefix}.weight", net.ops.to_numpy(W))
-        bias = graph.constant(f"{prefix}.bias", net.ops.to_numpy(b))
-        z = graph.op("Gemm", [a, weight, bias], prefix, f"{prefix}.z", transB=1)
-        a = _activation(graph, act, z, prefix, OUTPUT_NAME if l == net.num_layers - 1 else None)
+    for l, (W, b, act) in enumerate(zip(net.weights, net.biases, net.layer_activations)):
+        graph.prefix = f"layers.{l}"
+        weight = graph.constant("weight", net.ops.to_numpy(W))
+        bias = graph.constant("bias", net.ops.to_numpy(b))
+        z = graph.op("Gemm", [a, weight, bias], f"{graph.prefix}.z", transB=1)
+        a = act.onnx(graph, z)
+    graph.rename(a, OUTPUT_NAME)
     model = helper.make_model(
         helper.make_graph(graph.nodes, "gpubp_network",
                           [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", net.sizes[0]])],

@@ -1,28 +1,39 @@
 """Seeded initial parameters, drawn on the host so every device starts from the same numbers.
 
-Weights of layer l are normal with mean 0 and a standard deviation that suits the layer's activation:
-He, √(2/nᵢₙ), for relu-like activations (relu, leaky_relu, softplus, swish, gelu, mish), and Xavier/Glorot,
-√(2/(nᵢₙ + nₒᵤₜ)), for the rest (sigmoid, tanh, identity, softmax). Biases start at 0. The draws come from
-``numpy.random.default_rng(seed)``, layer by layer, weights before biases, in float64, straight into the
-flat vector: its 8 bytes per parameter are all that drawing allocates.
+Weights of layer l are normal with mean 0 and a standard deviation chosen by the family of the layer's
+activation (``Activation.init`` in gpubp/activations.py): He, √(2/nᵢₙ), for relu-like activations (relu,
+leaky_relu, softplus, swish, gelu, mish, elu); LeCun, √(1/nᵢₙ), for selu, the normal initialisation that
+keeps a self-normalising network's activations at mean 0 and variance 1 (Klambauer et al., as PyTorch
+recommends for SELU); Xavier/Glorot, √(2/(nᵢₙ + nₒᵤₜ)), for the rest (sigmoid, tanh, identity, softmax, and
+activations of your own). Biases start at 0. The draws come from ``numpy.random.default_rng(seed)``, layer by
+layer, weights before biases, in float64, straight into the flat vector: its 8 bytes per parameter are all
+that drawing allocates.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .activations import Activation
 
-HE_ACTIVATIONS = {"relu", "leaky_relu", "softplus", "swish", "gelu", "mish"}
+#: the weights' standard deviation of each initialisation family, from (nᵢₙ, nₒᵤₜ)
+WEIGHT_STD: dict[str, Callable[[int, int], float]] = {
+    "he": lambda n_in, n_out: math.sqrt(2.0 / n_in),
+    "lecun": lambda n_in, n_out: math.sqrt(1.0 / n_in),
+    "xavier": lambda n_in, n_out: math.sqrt(2.0 / (n_in + n_out)),
+}
 
 
 def weight_std(activation: Activation, n_in: int, n_out: int) -> float:
-    """He for relu-like activations, Xavier otherwise."""
-    if activation.name in HE_ACTIVATIONS:
-        return float(np.sqrt(2.0 / n_in))
-    return float(np.sqrt(2.0 / (n_in + n_out)))
+    """The standard deviation of a layer's initial weights, by its activation's ``init`` family."""
+    family = WEIGHT_STD.get(activation.init)
+    if family is None:
+        raise ValueError(f"activation {activation.name!r} has init {activation.init!r}; valid: "
+                         f"{', '.join(WEIGHT_STD)}")
+    return family(n_in, n_out)
 
 
 def parameter_count(sizes: Sequence[int]) -> int:

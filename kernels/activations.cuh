@@ -1,12 +1,14 @@
 // Activation functions σ and their derivatives σ′, for the host and the device.
 //
 // The same lines as gpubp/activations.py, in the same order of operations: the CUDA kernels include this
-// header, and tests/cpp/activations_host.cpp compiles it with a plain C++ compiler so that CI (no GPU)
-// checks every f and f′ against the NumPy backend.
+// header, and tests/cpp/kernels_host.cpp compiles it with a plain C++ compiler so that CI (no GPU) checks
+// every f and f′ against the NumPy backend (tests/test_kernels_host.py).
 //
-// act_f<ACT>(z) = σ(z); act_df<ACT>(z, a) = σ′(z) given a = σ(z). Sigmoid, tanh, ReLU, leaky ReLU and
-// identity take σ′ from a (sigmoid a(1−a), tanh 1−a²); softplus, swish, GELU and mish need z.
-// The ids below are the ones in gpubp/backend/kernels.py (ACTIVATION_IDS); the host test checks both agree.
+// act_f<ACT>(z) = σ(z); act_df<ACT>(z, a) = σ′(z) given a = σ(z). Sigmoid, tanh, ReLU, leaky ReLU, ELU,
+// SELU and identity take σ′ from a (sigmoid a(1−a), tanh 1−a², ELU a + α below 0); softplus, swish, GELU and
+// mish need z. The ids below are the registry's (Activation.kernel_id in gpubp/activations.py): an
+// activation added there gets its enum entry, its act_f/act_df cases, its dispatch case, its name and (if
+// σ′ reads them) its act_needs_z/act_needs_a entry here; tests/test_activation_registry.py checks them.
 #pragma once
 
 #include "common.cuh"
@@ -23,19 +25,25 @@ enum Activation : int {
     ACT_GELU = 6,
     ACT_MISH = 7,
     ACT_IDENTITY = 8,
+    ACT_ELU = 9,
+    ACT_SELU = 10,
 };
-constexpr int N_ACTIVATIONS = 9;
+constexpr int N_ACTIVATIONS = 11;
 
 constexpr double LEAKY_SLOPE = 0.01;
 constexpr double GELU_C = 0.7978845608028654;  // √(2/π)
 constexpr double GELU_K = 0.044715;
+constexpr double ELU_ALPHA = 1.0;
+constexpr double SELU_ALPHA = 1.6732632423543772848170429916717;  // PyTorch's torch.nn.SELU
+constexpr double SELU_SCALE = 1.0507009873554804934193349852946;
 
 // Whether σ′ reads z (otherwise only a = σ(z)); the backward kernel skips the other load.
 GPUBP_HD constexpr bool act_needs_z(int act) {
     return act == ACT_SOFTPLUS || act == ACT_SWISH || act == ACT_GELU || act == ACT_MISH;
 }
 GPUBP_HD constexpr bool act_needs_a(int act) {
-    return act == ACT_SIGMOID || act == ACT_TANH || act == ACT_RELU || act == ACT_LEAKY_RELU;
+    return act == ACT_SIGMOID || act == ACT_TANH || act == ACT_RELU || act == ACT_LEAKY_RELU || act == ACT_ELU ||
+           act == ACT_SELU;
 }
 
 // σ(z) = ½ tanh(z/2) + ½: never overflows.
@@ -53,6 +61,18 @@ GPUBP_HD T softplus(T z) {
 template <typename T>
 GPUBP_HD T gelu_tanh_arg(T z) {
     return T(GELU_C) * (z + T(GELU_K) * z * z * z);
+}
+
+// λz for z > 0, else λα(eᶻ − 1) as λα expm1(z) (NaN: the second); ELU is λ = α = 1.
+template <typename T>
+GPUBP_HD T exponential_linear(T z, T scale, T scale_alpha) {
+    return z > T(0) ? scale * z : scale_alpha * m_expm1(z);
+}
+
+// Its σ′ from a (which has z's sign): λ where a > 0, else a + λα (= λα eᶻ).
+template <typename T>
+GPUBP_HD T exponential_linear_prime(T a, T scale, T scale_alpha) {
+    return a > T(0) ? scale : a + scale_alpha;
 }
 
 template <int ACT, typename T>
@@ -73,6 +93,10 @@ GPUBP_HD T act_f(T z) {
         return (m_tanh(gelu_tanh_arg(z)) + T(1)) * T(0.5) * z;
     } else if constexpr (ACT == ACT_MISH) {
         return m_tanh(softplus(z)) * z;
+    } else if constexpr (ACT == ACT_ELU) {
+        return exponential_linear(z, T(1), T(ELU_ALPHA));
+    } else if constexpr (ACT == ACT_SELU) {
+        return exponential_linear(z, T(SELU_SCALE), T(SELU_SCALE * SELU_ALPHA));
     } else {
         static_assert(ACT == ACT_IDENTITY, "unknown activation");
         return z;
@@ -101,6 +125,10 @@ GPUBP_HD T act_df(T z, T a) {
     } else if constexpr (ACT == ACT_MISH) {
         const T t = m_tanh(softplus(z));
         return (T(1) - t * t) * z * sigmoid(z) + t;              // t + z(1 − t²)σ(z)
+    } else if constexpr (ACT == ACT_ELU) {
+        return exponential_linear_prime(a, T(1), T(ELU_ALPHA));
+    } else if constexpr (ACT == ACT_SELU) {
+        return exponential_linear_prime(a, T(SELU_SCALE), T(SELU_SCALE * SELU_ALPHA));
     } else {
         static_assert(ACT == ACT_IDENTITY, "unknown activation");
         return T(1);
@@ -126,6 +154,8 @@ GPUBP_HD bool dispatch_activation(int act, Fn fn) {
         case ACT_GELU: fn(ActTag<ACT_GELU>{}); return true;
         case ACT_MISH: fn(ActTag<ACT_MISH>{}); return true;
         case ACT_IDENTITY: fn(ActTag<ACT_IDENTITY>{}); return true;
+        case ACT_ELU: fn(ActTag<ACT_ELU>{}); return true;
+        case ACT_SELU: fn(ActTag<ACT_SELU>{}); return true;
         default: return false;
     }
 }
@@ -142,6 +172,8 @@ GPUBP_HD const char* activation_name(int act) {
         case ACT_GELU: return "gelu";
         case ACT_MISH: return "mish";
         case ACT_IDENTITY: return "identity";
+        case ACT_ELU: return "elu";
+        case ACT_SELU: return "selu";
         default: return "";
     }
 }

@@ -28,6 +28,8 @@ GPUBP_HD float m_exp(float x) { return expf(x); }
 GPUBP_HD double m_exp(double x) { return exp(x); }
 GPUBP_HD float m_log(float x) { return logf(x); }
 GPUBP_HD double m_log(double x) { return log(x); }
+GPUBP_HD float m_expm1(float x) { return expm1f(x); }
+GPUBP_HD double m_expm1(double x) { return expm1(x); }
 GPUBP_HD float m_log1p(float x) { return log1pf(x); }
 GPUBP_HD double m_log1p(double x) { return log1p(x); }
 GPUBP_HD float m_sqrt(float x) { return sqrtf(x); }

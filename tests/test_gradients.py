@@ -77,13 +77,14 @@ def test_gradcheck_catches_a_wrong_gradient(rng, monkeypatch, cpu_backend):
     if cpu_backend == "numba":
         from gpubp.backend import cpu_kernels
 
-        def bp2_with_a_for_sigma_prime(act, delta, w, z, a, out):
+        def bp2_with_a_for_sigma_prime(delta, w, z, a, out):
             np.multiply(np.dot(delta, w), a, out=out)
             return True
 
-        monkeypatch.setattr(cpu_kernels, "backprop_activation",
-                            lambda act, z, a, g, out: np.multiply(a, g, out=out))
-        monkeypatch.setattr(cpu_kernels, "layer_backward", bp2_with_a_for_sigma_prime)
+        planted = cpu_kernels.KERNELS["sigmoid"]._replace(
+            backprop_activation=lambda z, a, g, out: np.multiply(a, g, out=out),
+            layer_backward=bp2_with_a_for_sigma_prime)
+        monkeypatch.setitem(cpu_kernels.KERNELS, "sigmoid", planted)
     assert gpubp.gradcheck(net, X, Y) > 1e-2
 
 
@@ -101,7 +102,7 @@ def test_float32_close_to_float64(rng):
 @settings(max_examples=25, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sizes=st.lists(st.integers(1, 6), min_size=2, max_size=4), batch=st.integers(1, 9),
-       activation=st.sampled_from(["sigmoid", "tanh", "softplus", "gelu", "swish", "mish"]),
+       activation=st.sampled_from(["sigmoid", "tanh", "softplus", "gelu", "swish", "mish", "elu"]),
        seed=st.integers(0, 2**16))
 def test_property_random_shapes(sizes, batch, activation, seed):
     rng = np.random.default_rng(seed)
@@ -116,12 +117,14 @@ def test_property_random_shapes(sizes, batch, activation, seed):
 
 
 
-@pytest.mark.parametrize("activation,torch_name", [
-    ("sigmoid", "sigmoid"), ("tanh", "tanh"), ("relu", "relu"), ("leaky_relu", "leaky_relu"),
-    ("softplus", "softplus"), ("swish", "silu"), ("gelu", "gelu"), ("mish", "mish")])
+#: torch.nn.functional's names where they differ from gpubp's
+TORCH_NAMES = {"swish": "silu"}
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
 @pytest.mark.parametrize("output,cost", [(None, "quadratic"), ("sigmoid", "cross_entropy"),
                                          ("softmax", "log_likelihood")])
-def test_against_torch_autograd(activation, torch_name, output, cost, rng):
+def test_against_torch_autograd(activation, output, cost, rng):
     torch = pytest.importorskip("torch", reason="torch is not installed")
     F = torch.nn.functional
     net = gpubp.Network([6, 5, 4, 3], activation=activation, output=output, cost=cost, device="cpu",
@@ -130,7 +133,8 @@ def test_against_torch_autograd(activation, torch_name, output, cost, rng):
     X, y = rng.normal(size=(9, 6)), rng.integers(0, 3, 9)
     Ws = [torch.tensor(w.copy(), requires_grad=True) for w in net.weights]
     bs = [torch.tensor(b.copy(), requires_grad=True) for b in net.biases]
-    act = {"gelu": lambda t: F.gelu(t, approximate="tanh")}.get(torch_name, getattr(F, torch_name))
+    special = {"gelu": lambda t: F.gelu(t, approximate="tanh"), "identity": lambda t: t}
+    act = special.get(activation) or getattr(F, TORCH_NAMES.get(activation, activation))
     a = torch.tensor(X)
     for l, (W, b) in enumerate(zip(Ws, bs)):
         z = a @ W.T + b

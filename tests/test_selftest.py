@@ -52,12 +52,14 @@ def test_a_planted_wrong_kernel_is_reported(capsys, monkeypatch):
     fail on those steps and on backprop; NumPy's pass."""
     from gpubp.backend import cpu_kernels
 
-    def bp2_without_sigma_prime(act, delta, w, z, a, out):
+    def bp2_without_sigma_prime(delta, w, z, a, out):
         np.dot(delta, w, out=out)
         return True
 
-    monkeypatch.setattr(cpu_kernels, "backprop_activation", lambda act, z, a, g, out: np.copyto(out, g))
-    monkeypatch.setattr(cpu_kernels, "layer_backward", bp2_without_sigma_prime)
+    for name, of_activation in cpu_kernels.KERNELS.items():
+        planted = of_activation._replace(backprop_activation=lambda z, a, g, out: np.copyto(out, g),
+                                         layer_backward=bp2_without_sigma_prime)
+        monkeypatch.setitem(cpu_kernels.KERNELS, name, planted)
     status, out, rows = selftest(capsys)
     assert status == 1
     for dtype in ("float32", "float64"):

@@ -21,6 +21,7 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import check_estimator, parametrize_with_checks  # noqa: E402
 
+from gpubp.activations import HIDDEN_NAMES, get_activation  # noqa: E402
 from gpubp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
 # scikit-learn's checks compare float64 results at rtol 1e-7, below float32's resolution (6e-8 per
@@ -187,6 +188,17 @@ def test_gpubp_activation_names_and_devices():
         clf.fit(X, y)
     assert clf.network_.activation.name == "gelu" and clf.network_.device == "cpu"
     assert clf.network_.dtype == np.float32 and clf.predict_proba(X).dtype == np.float64
+
+
+@pytest.mark.parametrize("name", HIDDEN_NAMES)
+def test_every_registered_activation_is_a_valid_parameter(name):
+    """``activation=`` takes every name of gpubp's registry (ELU and SELU included), as a hidden layer."""
+    X, y = make_classification(40, 4, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = MLPClassifier(hidden_layer_sizes=(5,), activation=name, max_iter=3, random_state=0).fit(X, y)
+    assert clf.network_.activation is get_activation(name)
+    assert clf.predict_proba(X).shape == (40, 2)
 
 
 def test_unsupported_inputs_and_parameters_say_what_to_do():

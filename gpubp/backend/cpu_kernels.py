@@ -3,123 +3,100 @@
 Each kernel mirrors the NumPy reference (``Ops`` and ``gpubp/activations.py``) operation by operation, in
 the array's own dtype, with every constant first rounded to that dtype as NumPy rounds Python floats, so
 results agree with ``Ops`` to an ulp or two (libm's tanh/exp/log1p against NumPy's own; σ is computed as
-1/(1 + e^−z), see ``_sigmoid``). No ``fastmath``: it would contract a·b + c into FMAs and reorder sums, and
-the reference would no longer be matched. The layer kernels add the layer's matmul, through BLAS, to the
-fused pass (``layer_forward``, ``layer_backward``, ``layer_gradients``).
+1/(1 + e^−z), see ``activations.scalar_sigmoid``). No ``fastmath``: it would contract a·b + c into FMAs and
+reorder sums, and the reference would no longer be matched. The layer kernels add the layer's matmul,
+through BLAS, to the fused pass (``layer_forward``, ``layer_backward``, ``layer_gradients``).
+
+σ and σ′ are the registry's one-element forms (``scalar_f``, ``scalar_df`` of ``activations.ACTIVATIONS``),
+compiled here. The kernels that apply them are compiled once per activation: ``KERNELS[name]`` holds that
+activation's kernels (``ActivationKernels``), each compiled on its first call, in which the activation id is
+a compile-time constant, so that ``act_f``/``act_df`` resolve to its σ while compiling and every loop runs
+σ inline, without a branch, and vectorises (the σ′ ⊙ g of ReLU is 30× faster so than with a branch on the
+activation in the loop). A new activation in the registry needs nothing here.
 
 The elementwise kernels take flat C-contiguous 1-D views with (rows, cols) passed as ``cols``, the output
-and layer kernels the 2-D arrays; the activation and the cost are the integer ids of ``kernels.ACTIVATION_IDS`` / ``kernels.COST_IDS``: each kernel therefore compiles
-once per dtype (two specialisations), cached on disk (``cache=True``) so only the first run on a machine
-pays for the compile. Inside, the elementwise kernels branch on the activation once, outside the loop, into
-a loop with that activation fixed (``_each_activation``), which the compiler vectorises (the σ′ ⊙ g of ReLU
-is 30× faster so than with the branch in the loop). The kernels are serial: on the small batches where
-they matter a thread pool's wake-up costs more than the pass itself, and at M/L sizes they are a few
-percent of a step (bench/README.md).
+and layer kernels the 2-D arrays; the cost is its kernel id (``Cost.kernel_id``, ``kernels.COST_IDS``). Each
+kernel compiles once per dtype (two specialisations) and activation, cached on disk (``cache=True``), so only
+the first run on a machine pays for the compile. Numba keys that cache on this file's source alone: after
+editing an activation's one-element forms, delete ``gpubp/backend/__pycache__/cpu_kernels.*.nb[ci]``. The
+kernels are serial: on the small batches where they matter a thread pool's wake-up costs more than the pass
+itself, and at M/L sizes they are a few percent of a step (bench/README.md).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+from typing import Callable, NamedTuple
 
 import numpy as np
 from numba import njit
+from numba.core import types
+from numba.core.errors import TypingError
+from numba.extending import overload, register_jitable
 
-from ..activations import GELU_C, GELU_K, LEAKY_SLOPE
-from .kernels import ACTIVATION_IDS, COST_IDS
+from .. import activations
+from ..activations import ACTIVATIONS
+from .kernels import COST_IDS
 
-SIGMOID, TANH, RELU, LEAKY_RELU, SOFTPLUS, SWISH, GELU, MISH, IDENTITY = (
-    ACTIVATION_IDS[name] for name in ("sigmoid", "tanh", "relu", "leaky_relu", "softplus", "swish", "gelu",
-                                      "mish", "identity"))
 QUADRATIC, CROSS_ENTROPY, LOG_LIKELIHOOD = (COST_IDS[n] for n in ("quadratic", "cross_entropy",
                                                                    "log_likelihood"))
-#: the id of softmax for the layer kernels (row-wise; not one of the elementwise ids)
-SOFTMAX = max(ACTIVATION_IDS.values()) + 1
-LN2 = math.log(2.0)
-GELU_3K = 3.0 * GELU_K
 
 #: error_model="numpy": x/0 is inf or NaN as in NumPy (Python's ZeroDivisionError check would also keep
 #: every loop with a division from vectorising)
-jit = njit(cache=True, nogil=True, error_model="numpy")
+JIT_OPTIONS = dict(nogil=True, error_model="numpy")
+jit = njit(cache=True, **JIT_OPTIONS)
 
 
-# ---- σ and σ′ (gpubp/activations.py, same order of operations) ----------------------------------------
-@jit
-def _sigmoid(z, t):
-    """1 / (1 + e^−z): the reference's ½ tanh(z/2) + ½ within an ulp or two (and closer to σ for very
-    negative z, where the tanh form cancels), at a third of the cost (libm's expf against its tanhf, which
-    was a tenth of a [784, 30, 10] training step). e^−z overflows to inf for z ≪ 0, giving σ = 0."""
-    return t(1) / (t(1) + math.exp(-z))
+# ---- σ and σ′ from the registry ----------------------------------------------------------------------
+@functools.cache
+def _compiled(function: Callable) -> Callable:
+    """``function`` made callable from compiled code, with every plain function of gpubp.activations that
+    it calls (the registry's one-element forms and their helpers)."""
+    for name in function.__code__.co_names:
+        callee = function.__globals__.get(name)
+        if inspect.isfunction(callee) and callee.__module__ == activations.__name__:
+            _compiled(callee)
+    return register_jitable(**JIT_OPTIONS)(function)
 
 
-@jit
-def _softplus(z, t):
-    """NumPy's logaddexp(0, z): ln 2 at 0, ln(1 + e^z) below, z + ln(1 + e^−z) above; NaN stays NaN."""
-    if z == 0:
-        return t(LN2)
-    if z < 0:
-        return math.log1p(math.exp(z))
-    if z > 0:
-        return z + math.log1p(math.exp(-z))
-    return z
+def _choose_by_activation(stub: Callable, form: str) -> None:
+    """Compile each call ``stub(act, *args)`` as the one-element ``form`` ("scalar_f" or "scalar_df") of the
+    registry activation whose kernel id is ``act``, a compile-time constant: chosen while compiling, so no
+    branch on the activation is left in the compiled code."""
+    by_id = {act.kernel_id: _compiled(getattr(act, form)) for act in ACTIVATIONS.values()}
+
+    @overload(stub, prefer_literal=True, jit_options=JIT_OPTIONS)
+    def choose(act, *args):
+        if not isinstance(act, types.IntegerLiteral) or act.literal_value not in by_id:
+            raise TypingError(f"{stub.__name__} needs a constant kernel id of the registry, got {act}")
+        form_of_act = by_id[act.literal_value]
+
+        def apply(act, *args):
+            return form_of_act(*args)
+
+        return apply
 
 
-@jit
-def _gelu_tanh(z, t):
-    """tanh(√(2/π) (z + 0.044715 z³))."""
-    return math.tanh(t(GELU_C) * (z + t(GELU_K) * z * z * z))
-
-
-@jit
 def act_f(act, z, t):
-    """σ(z) for activation id ``act``."""
-    if act == SIGMOID:
-        return _sigmoid(z, t)
-    if act == TANH:
-        return math.tanh(z)
-    if act == RELU:
-        return z if z >= 0 or z != z else t(0)                   # np.maximum(z, 0): NaN propagates
-    if act == LEAKY_RELU:
-        return z if z >= 0 or z != z else z * t(LEAKY_SLOPE)
-    if act == SOFTPLUS:
-        return _softplus(z, t)
-    if act == SWISH:
-        return _sigmoid(z, t) * z
-    if act == GELU:
-        return (_gelu_tanh(z, t) + t(1)) * t(0.5) * z
-    if act == MISH:
-        return math.tanh(_softplus(z, t)) * z
-    return z                                                      # identity
+    """σ(z) of the activation of constant kernel id ``act``, ``t`` the scalar type (compiled code only)."""
+    raise TypeError("act_f runs only in compiled code")
 
 
-@jit
 def act_df(act, z, a, t):
-    """σ′(z) for activation id ``act``, given a = σ(z)."""
-    if act == SIGMOID:
-        return (t(1) - a) * a
-    if act == TANH:
-        return t(1) - a * a
-    if act == RELU:
-        return t(1) if a > 0 else t(0)
-    if act == LEAKY_RELU:
-        return (t(1) if a > 0 else t(0)) * t(1.0 - LEAKY_SLOPE) + t(LEAKY_SLOPE)
-    if act == SOFTPLUS:
-        return _sigmoid(z, t)
-    if act == SWISH:
-        s = _sigmoid(z, t)
-        return ((t(1) - s) * z + t(1)) * s
-    if act == GELU:
-        th = _gelu_tanh(z, t)
-        du = t(GELU_C) * (t(1) + t(GELU_3K) * z * z)
-        return t(0.5) * z * (t(1) - th * th) * du + t(0.5) * (t(1) + th)
-    if act == MISH:
-        th = math.tanh(_softplus(z, t))
-        return (t(1) - th * th) * z * _sigmoid(z, t) + th
-    return t(1)                                                   # identity
+    """σ′(z), given a = σ(z), of the activation of constant kernel id ``act`` (compiled code only)."""
+    raise TypeError("act_df runs only in compiled code")
+
+
+_choose_by_activation(act_f, "scalar_f")
+_choose_by_activation(act_df, "scalar_df")
 
 
 # ---- forward ------------------------------------------------------------------------------------
 @jit
-def _bias_activation_loop(act, z, b, a, cols):
+def _bias_activation(act, z, b, a, cols):
+    """z += b (row-broadcast) and a = σ(z), one pass."""
     t = z.dtype.type
     for r in range(z.size // cols):
         base = r * cols
@@ -127,29 +104,6 @@ def _bias_activation_loop(act, z, b, a, cols):
             v = z[base + j] + b[j]
             z[base + j] = v
             a[base + j] = act_f(act, v, t)
-
-
-@jit
-def bias_activation(act, z, b, a, cols):
-    """z += b (row-broadcast) and a = σ(z), one pass."""
-    if act == SIGMOID:
-        _bias_activation_loop(SIGMOID, z, b, a, cols)
-    elif act == TANH:
-        _bias_activation_loop(TANH, z, b, a, cols)
-    elif act == RELU:
-        _bias_activation_loop(RELU, z, b, a, cols)
-    elif act == LEAKY_RELU:
-        _bias_activation_loop(LEAKY_RELU, z, b, a, cols)
-    elif act == SOFTPLUS:
-        _bias_activation_loop(SOFTPLUS, z, b, a, cols)
-    elif act == SWISH:
-        _bias_activation_loop(SWISH, z, b, a, cols)
-    elif act == GELU:
-        _bias_activation_loop(GELU, z, b, a, cols)
-    elif act == MISH:
-        _bias_activation_loop(MISH, z, b, a, cols)
-    else:
-        _bias_activation_loop(IDENTITY, z, b, a, cols)
 
 
 @jit
@@ -174,7 +128,8 @@ def bias_softmax(z, b, a, cols):
 
 # ---- backward -------------------------------------------------------------------------------------
 @jit
-def _backprop_loop(act, z, a, g, out):
+def _backprop_activation(act, z, a, g, out):
+    """out = σ′(z) ⊙ g (BP1/BP2); ``out`` may be ``g``."""
     t = g.dtype.type
     if g.ctypes.data == out.ctypes.data:
         # in place as one array: given as two, LLVM's run-time overlap check sees them overlap and takes its
@@ -184,29 +139,6 @@ def _backprop_loop(act, z, a, g, out):
     else:
         for i in range(g.size):
             out[i] = act_df(act, z[i], a[i], t) * g[i]
-
-
-@jit
-def backprop_activation(act, z, a, g, out):
-    """out = σ′(z) ⊙ g (BP1/BP2); ``out`` may be ``g``."""
-    if act == SIGMOID:
-        _backprop_loop(SIGMOID, z, a, g, out)
-    elif act == TANH:
-        _backprop_loop(TANH, z, a, g, out)
-    elif act == RELU:
-        _backprop_loop(RELU, z, a, g, out)
-    elif act == LEAKY_RELU:
-        _backprop_loop(LEAKY_RELU, z, a, g, out)
-    elif act == SOFTPLUS:
-        _backprop_loop(SOFTPLUS, z, a, g, out)
-    elif act == SWISH:
-        _backprop_loop(SWISH, z, a, g, out)
-    elif act == GELU:
-        _backprop_loop(GELU, z, a, g, out)
-    elif act == MISH:
-        _backprop_loop(MISH, z, a, g, out)
-    else:
-        _backprop_loop(IDENTITY, z, a, g, out)
 
 
 @jit
@@ -252,7 +184,7 @@ def _cost_grad(cost, stable, ai, yi, eps, t):
 
 
 @jit
-def output_delta(act, cost, stable, z, a, y, labels, out, loss_sum, log_eps):
+def _output_delta(act, cost, stable, z, a, y, labels, out, loss_sum, log_eps):
     """δᴸ = ∇ₐC ⊙ σ′(zᴸ), or aᴸ − y when ``stable``, into ``out`` (skipped when it is empty); Σₓ Cₓ added
     into ``loss_sum[0]`` (skipped when empty), summed in float64 with Neumaier's compensation so that the
     loss is exact to an ulp (finite differences of it check the gradient). Targets: ``y`` like ``a``, or
@@ -307,23 +239,38 @@ def _overlap(x, y):
 
 
 @jit
-def layer_forward(act, x, w, b, z, a):
-    """zˡ = aˡ⁻¹ Wˡᵀ + bˡ and aˡ = σ(zˡ) (``act`` SOFTMAX: row-wise) for x = aˡ⁻¹, w = Wˡ."""
+def _layer_matmul(x, w, b, z, a):
+    """zˡ = aˡ⁻¹ Wˡᵀ into ``z`` for x = aˡ⁻¹, w = Wˡ; False, nothing done, where the arrays (the bias ``b``
+    and the output ``a`` included) do not fit the layer kernels."""
     m, n_out = z.shape
     if m == 0 or x.shape[0] != m or w.shape[0] != n_out or w.shape[1] != x.shape[1] \
             or b.shape[0] != n_out or a.shape != z.shape or m * n_out * x.shape[1] > SMALL_MATMUL \
             or _overlap(z, x) or _overlap(z, w):
         return False
     np.dot(x, w.T, z)
-    if act == SOFTMAX:
-        bias_softmax(z.reshape(z.size), b, a.reshape(a.size), n_out)
-    else:
-        bias_activation(act, z.reshape(z.size), b, a.reshape(a.size), n_out)
     return True
 
 
 @jit
-def layer_backward(act, delta, w, z, a, out):
+def _layer_forward(act, x, w, b, z, a):
+    """zˡ = aˡ⁻¹ Wˡᵀ + bˡ and aˡ = σ(zˡ) for x = aˡ⁻¹, w = Wˡ."""
+    if not _layer_matmul(x, w, b, z, a):
+        return False
+    _bias_activation(act, z.reshape(z.size), b, a.reshape(a.size), z.shape[1])
+    return True
+
+
+@jit
+def layer_forward_softmax(x, w, b, z, a):
+    """zˡ = aˡ⁻¹ Wˡᵀ + bˡ and aˡ = softmax(zˡ) row by row for x = aˡ⁻¹, w = Wˡ."""
+    if not _layer_matmul(x, w, b, z, a):
+        return False
+    bias_softmax(z.reshape(z.size), b, a.reshape(a.size), z.shape[1])
+    return True
+
+
+@jit
+def _layer_backward(act, delta, w, z, a, out):
     """BP2: δˡ = (δˡ⁺¹ Wˡ⁺¹) ⊙ σ′(zˡ) into ``out``, for delta = δˡ⁺¹, w = Wˡ⁺¹ (``z`` may be ``a`` where σ′
     needs only a)."""
     m, n = out.shape
@@ -333,7 +280,7 @@ def layer_backward(act, delta, w, z, a, out):
         return False
     np.dot(delta, w, out)
     flat = out.reshape(out.size)
-    backprop_activation(act, z.reshape(z.size), a.reshape(a.size), flat, flat)
+    _backprop_activation(act, z.reshape(z.size), a.reshape(a.size), flat, flat)
     return True
 
 
@@ -352,6 +299,52 @@ def layer_gradients(delta, a_prev, nabla_w, nabla_b):
         for j in range(n_out):
             nabla_b[j] += delta[r, j]
     return True
+
+
+# ---- the kernels of each activation ----------------------------------------------------------------
+class ActivationKernels(NamedTuple):
+    """One activation's kernels, called without the activation (see the functions of the same names)."""
+
+    #: (z, b, a, cols): z += b and a = σ(z)
+    bias_activation: Callable
+    #: (z, a, g, out): out = σ′(z) ⊙ g
+    backprop_activation: Callable
+    #: (cost, stable, z, a, y, labels, out, loss_sum, log_eps): δᴸ and Σₓ Cₓ
+    output_delta: Callable
+    #: (x, w, b, z, a) -> bool: a layer's forward pass
+    layer_forward: Callable
+    #: (delta, w, z, a, out) -> bool: BP2
+    layer_backward: Callable
+
+
+def _activation_kernels(act: int) -> ActivationKernels:
+    """The kernels of activation id ``act``: closures over the constant id, so that each compiles (and is
+    cached on disk) for that activation alone."""
+    @jit
+    def bias_activation(z, b, a, cols):
+        _bias_activation(act, z, b, a, cols)
+
+    @jit
+    def backprop_activation(z, a, g, out):
+        _backprop_activation(act, z, a, g, out)
+
+    @jit
+    def output_delta(cost, stable, z, a, y, labels, out, loss_sum, log_eps):
+        _output_delta(act, cost, stable, z, a, y, labels, out, loss_sum, log_eps)
+
+    @jit
+    def layer_forward(x, w, b, z, a):
+        return _layer_forward(act, x, w, b, z, a)
+
+    @jit
+    def layer_backward(delta, w, z, a, out):
+        return _layer_backward(act, delta, w, z, a, out)
+
+    return ActivationKernels(bias_activation, backprop_activation, output_delta, layer_forward, layer_backward)
+
+
+#: the kernels of every registry activation, by name
+KERNELS = {name: _activation_kernels(act.kernel_id) for name, act in ACTIVATIONS.items()}
 
 
 # ---- optimizers over the flat parameter buffer (Ops.sgd_update & co.) --------------------------------

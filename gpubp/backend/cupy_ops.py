@@ -10,15 +10,17 @@ run by CuPy.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cupy
 import numpy as np
 
 from ..activations import Activation
-from ..costs import LOG_EPS, Cost, CrossEntropy, LogLikelihood, Quadratic
 from . import kernels
-from .ops import Array, Ops
+from .ops import Array, Ops, cost_id, is_stable
+
+if TYPE_CHECKING:
+    from ..costs import Cost
 
 BLOCK = 256
 #: resident 256-thread blocks per SM at full occupancy is 8; a few waves more keep the tail short
@@ -26,21 +28,6 @@ BLOCKS_PER_SM = 32
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 _NULL = np.uint64(0)
 _IDENTITY = kernels.ACTIVATION_IDS["identity"]
-_BUILTIN_COSTS = (Quadratic, CrossEntropy, LogLikelihood)
-
-
-def _cost_id(cost: Cost) -> int | None:
-    """The kernel id of a built-in cost (subclasses included, as in Ops), None for any other cost."""
-    for kind in _BUILTIN_COSTS:
-        if isinstance(cost, kind):
-            return kernels.COST_IDS[kind.name]
-    return None
-
-
-def _stable(cost: Cost, activation: Activation) -> bool:
-    """Whether δᴸ = aᴸ − y exactly (sigmoid + cross_entropy, softmax + log_likelihood), as in Ops."""
-    return (isinstance(cost, CrossEntropy) and activation.name == "sigmoid") or \
-           (isinstance(cost, LogLikelihood) and activation.name == "softmax")
 
 
 class CupyOps(Ops):
@@ -196,10 +183,10 @@ class CupyOps(Ops):
                      out: Array, loss_sum: Array | None = None) -> Array:
         """δᴸ and Σₓ Cₓ (into ``loss_sum``) in one pass for the built-in costs (see Ops.output_delta)."""
         act = kernels.ACTIVATION_IDS.get(activation.name)
-        if _cost_id(cost) is None or (activation.elementwise and act is None):
+        if cost_id(cost) is None or (activation.elementwise and act is None):
             with self._on_device():
                 return super().output_delta(cost, activation, z, a, target, out, loss_sum)
-        stable = _stable(cost, activation)
+        stable = is_stable(cost, activation)
         if z is None and activation.needs_z and not stable:
             raise ValueError(f"the output delta through {activation.name}′ needs z; got z=None")
         # σ′ is applied in the kernel for elementwise σ; identity's σ′ = 1 leaves a − y or ∇ₐC as is
@@ -211,7 +198,7 @@ class CupyOps(Ops):
 
     def cost_sum(self, cost: Cost, a: Array, target: Array) -> Array:
         """Σₓ Cₓ(a, y) as a 0-d array on this device (one pass for the built-in costs)."""
-        if _cost_id(cost) is None:
+        if cost_id(cost) is None:
             with self._on_device():
                 return super().cost_sum(cost, a, target)
         total = self.zeros((), a.dtype)
@@ -243,9 +230,9 @@ class CupyOps(Ops):
                 if target.shape != a.shape:
                     raise ValueError(f"targets of shape {target.shape} do not match outputs {a.shape}")
                 labels, y = _NULL, cupy.ascontiguousarray(self.asarray(target, dtype=a.dtype))
-        eps = a.dtype.type(LOG_EPS.get(a.dtype, 1e-7))
+        eps = a.dtype.type(kernels.LOG_EPS.get(a.dtype, 1e-7))
         self._launch(f"gpubp_output_delta_{suffix}_{acc}", a.size,
-                     (np.int32(act), np.int32(_cost_id(cost)), np.int32(stable),
+                     (np.int32(act), np.int32(cost_id(cost)), np.int32(stable),
                       _NULL if z is None else z, a, y, labels, _NULL if out is None else out,
                       _NULL if loss_sum is None else loss_sum, eps, np.uint64(rows), np.uint64(cols)))
 

@@ -1,4 +1,5 @@
-"""The CUDA kernels: where their source lives, the ids shared with it, and loading them with NVRTC.
+"""The CUDA kernels: where their source lives, the ids and constants shared with it, and loading them with
+NVRTC.
 
 The source is ``kernels/`` at the top of a checkout, or ``gpubp/kernels/`` inside an installed wheel. Each
 ``.cu`` file becomes one ``cupy.RawModule`` per device, compiled once per process (CuPy also caches the
@@ -14,12 +15,18 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ..activations import ACTIVATIONS
 from .errors import DeviceError, install_command
-#: the activation ids of ``kernels/activations.cuh`` (enum Activation)
-ACTIVATION_IDS = {"sigmoid": 0, "tanh": 1, "relu": 2, "leaky_relu": 3, "softplus": 4, "swish": 5,
-                  "gelu": 6, "mish": 7, "identity": 8}
-#: the cost ids of ``kernels/costs.cuh`` (enum Cost)
+
+#: the activation ids of ``kernels/activations.cuh`` (enum Activation), from the registry
+ACTIVATION_IDS = {name: act.kernel_id for name, act in ACTIVATIONS.items()}
+#: the cost ids of ``kernels/costs.cuh`` (enum Cost), which the built-in costs carry as ``Cost.kernel_id``
 COST_IDS = {"quadratic": 0, "cross_entropy": 1, "log_likelihood": 2}
+#: probabilities are clipped to [EPS, 1 − EPS] inside the costs' logarithms, per dtype (1e-7 for others);
+#: the same in every backend, and re-exported by gpubp.costs
+LOG_EPS = {np.dtype(np.float32): 1e-7, np.dtype(np.float64): 1e-15}
 
 #: the kernels of each source file (extern "C" names, one per dtype suffix)
 KERNELS: dict[str, tuple[str, ...]] = {

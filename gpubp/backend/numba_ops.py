@@ -13,30 +13,26 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..activations import Activation
-from ..costs import LOG_EPS, Cost, CrossEntropy, LogLikelihood, Quadratic
 from . import cpu_kernels
-from .kernels import ACTIVATION_IDS, COST_IDS
-from .ops import Array, Ops
+from .cpu_kernels import ActivationKernels
+from .kernels import LOG_EPS
+from .ops import Array, Ops, cost_id, is_stable
+
+if TYPE_CHECKING:
+    from ..costs import Cost
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _INT64 = np.dtype(np.int64)
 #: Numba's np.dot calls BLAS through SciPy: without SciPy the layer methods run Ops' composition of
 #: NumPy's matmul and the elementwise kernels instead
 _NUMBA_BLAS = importlib.util.find_spec("scipy") is not None
-_IDENTITY = ACTIVATION_IDS["identity"]
-_BUILTIN_COSTS = (Quadratic, CrossEntropy, LogLikelihood)
-
-
-def _cost_id(cost: Cost) -> int | None:
-    """The kernel id of a built-in cost (subclasses included, as in Ops), None for any other cost."""
-    for kind in _BUILTIN_COSTS:
-        if isinstance(cost, kind):
-            return COST_IDS[kind.name]
-    return None
+_KERNELS = cpu_kernels.KERNELS
+_IDENTITY = _KERNELS["identity"]
 
 
 def _fusable(*arrays: Array) -> bool:
@@ -58,11 +54,9 @@ def _matrices(*arrays: Array) -> bool:
     return True
 
 
-def _activation_id(activation: Activation) -> int | None:
-    """The kernel id of a built-in activation (softmax: ``cpu_kernels.SOFTMAX``), None for any other."""
-    if activation.elementwise:
-        return ACTIVATION_IDS.get(activation.name)
-    return cpu_kernels.SOFTMAX if activation.name == "softmax" else None
+def _kernels(activation: Activation) -> ActivationKernels | None:
+    """The kernels of a built-in elementwise activation (by name, as the registry's), None for any other."""
+    return _KERNELS.get(activation.name) if activation.elementwise else None
 
 
 def _flat(x: Array) -> Array:
@@ -81,20 +75,21 @@ class NumbaOps(Ops):
         super().__init__()
         #: stand-ins for the arrays a kernel call goes without: (0, 0) floats, (0,) labels
         self._empty = {**{dtype: np.empty((0, 0), dtype) for dtype in _FLOATS}, _INT64: np.empty(0, _INT64)}
-        self._plans: dict[tuple, tuple[int, int, bool] | None] = {}
+        self._plans: dict[tuple, tuple[ActivationKernels, int, bool] | None] = {}
 
     # ---- forward ------------------------------------------------------------------------------------
     def bias_activation(self, z: Array, b: Array, activation: Activation, a: Array) -> Array:
         """z += b (row-broadcast) and a = σ(z) in one pass (row-wise for softmax)."""
-        act = ACTIVATION_IDS.get(activation.name, -1) if activation.elementwise else None
+        kernels = _kernels(activation)
         cols = z.shape[-1] if z.ndim else 0
-        if act == -1 or not _fusable(z, b, a) or a.shape != z.shape or b.shape != (cols,):
+        if (activation.elementwise and kernels is None) or not _fusable(z, b, a) or a.shape != z.shape \
+                or b.shape != (cols,):
             return super().bias_activation(z, b, activation, a)
         if z.size:
-            if act is None:
+            if kernels is None:
                 cpu_kernels.bias_softmax(_flat(z), b, _flat(a), cols)
             else:
-                cpu_kernels.bias_activation(act, _flat(z), b, _flat(a), cols)
+                kernels.bias_activation(_flat(z), b, _flat(a), cols)
         return a
 
     # ---- backward -----------------------------------------------------------------------------------
@@ -108,13 +103,13 @@ class NumbaOps(Ops):
             if a.size:
                 cpu_kernels.softmax_backward(_flat(a), _flat(g), _flat(out), cols)
             return out
-        act = ACTIVATION_IDS.get(activation.name)
+        kernels = _kernels(activation)
         if z is None and not activation.needs_z:
             z = a  # σ′ from a alone never reads z
-        if act is None or a is None or z is None or not _fusable(z, a, g, out) \
+        if kernels is None or a is None or z is None or not _fusable(z, a, g, out) \
                 or not z.shape == a.shape == g.shape == out.shape:
             return super().backprop_activation(activation, z, a, g, out)
-        cpu_kernels.backprop_activation(act, _flat(z), _flat(a), _flat(g), _flat(out))
+        kernels.backprop_activation(_flat(z), _flat(a), _flat(g), _flat(out))
         return out
 
     def output_delta(self, cost: Cost, activation: Activation, z: Array, a: Array, target: Array,
@@ -122,41 +117,41 @@ class NumbaOps(Ops):
         """δᴸ and Σₓ Cₓ (into ``loss_sum``) in one pass for the built-in costs (see Ops.output_delta)."""
         plan = self._output_plan(cost, activation)
         if plan is not None:
-            act, cost_id, stable = plan
+            kernels, kind, stable = plan
             if z is None and (stable or not activation.needs_z):
                 z = a
             if z is not None and z.shape == a.shape == out.shape and _fusable(z, a, out) and \
-                    self._output_kernel(cost_id, act, stable, z, a, target, out, loss_sum):
+                    self._output_kernel(kernels, kind, stable, z, a, target, out, loss_sum):
                 if not activation.elementwise and not stable:  # softmax with another cost: its Jacobian
                     self.backprop_activation(activation, z, a, out, out)
                 return out
         return super().output_delta(cost, activation, z, a, target, out, loss_sum)
 
-    def _output_plan(self, cost: Cost, activation: Activation) -> tuple[int, int, bool] | None:
-        """(activation id, cost id, stable) of the output kernel for this pair (softmax: the identity id,
-        its Jacobian applied after), None where the kernel does not cover it; kept per pair of classes."""
+    def _output_plan(self, cost: Cost, activation: Activation) -> tuple[ActivationKernels, int, bool] | None:
+        """(activation's kernels, cost id, stable) of the output kernel for this pair (softmax: the
+        identity's, its Jacobian applied after), None where the kernel does not cover it; kept per pair of
+        classes."""
         key = (type(cost), type(activation), activation.name)
         if key not in self._plans:
-            act = ACTIVATION_IDS.get(activation.name) if activation.elementwise else _IDENTITY
-            stable = (isinstance(cost, CrossEntropy) and activation.name == "sigmoid") or \
-                     (isinstance(cost, LogLikelihood) and activation.name == "softmax")
-            cost_id = _cost_id(cost)
-            self._plans[key] = None if act is None or cost_id is None else (act, cost_id, stable)
+            kernels = _kernels(activation) if activation.elementwise else _IDENTITY
+            kind = cost_id(cost)
+            self._plans[key] = None if kernels is None or kind is None else \
+                (kernels, kind, is_stable(cost, activation))
         return self._plans[key]
 
     def cost_sum(self, cost: Cost, a: Array, target: Array) -> Array:
         """Σₓ Cₓ(a, y) as a 0-d array (one pass for the built-in costs)."""
         total = np.zeros(1, np.float64)
-        cost_id = _cost_id(cost)
-        if cost_id is None or not _fusable(a) or \
-                not self._output_kernel(cost_id, _IDENTITY, False, a, a, target, None, total):
+        kind = cost_id(cost)
+        if kind is None or not _fusable(a) or \
+                not self._output_kernel(_IDENTITY, kind, False, a, a, target, None, total):
             return super().cost_sum(cost, a, target)
         return a.dtype.type(total[0])
 
-    def _output_kernel(self, cost_id: int, act: int, stable: bool, z: Array, a: Array, target: Array,
-                       out: Array | None, loss_sum: Array | None) -> bool:
-        """Run cpu_kernels.output_delta; False (nothing done) where the targets or ``loss_sum`` do not fit
-        it, so that the caller runs the reference instead."""
+    def _output_kernel(self, kernels: ActivationKernels, kind: int, stable: bool, z: Array, a: Array,
+                       target: Array, out: Array | None, loss_sum: Array | None) -> bool:
+        """Run the activation's output_delta kernel for the cost of kernel id ``kind``; False (nothing done)
+        where the targets or ``loss_sum`` do not fit it, so that the caller runs the reference instead."""
         if a.ndim != 2 or a.size == 0:
             return False
         empty = self._empty[a.dtype]
@@ -173,29 +168,32 @@ class NumbaOps(Ops):
             loss = loss_sum.reshape(1)
         else:
             return False
-        cpu_kernels.output_delta(act, cost_id, stable, z, a, y, labels, empty if out is None else out, loss,
-                                 LOG_EPS.get(a.dtype, 1e-7))
+        kernels.output_delta(kind, stable, z, a, y, labels, empty if out is None else out, loss,
+                             LOG_EPS.get(a.dtype, 1e-7))
         return True
 
     # ---- whole layers: BLAS and the fused pass in one compiled call -------------------------------------
     def layer_forward(self, a_prev: Array, W: Array, b: Array, activation: Activation, z: Array,
                       a: Array) -> Array:
-        """zˡ = aˡ⁻¹ Wˡᵀ + bˡ and aˡ = σ(zˡ) in one call (cpu_kernels.layer_forward)."""
-        act = _activation_id(activation)
-        if act is None or not _NUMBA_BLAS or not _fusable(a_prev, W, b, z, a) or not _matrices(a_prev, W, z, a) \
-                or b.ndim != 1 or not cpu_kernels.layer_forward(act, a_prev, W, b, z, a):
+        """zˡ = aˡ⁻¹ Wˡᵀ + bˡ and aˡ = σ(zˡ) in one call (the activation's layer_forward kernel)."""
+        if activation.elementwise:
+            kernels = _KERNELS.get(activation.name)
+            forward = None if kernels is None else kernels.layer_forward
+        else:
+            forward = cpu_kernels.layer_forward_softmax if activation.name == "softmax" else None
+        if forward is None or not _NUMBA_BLAS or not _fusable(a_prev, W, b, z, a) \
+                or not _matrices(a_prev, W, z, a) or b.ndim != 1 or not forward(a_prev, W, b, z, a):
             return super().layer_forward(a_prev, W, b, activation, z, a)
         return a
 
     def layer_backward(self, delta: Array, W: Array, activation: Activation, z: Array, a: Array,
                        out: Array) -> Array:
-        """BP2: δˡ = (δˡ⁺¹ Wˡ⁺¹) ⊙ σ′(zˡ) in one call (cpu_kernels.layer_backward)."""
-        act = ACTIVATION_IDS.get(activation.name) if activation.elementwise else None
+        """BP2: δˡ = (δˡ⁺¹ Wˡ⁺¹) ⊙ σ′(zˡ) in one call (the activation's layer_backward kernel)."""
+        kernels = _kernels(activation)
         if z is None and not activation.needs_z:
             z = a  # σ′ from a alone never reads z
-        if act is None or not _NUMBA_BLAS or a is None or z is None or not _fusable(delta, W, z, a, out) \
-                or not _matrices(delta, W, z, a, out) \
-                or not cpu_kernels.layer_backward(act, delta, W, z, a, out):
+        if kernels is None or not _NUMBA_BLAS or a is None or z is None or not _fusable(delta, W, z, a, out) \
+                or not _matrices(delta, W, z, a, out) or not kernels.layer_backward(delta, W, z, a, out):
             return super().layer_backward(delta, W, activation, z, a, out)
         return out
 

@@ -15,14 +15,30 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from ..activations import Activation
-from ..costs import LOG_EPS, Cost, CrossEntropy, LogLikelihood, Quadratic
+from .kernels import COST_IDS, LOG_EPS
+
+if TYPE_CHECKING:
+    from ..costs import Cost
 
 Array = Any
+QUADRATIC, CROSS_ENTROPY, LOG_LIKELIHOOD = (COST_IDS[n] for n in ("quadratic", "cross_entropy", "log_likelihood"))
+#: (cost id, output activation) of the pairs whose output delta is exactly δᴸ = aᴸ − y
+STABLE_PAIRS = {(CROSS_ENTROPY, "sigmoid"), (LOG_LIKELIHOOD, "softmax")}
+
+
+def cost_id(cost: Cost) -> int | None:
+    """The kernel id of a built-in cost (their subclasses too: they inherit it), None for any other cost."""
+    return getattr(cost, "kernel_id", None)
+
+
+def is_stable(cost: Cost, activation: Activation) -> bool:
+    """Whether δᴸ = aᴸ − y exactly: sigmoid + cross_entropy, softmax + log_likelihood."""
+    return (cost_id(cost), activation.name) in STABLE_PAIRS
 
 
 def host_available_memory() -> int | None:
@@ -130,9 +146,8 @@ class Ops:
         Stable forms: sigmoid + cross_entropy and softmax + log_likelihood give δᴸ = aᴸ − y; quadratic gives
         (aᴸ − y) ⊙ σ′(zᴸ); any other pair is ∇ₐC ⊙ σ′(zᴸ) (softmax: its Jacobian applied to ∇ₐC).
         """
-        stable = (isinstance(cost, CrossEntropy) and activation.name == "sigmoid") or \
-                 (isinstance(cost, LogLikelihood) and activation.name == "softmax")
-        if isinstance(cost, Quadratic):
+        stable = is_stable(cost, activation)
+        if cost_id(cost) == QUADRATIC:
             self.subtract_target(a, target, out)                    # ∇ₐC = a − y
             if loss_sum is not None:
                 loss_sum += 0.5 * self.xp.vdot(out, out)
@@ -181,15 +196,15 @@ class Ops:
 
     def cost_sum(self, cost: Cost, a: Array, target: Array) -> Array:
         """Σₓ Cₓ(a, y) as a 0-d array on this device."""
-        xp = self.xp
-        if isinstance(cost, Quadratic):
+        xp, kind = self.xp, cost_id(cost)
+        if kind == QUADRATIC:
             diff = self.subtract_target(a, target, self.scratch(a, 2))
             return 0.5 * xp.vdot(diff, diff)
         eps = LOG_EPS.get(a.dtype, 1e-7)
-        if isinstance(cost, LogLikelihood) and target.ndim == 1:
+        if kind == LOG_LIKELIHOOD and target.ndim == 1:
             picked = a[self.row_index(len(a)), target]
             return -xp.log(xp.maximum(picked, eps)).sum()
-        if isinstance(cost, CrossEntropy):
+        if kind == CROSS_ENTROPY:
             # −Σ [y ln a + (1 − y) ln(1 − a)] = −Σ ln(1 − a) − Σ y (ln a − ln(1 − a)), a clipped to [ε, 1 − ε]
             log_a, log_1ma = self.scratch(a, 2), self.scratch(a, 3)
             xp.clip(a, eps, 1.0 - eps, out=log_a)
