@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import numpy as np
 
+from .backend.arrays import array_module
 from .backend.kernels import COST_IDS, LOG_EPS  # LOG_EPS: the clip of the logarithms' arguments, per dtype
 
 
@@ -36,18 +36,9 @@ class Cost:
         return self.name
 
 
-def _xp(a: Any) -> Any:
-    """The array module of ``a``: CuPy for CuPy arrays, else NumPy (CuPy is never imported for NumPy)."""
-    if type(a).__module__.startswith("cupy"):
-        import cupy
-
-        return cupy
-    return np
-
-
 def _clip(a: Any) -> Any:
     eps = LOG_EPS.get(a.dtype, 1e-7)
-    return _xp(a).clip(a, eps, 1.0 - eps)
+    return array_module(a).clip(a, eps, 1.0 - eps)
 
 
 class Quadratic(Cost):
@@ -70,7 +61,7 @@ class CrossEntropy(Cost):
     kernel_id = COST_IDS["cross_entropy"]
 
     def fn(self, a, y):
-        xp = _xp(a)
+        xp = array_module(a)
         a = _clip(a)
         return -(y * xp.log(a) + (1.0 - y) * xp.log(1.0 - a)).sum(axis=-1)
 
@@ -86,7 +77,7 @@ class LogLikelihood(Cost):
     kernel_id = COST_IDS["log_likelihood"]
 
     def fn(self, a, y):
-        return -(y * _xp(a).log(_clip(a))).sum(axis=-1)
+        return -(y * array_module(a).log(_clip(a))).sum(axis=-1)
 
     def derivative(self, a, y):
         return -y / _clip(a)

@@ -45,8 +45,8 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from .activations import ALIASES, ACTIVATIONS
 from .backend import DeviceError
-from .backend.arrays import is_device_array, to_host
-from .costs import Cost, _xp
+from .backend.arrays import array_module, is_device_array, to_host
+from .costs import Cost
 from .model_state import ModelState
 from .network import Network
 from .schedules import NOTHING_MONITORED
@@ -66,12 +66,12 @@ class PoissonLogLink(Cost):
     name = "poisson"
 
     def fn(self, a, y):
-        xp = _xp(a)
+        xp = array_module(a)
         y_log_y = xp.where(y > 0, y * xp.log(xp.where(y > 0, y, 1)), 0)
         return (xp.exp(a) - y * a + y_log_y - y).sum(axis=-1)
 
     def derivative(self, a, y):
-        return _xp(a).exp(a) - y
+        return array_module(a).exp(a) - y
 
 
 class _BaseMLP(BaseEstimator):
@@ -400,8 +400,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     Parameters, defaults and fitted attributes are scikit-learn 1.9's (see its documentation), plus
     ``device`` ("auto": a GPU when usable, else "cpu"; "cpu", "cuda", "cuda:N") and ``dtype`` ("float32" or
     "float64": the arithmetic's precision). ``network_`` is the trained ``gpubp.Network``. ``activation``
-    also takes gpubp's names (sigmoid, leaky_relu, softplus, swish, gelu, mish). ``solver`` is "adam" or
-    "sgd"; ``max_fun`` (an L-BFGS setting) is accepted and unused. Binary targets train one sigmoid output
+    also takes gpubp's names (sigmoid, leaky_relu, softplus, swish, gelu, mish, elu, selu). ``solver`` is
+    "adam" or "sgd"; ``max_fun`` (an L-BFGS setting) is accepted and unused. Binary targets train one sigmoid output
     with cross-entropy, multiclass targets (any label type) softmax with log-likelihood, multilabel
     indicator targets one sigmoid per label. Where the maths differs from scikit-learn's: see the module
     docstring (float32, initialisation and shuffling streams, ``loss_``'s L2 term, momentum < 1).
@@ -498,14 +498,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         check_is_fitted(self)
         y_pred = self._forward(X)
         if self.n_outputs_ == 1:
-            xp = _xp(y_pred)
+            xp = array_module(y_pred)
             return xp.stack([1 - y_pred[:, 0], y_pred[:, 0]], axis=1)
         return y_pred
 
     def predict_log_proba(self, X) -> Any:
         """log(predict_proba(X))."""
         y_prob = self.predict_proba(X)
-        return _xp(y_prob).log(y_prob, out=y_prob)
+        return array_module(y_prob).log(y_prob, out=y_prob)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -587,7 +587,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _predict(self, X, check_input=True) -> Any:
         y_pred = self._forward(X, check_input)
         if self.loss == "poisson":
-            y_pred = _xp(y_pred).exp(y_pred)
+            y_pred = array_module(y_pred).exp(y_pred)
         return y_pred.ravel() if y_pred.shape[1] == 1 else y_pred
 
     def __sklearn_tags__(self):
@@ -629,7 +629,7 @@ def _check_device_X(estimator: _BaseMLP, X: Any, reset: bool) -> Any:
     if X.shape[0] < 1 or X.shape[1] < 1:
         raise ValueError(f"Found array with {X.shape[0]} sample(s) and {X.shape[1]} feature(s) (shape="
                          f"{X.shape}) while a minimum of 1 is required by {name}.")
-    if X.dtype.kind == "f" and not bool(_xp(X).isfinite(X).all()):
+    if X.dtype.kind == "f" and not bool(array_module(X).isfinite(X).all()):
         raise ValueError(f"Input X contains NaN or infinity. {name} does not accept missing values encoded "
                          "as NaN natively.")
     if reset:
