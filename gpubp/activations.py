@@ -80,6 +80,8 @@ def scalar_gelu_tanh(z: Any, t: Any) -> Any:
 
 
 # ---- the records ------------------------------------------------------------------------------------
+# Every record has the same shape on purpose (f, df, scalar_f, scalar_df, onnx): that is the registry's
+# contract, so records look alike line for line while each holds its own formulas.
 class Activation:
     """σ and σ′ for one activation; subclasses define ``f`` and ``df`` (and, to be built in, the rest of the
     record described in the module docstring)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-
 from .backend.arrays import array_module
 from .backend.kernels import COST_IDS, LOG_EPS  # LOG_EPS: the clip of the logarithms' arguments, per dtype
 

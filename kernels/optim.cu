@@ -16,6 +16,7 @@
 //   with α̂ = η √(1−β₂ᵗ) / (1−β₁ᵗ) and ε̂ = ε √(1−β₂ᵗ) (the bias corrections folded into two scalars).
 #include "common.cuh"
 
+// momentum and Nesterov share their first lines: two kernels rather than one with a flag, one launch each
 #define GPUBP_OPTIM_KERNELS(T, SUFFIX)                                                                   \
     extern "C" __global__ void gpubp_sgd_update_##SUFFIX(T* params, const T* grad, size_t n,             \
                                                          size_t n_weights, T decay, T step) {           \

@@ -146,6 +146,7 @@ def test_sizes_that_do_not_fit_the_data(capsys):
     ("--lr", "-1", "lr"),
     ("--dtype", "float16", "float16"),
     ("--device", "tpu", "unknown device 'tpu'"),
+    # a table of cases, one row each
     ("--optimizer-option", "beta1=0.5", "no setting 'beta1'"),
     ("--optimizer-option", "momentum", "expected NAME=VALUE"),
     ("--lr-schedule", "cosine", "invalid choice: 'cosine'"),

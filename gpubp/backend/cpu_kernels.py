@@ -377,6 +377,8 @@ def momentum_update(params, grad, velocity, n_weights, s, lam, lr, mu):
     _momentum_span(params, grad, velocity, n_weights, params.size, t(s), t(0), t(lr), t(mu))
 
 
+# momentum and Nesterov differ in one line each; kept as two loops (not one with a flag) so that each loop
+# body is branch-free and vectorises, as the CUDA kernels in optim.cu are two kernels
 @jit
 def _nesterov_span(params, grad, velocity, lo, hi, s, lam, lr, mu):
     for i in range(lo, hi):
