@@ -183,6 +183,7 @@ class Network:
     def from_state(cls, state: ModelState, device: str | Ops | None = None) -> "Network":
         """The network whose ``state()`` ``state`` is, on ``device`` (as the constructor's; None: env
         GPUBP_DEVICE, else "auto")."""
+        _check_state(state)
         net = cls(state.sizes, activation=state.activation, output=state.output, cost=state.cost,
                   device=device, dtype=state.dtype)
         net.load_state(state)
@@ -192,6 +193,7 @@ class Network:
         """Make this network ``state`` in place: its parameters, optimizer, shuffle generator, metadata and
         history (a checkpoint resumes into the caller's network so). ValueError, before anything changes,
         when ``state`` is of a model of another description or its parts do not fit."""
+        _check_state(state)
         here = self.description()
         differences = [f"{key} {there!r} there, {here[key]!r} here"
                        for key, there in state.description().items() if there != here[key]]
@@ -199,8 +201,11 @@ class Network:
             raise ValueError(f"the state is of another model: {'; '.join(differences)}")
         params = np.asarray(state.params)
         if params.shape != tuple(self._params.shape):
-            raise ValueError(f"the state holds {params.size} parameters; sizes {self.sizes} need "
-                             f"{self._params.size}")
+            raise ValueError(f"the state's parameters have shape {params.shape}; sizes {self.sizes} need a "
+                             f"vector of {self._params.size}")
+        if params.dtype.kind != "f" or not np.isfinite(params).all():
+            raise ValueError("the state's parameters must be finite floats (NaN or infinite values, or "
+                             f"dtype {params.dtype}, found)")
         optimizer = None if state.optimizer is None else self._restored_optimizer(state.optimizer)
         rng = None if state.shuffle is None else shuffle_generator(state.shuffle)
         with self.ops.activate():
@@ -519,6 +524,13 @@ class Network:
         return (f"Network(sizes={self.sizes}, activation={self.activation.name!r}, "
                 f"output={self.output.name!r}, cost={self.cost.name!r}, device={self.device!r}, "
                 f"dtype={self.dtype.name!r})")
+
+
+def _check_state(state: Any) -> None:
+    """TypeError unless ``state`` is a ModelState (what ``Network.state()`` gives)."""
+    if not isinstance(state, ModelState):
+        raise TypeError(f"expected a gpubp.ModelState (from Network.state() or gpubp's model files); got "
+                        f"{type(state).__name__}")
 
 
 def _check_dtype(dtype: Any) -> np.dtype:

@@ -205,3 +205,29 @@ def test_settings_are_finite_and_metadata_must_be_json(data, tmp_path):
     net.metadata["when"] = object()
     with pytest.raises(ValueError, match="metadata cannot be saved as JSON"):
         net.save(tmp_path / "m.npz")
+
+
+@pytest.mark.parametrize("mutate, error, message", [
+    (lambda st: setattr(st, "params", st.params[:-1]), ValueError, "parameters have shape"),
+    (lambda st: setattr(st, "params", st.params.reshape(1, -1)), ValueError, "parameters have shape"),
+    (lambda st: st.params.__setitem__(0, np.nan), ValueError, "must be finite floats"),
+    (lambda st: setattr(st, "params", st.params.astype(np.int64)), ValueError, "must be finite floats"),
+    (lambda st: setattr(st, "activation", "nope"), ValueError, "unknown activation 'nope'"),
+])
+def test_from_state_and_load_state_refuse_a_bad_state(mutate, error, message):
+    net = make_net()
+    before = net.parameters().copy()
+    state = net.state()
+    mutate(state)
+    with pytest.raises(error, match=message):
+        gpubp.Network.from_state(state, device="cpu")
+    with pytest.raises(error, match=message if "activation" not in message else "another model"):
+        net.load_state(state)
+    np.testing.assert_array_equal(net.parameters(), before)
+
+
+def test_from_state_wants_a_model_state():
+    with pytest.raises(TypeError, match="expected a gpubp.ModelState"):
+        gpubp.Network.from_state({"sizes": [2, 1]})
+    with pytest.raises(TypeError, match="expected a gpubp.ModelState"):
+        make_net().load_state(None)
