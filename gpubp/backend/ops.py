@@ -24,6 +24,7 @@ from .kernels import COST_IDS, LOG_EPS
 
 if TYPE_CHECKING:
     from ..costs import Cost
+    from .programs import ProgramPlan, TrainingProgram
 
 Array = Any
 QUADRATIC, CROSS_ENTROPY, LOG_LIKELIHOOD = (COST_IDS[n] for n in ("quadratic", "cross_entropy", "log_likelihood"))
@@ -114,6 +115,12 @@ class Ops:
     def activate(self) -> contextlib.AbstractContextManager:
         """A context in which new arrays land on this backend's device."""
         return contextlib.nullcontext()
+
+    # ---- compiled training (gpubp.backend.programs) -------------------------------------------------
+    def training_program(self, plan: ProgramPlan) -> tuple[TrainingProgram | None, str]:
+        """(a compiled program for ``plan``, "") where this backend has one, else (None, why not): the
+        trainer then runs its eager loop. The NumPy reference always runs the eager loop."""
+        return None, "the NumPy reference backend runs every step from Python (install gpubp[fast])"
 
     # ---- linear algebra -----------------------------------------------------------------------------
     def gemm(self, a: Array, b: Array, out: Array) -> Array:
