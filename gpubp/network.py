@@ -98,6 +98,8 @@ class Network:
         self._optimizer: Optimizer | None = None
         #: the shuffle generator of the last ``fit``; a later ``fit`` without ``seed`` continues it
         self.shuffle_rng: np.random.Generator | None = None
+        #: how the last ``fit`` ran its steps: "compiled", or "eager: " and why not compiled
+        self.training_path = ""
         self._check_memory(self._construction_needs(),
                            f"sizes {self.sizes} need {parameter_count(self.sizes):,} parameters: ")
         self._load_parameters(init_parameters(self.sizes, self.layer_activations, seed))
@@ -462,7 +464,7 @@ class Network:
             checkpoint_every: int = 1, sample_weight: Any = None, lr_schedule: str = "constant",
             power_t: float = 0.5, tol: float | None = None, n_iter_no_change: int = 10,
             monitor: str | Callable[["Network", dict], float] | None = None, restore_best: bool = False,
-            optimizer_options: dict[str, Any] | None = None) -> dict[str, list]:
+            optimizer_options: dict[str, Any] | None = None, compiled: bool | None = None) -> dict[str, list]:
         """Mini-batch gradient descent; returns the history of per-epoch "loss", "val_loss" and "val_accuracy"
         (regression: "val_mse", "val_mae", "val_r2").
 
@@ -492,6 +494,11 @@ class Network:
         own. ``optimizer_options`` sets any other setting of the optimizer by name (``Optimizer.defaults``:
         Adam's beta1, beta2, eps, …, or the schedule's running state current_lr, samples_seen, best,
         no_improvement_count, to continue a schedule from elsewhere).
+
+        ``compiled``: None (the default) runs chunks of mini-batches as one compiled call each where the
+        backend can (``gpubp.backend.programs``; the same steps, the same results), else the step-by-step
+        loop; False always runs the step-by-step loop; True raises ValueError, saying why, where no compiled
+        program covers this fit. ``training_path`` then says which ran.
         """
         from .training import Trainer
 
@@ -504,7 +511,8 @@ class Network:
                           progress=progress, seed=seed, callbacks=callbacks, comm=distributed,
                           checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                           lr_schedule=lr_schedule, power_t=power_t, tol=tol, n_iter_no_change=n_iter_no_change,
-                          monitor=monitor, restore_best=restore_best, optimizer_options=optimizer_options)
+                          monitor=monitor, restore_best=restore_best, optimizer_options=optimizer_options,
+                          compiled=compiled)
         return trainer.run(X, Y, validation_data, sample_weight)
 
     # ---- persistence ------------------------------------------------------------------------------

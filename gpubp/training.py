@@ -14,12 +14,14 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from . import inputs
 from .backend import parse_device
+from .backend.programs import ProgramPlan, TrainingProgram
 from .checkpoint import Checkpointer, say
 from .metrics import METRICS
 from .model_state import ModelState
@@ -30,6 +32,9 @@ from .optimizers import OPTIMIZERS, Optimizer, optimizer_name
 BUCKET_BYTES = 1 << 20
 #: progress-bar refreshes per epoch (updating on every step would cost Python time on small batches)
 PROGRESS_UPDATES = 50
+#: seconds a compiled chunk of mini-batches should take: Ctrl-C, the progress bar and the end of an epoch wait
+#: for the chunk under way
+CHUNK_SECONDS = 0.1
 #: optimizer settings that are arguments of ``fit`` itself, not ``optimizer_options``
 FIT_SETTINGS = ("lr", "momentum", "weight_decay", "lr_schedule", "power_t", "tol", "n_iter_no_change")
 #: metrics of the history where higher is better: the stopping rule watches minus them
@@ -45,7 +50,8 @@ class Trainer:
                  checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1,
                  lr_schedule: str = "constant", power_t: float = 0.5, tol: float | None = None,
                  n_iter_no_change: int = 10, monitor: str | Callable | None = None,
-                 restore_best: bool = False, optimizer_options: dict[str, Any] | None = None) -> None:
+                 restore_best: bool = False, optimizer_options: dict[str, Any] | None = None,
+                 compiled: bool | None = None) -> None:
         self.net = net
         self.epochs = inputs.positive_int(epochs, "epochs", minimum=0)
         self.batch_size = inputs.positive_int(batch_size, "batch_size")
@@ -72,6 +78,9 @@ class Trainer:
         self.checkpoints = None if checkpoint is None else Checkpointer(checkpoint, every, comm)
         self._check_schedule(lr_schedule, power_t, tol, n_iter_no_change, monitor, restore_best)
         self.options = self._optimizer_options(optimizer_options)
+        if compiled not in (None, True, False):
+            raise ValueError(f"compiled must be None (where available), True or False; got {compiled!r}")
+        self.compiled = compiled
 
     def _check_schedule(self, lr_schedule: Any, power_t: Any, tol: Any, n_iter_no_change: Any, monitor: Any,
                         restore_best: Any) -> None:
@@ -131,6 +140,8 @@ class Trainer:
                 raise ValueError("fit needs at least one training sample; X is empty")
             weights = inputs.check_sample_weight(sample_weight, len(x), ops, net.dtype)
             validation = self._validation(validation_data)
+            if self.compiled:
+                self._require_compiled(x, target, weights)
             copied = sum(a.nbytes for a in (x, target, weights) if a is not None) if self.shuffle else 0
             net.check_fit_memory(self.optimizer_name, min(self.batch_size, len(x)), copied)
             self.watch = Monitor(self.monitor, self._history_keys(validation)) if "tol" in self.schedule else None
@@ -262,16 +273,16 @@ class Trainer:
         return int(seed[0])
 
     def _epochs(self, x, target, weights, validation, optimizer, rng, history, interrupt, first: int) -> None:
-        net, ops, n, bs, comm = self.net, self.net.ops, len(x), self.batch_size, self.comm
+        net, ops, n, bs = self.net, self.net.ops, len(x), self.batch_size
+        program = self._program(x, target, weights, optimizer)
         xs, ts, wts = x, target, weights
-        if self.shuffle:
+        if self.shuffle and program is None:
             xs, ts, wts = net.shuffle_buffers(x, target, weights)
+        in_order = ops.asarray(np.arange(n, dtype=np.int64)) if program is not None and not self.shuffle else None
         loss_sum = ops.zeros((1,), net.dtype)
         state = [net.parameters()] + optimizer.state_arrays()
         snapshot = [ops.empty(s.shape, s.dtype) for s in state]
-        buckets = None if comm is None else GradientBuckets(net, comm)
         batches = [(start, min(start + bs, n)) for start in range(0, n, bs)]
-        every = max(1, len(batches) // PROGRESS_UPDATES)
         # restore_best: the parameters of the best epoch so far (before any, those the fit started from)
         self._best = ops.empty(net.parameters().shape, net.dtype) if self.restore_best else None
         if self._best is not None:
@@ -283,8 +294,8 @@ class Trainer:
             steps_before = optimizer.t
             self._restart_point = (epoch - 1, snapshot, steps_before, rng.bit_generator.state)
             self._restart_settings = optimizer.settings()
-            if self.shuffle:
-                order = ops.permutation(n, rng)
+            order = ops.permutation(n, rng) if self.shuffle else in_order
+            if self.shuffle and program is None:
                 ops.take_rows(x, order, out=xs)
                 if ts is not None:
                     ops.take_rows(target, order, out=ts)
@@ -295,25 +306,14 @@ class Trainer:
                 _batch_totals(ops.to_numpy(wts.cumsum(dtype=np.float64)), batches)
             loss_sum.fill(0)
             with _progress_bar(self.progress, n, epoch, self.epochs) as bar:
-                for i, (start, stop) in enumerate(batches):
-                    lo, hi = (start, stop) if comm is None else _shard(comm, start, stop)
-                    batch_weights = None if wts is None else wts[lo:hi]
-                    if comm is None:
-                        net.backprop_sum(xs[lo:hi], None if ts is None else ts[lo:hi], loss_sum,
-                                         weights=batch_weights)
-                    else:
-                        net.backprop_sum(xs[lo:hi], None if ts is None else ts[lo:hi], loss_sum,
-                                         buckets.layer_done, batch_weights)
-                        buckets.finish()
-                    optimizer.step(net.gradient(), 1.0 / totals[i] if totals[i] > 0 else 0.0)
-                    if bar is not None and (i % every == 0 or stop == n):
-                        bar.update(stop - bar.n)
-                    if interrupt["hit"]:
-                        break
-                if comm is not None:
-                    comm.allreduce_sum(loss_sum)
-                done = stop
-                logs = {"loss": ops.item(loss_sum) / sum(totals[:i + 1])}
+                if program is None:
+                    ran = self._eager_batches(xs, ts, wts, batches, totals, optimizer, loss_sum, bar, interrupt)
+                else:
+                    ran = self._compiled_batches(program, order, len(batches), loss_sum, bar, interrupt)
+                if self.comm is not None:
+                    self.comm.allreduce_sum(loss_sum)
+                done = batches[ran - 1][1]
+                logs = {"loss": ops.item(loss_sum) / sum(totals[:ran])}
                 self._check_finite(epoch, logs["loss"], state, snapshot, optimizer, steps_before)
                 if validation is not None:
                     result = net.evaluate_checked(*validation)
@@ -336,6 +336,85 @@ class Trainer:
             if stop:
                 break
         self._restore_best()
+
+    def _eager_batches(self, xs, ts, wts, batches, totals, optimizer, loss_sum, bar, interrupt) -> int:
+        """The epoch's steps one by one from Python (the shuffled data in xs, ts, wts); returns how many ran
+        (fewer after Ctrl-C)."""
+        net, comm, n = self.net, self.comm, batches[-1][1]
+        buckets = None if comm is None else self._buckets
+        every = max(1, len(batches) // PROGRESS_UPDATES)
+        for i, (start, stop) in enumerate(batches):
+            lo, hi = (start, stop) if comm is None else _shard(comm, start, stop)
+            batch_weights = None if wts is None else wts[lo:hi]
+            if comm is None:
+                net.backprop_sum(xs[lo:hi], None if ts is None else ts[lo:hi], loss_sum, weights=batch_weights)
+            else:
+                net.backprop_sum(xs[lo:hi], None if ts is None else ts[lo:hi], loss_sum, buckets.layer_done,
+                                 batch_weights)
+                buckets.finish()
+            optimizer.step(net.gradient(), 1.0 / totals[i] if totals[i] > 0 else 0.0)
+            if bar is not None and (i % every == 0 or stop == n):
+                bar.update(stop - bar.n)
+            if interrupt["hit"]:
+                return i + 1
+        return len(batches)
+
+    def _compiled_batches(self, program: TrainingProgram, order: Any, count: int, loss_sum: Any, bar: Any,
+                          interrupt: dict) -> int:
+        """The epoch's ``count`` batches in chunks, each one call of the compiled ``program``, sized to take
+        about CHUNK_SECONDS; returns how many ran (fewer after Ctrl-C, which finishes the chunk under way, or
+        one batch where it came before the epoch began, as in the step-by-step loop)."""
+        done, n = 0, len(order)
+        while done < count:
+            chunk = 1 if interrupt["hit"] else min(self._chunk, count - done)
+            started = time.perf_counter()
+            program.run(order, done, chunk, loss_sum)
+            if chunk == self._chunk:  # an epoch's shorter tail says less about the time per batch
+                self._chunk = _next_chunk(chunk, time.perf_counter() - started, program.granule)
+            done += chunk
+            if bar is not None:
+                bar.update(min(done * self.batch_size, n) - bar.n)
+            if interrupt["hit"]:
+                break
+        return done
+
+    def _program(self, x: Any, target: Any, weights: Any, optimizer: Optimizer) -> TrainingProgram | None:
+        """This fit's compiled program, None for the step-by-step loop; ``net.training_path`` says which."""
+        net = self.net
+        self._buckets = None if self.comm is None else GradientBuckets(net, self.comm)
+        program, reason = None, self._eager_reason(weights)
+        if not reason:
+            program, reason = net.ops.training_program(self._plan(x, target, optimizer))
+        net.training_path = "compiled" if program is not None else f"eager: {reason}"
+        self._chunk = program.granule if program is not None else 1
+        return program
+
+    def _eager_reason(self, weights: Any) -> str:
+        """Why this fit runs step by step whatever the backend ("" where it need not)."""
+        if self.compiled is False:
+            return "compiled=False"
+        if self.comm is not None:
+            return "distributed training sums the gradient across ranks after every batch"
+        if weights is not None:
+            return "sample_weight is given (the compiled steps weigh every sample equally)"
+        return ""
+
+    def _plan(self, x: Any, target: Any, optimizer: Optimizer) -> ProgramPlan:
+        net = self.net
+        return ProgramPlan(sizes=list(net.sizes), activations=net.layer_activations, cost=net.cost,
+                           dtype=net.dtype, params=net.parameters(), grad=net.gradient(), n_weights=net.n_weights,
+                           optimizer=optimizer, x=x, target=target, batch_size=self.batch_size)
+
+    def _require_compiled(self, x: Any, target: Any, weights: Any) -> None:
+        """compiled=True: ValueError saying why where this fit cannot run compiled (before anything changes:
+        the plan gets an optimizer of its own)."""
+        reason = self._eager_reason(weights)
+        if not reason:
+            net = self.net
+            stand_in = OPTIMIZERS[self.optimizer_name](net.ops, net.parameters(), net.n_weights)
+            _, reason = net.ops.training_program(self._plan(x, target, stand_in))
+        if reason:
+            raise ValueError(f"compiled=True, but this fit cannot run compiled: {reason}")
 
     def _end_epoch(self, optimizer: Optimizer, n: int, epoch: int, logs: dict) -> bool:
         """The optimizer's schedule and stopping rule after ``epoch``; True when the rule stops training
@@ -460,6 +539,14 @@ class GradientBuckets:
         for wait in self.pending:
             wait()
         self.pending = []
+
+
+def _next_chunk(chunk: int, seconds: float, granule: int) -> int:
+    """The next chunk's batch count, aiming at CHUNK_SECONDS (growing at most 8× a chunk, as the first calls
+    may include compiling), a multiple of ``granule``."""
+    wanted = chunk * CHUNK_SECONDS / max(seconds, 1e-6)
+    chunk = int(min(max(wanted, chunk / 8, 1), chunk * 8))
+    return max(granule, chunk // granule * granule)
 
 
 def _batch_totals(cumulative: np.ndarray, batches: list[tuple[int, int]]) -> list[float]:

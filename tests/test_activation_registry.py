@@ -202,12 +202,18 @@ import numpy as np
 import gpubp
 from gpubp.backend import cpu_kernels
 X = np.random.default_rng(0).random((20, 6), dtype=np.float32)
+from gpubp.activations import ACTIVATIONS
 for act, output, cost in (("selu", "softmax", "log_likelihood"), ("sigmoid", "sigmoid", "quadratic")):
-    net = gpubp.Network([6, 5, 3], activation=act, output=output, cost=cost, device="cpu", seed=0)
-    assert net.ops.name == "numba"
-    net.fit(X, np.arange(20) % 3, epochs=1, batch_size=10, lr=0.1, optimizer="adam", progress=False)
+    for compiled in (False, True):  # the kernels called one by one, then the chunk kernel calling them
+        net = gpubp.Network([6, 5, 3], activation=act, output=output, cost=cost, device="cpu", seed=0)
+        assert net.ops.name == "numba"
+        net.fit(X, np.arange(20) % 3, epochs=1, batch_size=10, lr=0.1, optimizer="adam", progress=False,
+                compiled=compiled)
 kernels = {name: f for name, f in vars(cpu_kernels).items() if hasattr(f, "stats")}
 kernels.update({f"{act}.{name}": f for act, fs in cpu_kernels.KERNELS.items() for name, f in fs._asdict().items()})
+selu, sigmoid = ACTIVATIONS["selu"].kernel_id, ACTIVATIONS["sigmoid"].kernel_id
+kernels["chunk.selu"] = cpu_kernels.chunk_kernel(selu, selu, True, 2, True, cpu_kernels.ADAM)
+kernels["chunk.sigmoid"] = cpu_kernels.chunk_kernel(sigmoid, sigmoid, False, 0, False, cpu_kernels.ADAM)
 print(json.dumps({name: (len(f.stats.cache_hits), len(f.stats.cache_misses)) for name, f in kernels.items()
                   if f.signatures}))
 """
@@ -228,6 +234,6 @@ def test_the_fused_kernels_load_from_the_disk_cache_in_a_new_process(tmp_path):
     first, second = _compiled_kernels(env), _compiled_kernels(env)
     assert all(misses for hits, misses in first.values())
     used = {"selu.layer_forward", "selu.layer_backward", "identity.output_delta", "sigmoid.output_delta",
-            "layer_forward_softmax", "adam_update"}
+            "layer_forward_softmax", "adam_update", "chunk.selu", "chunk.sigmoid"}
     assert used <= second.keys() <= first.keys()
     assert all(hits and not misses for hits, misses in second.values()), second

@@ -195,15 +195,15 @@ def test_training_step_allocates_no_arrays(config, rng):
 def test_fit_keeps_its_shuffle_buffers_for_the_next_fit_of_the_same_shapes(rng):
     X, y = blobs(rng, n=40)
     net = gpubp.Network([4, 5, 3], device="cpu", seed=0)
-    net.fit(X, y, epochs=1, batch_size=8, lr=0.1, progress=False)
+    net.fit(X, y, epochs=1, batch_size=8, lr=0.1, progress=False, compiled=False)  # compiled: no copy made
 
     def shuffle_buffers():  # for X and y (no sample weights)
         return net.shuffle_buffers(net.ops.asarray(X, dtype=net.dtype), net.check_targets(y, 40), None)[:2]
 
     buffers = shuffle_buffers()
-    net.fit(X[::-1], y[::-1], epochs=1, batch_size=8, lr=0.1, progress=False)
+    net.fit(X[::-1], y[::-1], epochs=1, batch_size=8, lr=0.1, progress=False, compiled=False)
     assert all(a is b for a, b in zip(shuffle_buffers(), buffers))
-    net.fit(X[:20], y[:20], epochs=1, batch_size=8, lr=0.1, progress=False)  # other shapes: new buffers
+    net.fit(X[:20], y[:20], epochs=1, batch_size=8, lr=0.1, progress=False, compiled=False)  # new shapes
     again = shuffle_buffers()
     assert not any(a is b for a, b in zip(again, buffers))
     net.to("cpu")  # a move drops them

@@ -28,13 +28,16 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import platform
 from typing import Callable, NamedTuple
 
 import numpy as np
+from llvmlite import ir
+from llvmlite.binding import llvm_version_info
 from numba import njit
-from numba.core import types
+from numba.core import cgutils, types
 from numba.core.errors import TypingError
-from numba.extending import overload, register_jitable
+from numba.extending import intrinsic, overload, register_jitable
 
 from .. import activations
 from ..activations import ACTIVATIONS
@@ -278,10 +281,16 @@ def _layer_backward(act, delta, w, z, a, out):
             or z.shape != out.shape or a.shape != out.shape or m * n * w.shape[0] > SMALL_MATMUL \
             or _overlap(out, delta) or _overlap(out, w):
         return False
+    _backward(act, delta, w, z, a, out)
+    return True
+
+
+@jit
+def _backward(act, delta, w, z, a, out):
+    """BP2 unchecked: out = (delta w) ⊙ σ′(z)."""
     np.dot(delta, w, out)
     flat = out.reshape(out.size)
     _backprop_activation(act, z.reshape(z.size), a.reshape(a.size), flat, flat)
-    return True
 
 
 @jit
@@ -292,13 +301,19 @@ def layer_gradients(delta, a_prev, nabla_w, nabla_b):
             or nabla_b.shape[0] != n_out or m * n_out * a_prev.shape[1] > SMALL_MATMUL \
             or _overlap(nabla_w, delta) or _overlap(nabla_w, a_prev) or _overlap(nabla_b, delta):
         return False
-    np.dot(delta.T, a_prev, nabla_w)
-    for j in range(n_out):
-        nabla_b[j] = delta[0, j]
-    for r in range(1, m):
-        for j in range(n_out):
-            nabla_b[j] += delta[r, j]
+    _gradients(delta, a_prev, nabla_w, nabla_b)
     return True
+
+
+@jit
+def _gradients(delta, a_prev, nabla_w, nabla_b):
+    """BP3 and BP4 unchecked."""
+    np.dot(delta.T, a_prev, nabla_w)
+    for j in range(delta.shape[1]):
+        nabla_b[j] = delta[0, j]
+    for r in range(1, delta.shape[0]):
+        for j in range(delta.shape[1]):
+            nabla_b[j] += delta[r, j]
 
 
 # ---- the kernels of each activation ----------------------------------------------------------------
@@ -420,3 +435,203 @@ def adam_update(params, grad, m, v, n_weights, s, lam, beta1, one_minus_beta1, b
         t(eps_hat)
     _adam_span(params, grad, m, v, 0, n_weights, t(s), t(lam), b1, c1, b2, c2, alpha, eps)
     _adam_span(params, grad, m, v, n_weights, params.size, t(s), t(0), b1, c1, b2, c2, alpha, eps)
+
+
+# ---- a chunk of training steps as one call (gpubp.backend.numba_program) ------------------------------
+# The trainer's eager step, batch after batch, with the same kernels as above (so the same arithmetic, in
+# the same order): gather the batch through the epoch's order, forward, BP1 with the loss, BP3/BP4 and BP2
+# layer by layer, then the optimizer's update. The matmuls are BLAS through Numba at every size (one thread
+# pool only, SciPy's: NumPy's stays idle while a chunk runs).
+SGD, MOMENTUM, NESTEROV, ADAM = range(4)
+#: the chunk kernel's optimizer ids, by optimizer name
+OPTIMIZER_IDS = {"sgd": SGD, "momentum": MOMENTUM, "nesterov": NESTEROV, "adam": ADAM}
+#: the optimizer settings the chunk kernel reads (float64, in this order; booleans as 0.0 / 1.0)
+STEP_SETTINGS = ("current_lr", "momentum", "weight_decay", "decay_per_sample", "beta1", "beta2", "eps",
+                 "eps_on_corrected_v")
+
+
+#: x86's MXCSR bits "flush to zero" (subnormal results become 0) and "denormals are zero" (subnormal inputs
+#: read as 0)
+FTZ_DAZ = 0x8040
+
+
+@intrinsic
+def _swap_mxcsr(typingctx, value):
+    """Set the x86 floating-point control register MXCSR of this thread to ``value``; returns the old one."""
+    def codegen(context, builder, signature, args):
+        slot = cgutils.alloca_once(builder, ir.IntType(32))
+        pointer = builder.bitcast(slot, ir.IntType(8).as_pointer())
+        access = ir.FunctionType(ir.VoidType(), [pointer.type])
+        builder.call(cgutils.get_or_insert_function(builder.module, access, "llvm.x86.sse.stmxcsr"), [pointer])
+        old = builder.load(slot)
+        builder.store(args[0], slot)
+        builder.call(cgutils.get_or_insert_function(builder.module, access, "llvm.x86.sse.ldmxcsr"), [pointer])
+        return old
+
+    return types.uint32(types.uint32), codegen
+
+
+if platform.machine().lower() in ("x86_64", "amd64"):
+    @jit
+    def flush_subnormals():
+        """Flush subnormal floats to zero in this thread (as XLA does); returns what ``restore`` takes."""
+        old = _swap_mxcsr(np.uint32(0))
+        _swap_mxcsr(old | np.uint32(FTZ_DAZ))
+        return old
+
+    @jit
+    def restore_subnormals(saved):
+        _swap_mxcsr(saved)
+else:  # elsewhere subnormals stay (Adam's decaying moments then run slower, not differently)
+    @jit
+    def flush_subnormals():
+        return np.uint32(0)
+
+    @jit
+    def restore_subnormals(saved):
+        pass
+
+
+#: LLVM's prefetch intrinsic, named after its pointer type (opaque pointers from LLVM 15 on)
+PREFETCH = "llvm.prefetch.p0" if llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
+
+
+@intrinsic
+def _prefetch_row(typingctx, x, row):
+    """Ask the CPU to bring row ``row`` of the 2-D C-contiguous ``x`` into its caches (a hint: it waits for
+    nothing and changes nothing)."""
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        byte_pointer = ir.IntType(8).as_pointer()
+        start = builder.gep(builder.bitcast(array.data, byte_pointer),
+                            [builder.mul(args[1], builder.extract_value(array.strides, 0))])
+        i32, intp = ir.IntType(32), context.get_value_type(types.intp)
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), PREFETCH)
+        nbytes = builder.mul(builder.extract_value(array.shape, 1), intp(signature.args[0].dtype.bitwidth // 8))
+        with cgutils.for_range_slice(builder, intp(0), nbytes, intp(64)) as (offset, _):  # each cache line
+            builder.call(prefetch, [builder.gep(start, [offset]), i32(0), i32(3), i32(1)])  # read, keep, data
+        return context.get_dummy_value()
+
+    return types.void(x, row), codegen
+
+
+@jit
+def _gather(source, order, start, m, out):
+    """out[r] = source[order[start + r]] for the batch's m rows (or labels)."""
+    for r in range(m):
+        out[r] = source[order[start + r]]
+
+
+@jit
+def _prefetch_batch(x, order, start, m):
+    """Prefetch the rows of x the batch at ``start`` will gather (they lie anywhere in the data set: each
+    would otherwise be a wait on memory)."""
+    for r in range(min(m, order.size - start)):
+        _prefetch_row(x, order[start + r])
+
+
+@jit
+def _update(optimizer, params, grad, first_buffer, second_buffer, n_weights, s, settings, step):
+    """The optimizer's step ``step`` with grad_scale ``s``: the scalars derived as ``Optimizer.step`` and
+    ``NumbaOps``' updates derive them (float64, in the same order), then the same update kernel."""
+    lr, mu, weight_decay = settings[0], settings[1], settings[2]
+    lam = weight_decay * s if settings[3] != 0.0 else weight_decay
+    if optimizer == SGD:
+        sgd_update(params, grad, n_weights, 1.0 - lr * lam, lr * s)
+    elif optimizer == MOMENTUM:
+        momentum_update(params, grad, first_buffer, n_weights, s, lam, lr, mu)
+    elif optimizer == NESTEROV:
+        nesterov_update(params, grad, first_buffer, n_weights, s, lam, lr, mu)
+    else:
+        beta1, beta2, eps, t = settings[4], settings[5], settings[6], float(step)  # β**t as Python's pow
+        if settings[7] == 0.0:
+            eps = eps / math.sqrt(1.0 - beta2 ** t)
+        step_size = lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+        eps_hat = eps * math.sqrt(1.0 - beta2 ** t)
+        adam_update(params, grad, first_buffer, second_buffer, n_weights, s, lam, beta1, 1.0 - beta1, beta2,
+                    1.0 - beta2, step_size, eps_hat)
+
+
+@functools.cache
+def chunk_kernel(hidden: int, output: int, softmax: bool, cost: int, stable: bool, optimizer: int) -> Callable:
+    """The compiled chunk for one network kind: hidden and output activation ids (``output`` unused when
+    ``softmax``), cost id, whether δᴸ = aᴸ − y (``stable``), optimizer id. Each is a compile-time constant.
+
+    chunk(x, y, labels, order, first, count, batch_size, sizes, params, grad, n_weights, first_buffer,
+    second_buffer, zs, activations, deltas, xb, yb, lb, settings, t0, loss_sum, log_eps) trains on batches
+    ``first`` … ``first + count − 1``: batch i is rows order[i·bs : min((i+1)·bs, n)] of x and of the targets
+    (``labels`` int64 (n,), or ``y`` (n, out) where ``labels`` is empty). ``zs``, ``activations`` and
+    ``deltas`` are flat buffers holding layer l's (bs, sizes[l+1]) block after those of the layers before;
+    ``xb``, ``yb`` (or (0, 0)), ``lb`` (or (0,)) take the gathered batch; ``t0`` is the optimizer's step
+    count before the chunk."""
+    delta_act = ACTIVATIONS["identity"].kernel_id if softmax else output
+
+    @jit
+    def chunk(x, y, labels, order, first, count, batch_size, sizes, params, grad, n_weights, first_buffer,
+              second_buffer, zs, activations, deltas, xb, yb, lb, settings, t0, loss_sum, log_eps):
+        n, layers, labelled = x.shape[0], sizes.size - 1, labels.size > 0
+        y_batch, label_batch = yb, lb
+        saved = flush_subnormals()
+        for i in range(first, first + count):
+            start = i * batch_size
+            m = min(start + batch_size, n) - start
+            _gather(x, order, start, m, xb)
+            _prefetch_batch(x, order, start + batch_size, batch_size)  # the next batch's, during this one
+            if labelled:
+                _gather(labels, order, start, m, lb)
+                label_batch = lb[:m]
+            else:
+                _gather(y, order, start, m, yb)
+                y_batch = yb[:m]
+            # forward: zˡ = aˡ⁻¹ Wˡᵀ + bˡ; aˡ = σ(zˡ)
+            a_prev, w_at, b_at, unit_at = xb[:m], 0, n_weights, 0
+            for l in range(layers):
+                n_in, n_out = sizes[l], sizes[l + 1]
+                w = params[w_at:w_at + n_out * n_in].reshape(n_out, n_in)
+                z = zs[unit_at * batch_size:unit_at * batch_size + m * n_out]
+                a = activations[unit_at * batch_size:unit_at * batch_size + m * n_out]
+                np.dot(a_prev, w.T, z.reshape(m, n_out))
+                b = params[b_at:b_at + n_out]
+                if l < layers - 1:
+                    _bias_activation(hidden, z, b, a, n_out)
+                elif softmax:
+                    bias_softmax(z, b, a, n_out)
+                else:
+                    _bias_activation(output, z, b, a, n_out)
+                a_prev = a.reshape(m, n_out)
+                w_at, b_at, unit_at = w_at + n_out * n_in, b_at + n_out, unit_at + n_out
+            # BP1: δᴸ = ∇ₐC ⊙ σ′(zᴸ), and Σₓ Cₓ into loss_sum
+            n_out = sizes[layers]
+            unit_at -= n_out
+            at = unit_at * batch_size
+            z = zs[at:at + m * n_out].reshape(m, n_out)
+            delta = deltas[at:at + m * n_out].reshape(m, n_out)
+            _output_delta(delta_act, cost, stable, z, a_prev, y_batch, label_batch, delta, loss_sum, log_eps)
+            if softmax and not stable:
+                softmax_backward(a_prev.reshape(a_prev.size), delta.reshape(delta.size),
+                                 delta.reshape(delta.size), n_out)
+            # backward: BP3 and BP4 for each layer, BP2 down to the one below
+            for l in range(layers - 1, -1, -1):
+                n_in = sizes[l]
+                w_at -= n_out * n_in
+                b_at -= n_out
+                if l > 0:
+                    below = (unit_at - n_in) * batch_size
+                    a_prev = activations[below:below + m * n_in].reshape(m, n_in)
+                else:
+                    a_prev = xb[:m]
+                _gradients(delta, a_prev, grad[w_at:w_at + n_out * n_in].reshape(n_out, n_in),
+                           grad[b_at:b_at + n_out])
+                if l > 0:
+                    below = (unit_at - n_in) * batch_size
+                    z = zs[below:below + m * n_in].reshape(m, n_in)
+                    out = deltas[below:below + m * n_in].reshape(m, n_in)
+                    _backward(hidden, delta, params[w_at:w_at + n_out * n_in].reshape(n_out, n_in), z, a_prev,
+                              out)
+                    delta, n_out, unit_at = out, n_in, unit_at - n_in
+            _update(optimizer, params, grad, first_buffer, second_buffer, n_weights, 1.0 / m, settings,
+                    t0 + (i - first) + 1)
+        restore_subnormals(saved)
+
+    return chunk

@@ -166,8 +166,10 @@ def describe_cpu_backend() -> str:
 
         from .numba_ops import _NUMBA_BLAS
 
-        blas = "small layers' matmuls in the same call through SciPy's BLAS" if _NUMBA_BLAS else \
-            "matmuls by NumPy (install scipy for whole small layers in one call)"
+        blas = "small layers' matmuls in the same call through SciPy's BLAS; fit runs compiled chunks of " \
+            "mini-batches (built-in activations, costs and optimizers; others step by step)" if _NUMBA_BLAS else \
+            "matmuls by NumPy, fit step by step (install scipy for whole small layers in one call and " \
+            "compiled chunks of mini-batches)"
         return f"numba {numba.__version__}: fused kernels, {blas} ({how}; {CPU_BACKEND_ENV}=numpy forces " \
                "the NumPy reference)"
     reason = numba_unavailable_reason()

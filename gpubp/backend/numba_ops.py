@@ -21,10 +21,12 @@ from ..activations import Activation
 from . import cpu_kernels
 from .cpu_kernels import ActivationKernels
 from .kernels import LOG_EPS
+from .numba_program import NumbaProgram, plan_kernel
 from .ops import Array, Ops, cost_id, is_stable
 
 if TYPE_CHECKING:
     from ..costs import Cost
+    from .programs import ProgramPlan
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _INT64 = np.dtype(np.int64)
@@ -203,6 +205,13 @@ class NumbaOps(Ops):
                 or not _matrices(delta, a_prev, nabla_w) or nabla_b.ndim != 1 \
                 or not cpu_kernels.layer_gradients(delta, a_prev, nabla_w, nabla_b):
             super().layer_gradients(delta, a_prev, nabla_w, nabla_b)
+
+    # ---- compiled training ----------------------------------------------------------------------------
+    def training_program(self, plan: ProgramPlan) -> tuple[NumbaProgram | None, str]:
+        """Chunks of mini-batches as one compiled call each (``numba_program``), where the kernels cover the
+        plan's activations, cost, optimizer and arrays."""
+        constants, reason = plan_kernel(plan)
+        return (None, reason) if constants is None else (NumbaProgram(plan, constants), "")
 
     # ---- optimizers over the flat parameter buffer ------------------------------------------------
     def sgd_update(self, params: Array, grad: Array, lr: float, grad_scale: float,
