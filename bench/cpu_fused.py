@@ -2,6 +2,7 @@
 
     python bench/cpu_fused.py sklearn [--epochs 10]          # MLPClassifier's configuration, MNIST
     python bench/cpu_fused.py configs [--configs S,M,L]       # gpubp bench's configs, and the GEMM share
+    python bench/cpu_fused.py compiled [--configs S,sklearn,M,L]  # compiled chunks against step by step
 
 ``sklearn``: [784, 100, 10] relu, softmax + log-likelihood, Adam (lr 1e-3), batch 32, L2 α = 1e-4 (sklearn's
 default; gpubp's weight_decay α/32 is the same per-step decay, since sklearn adds α·W to the batch-summed
@@ -173,6 +174,59 @@ def configs_compare(names: list[str], seconds: float, repeats: int, log: Callabl
     return rows
 
 
+# ---- compiled chunks against the step-by-step loop -------------------------------------------------------
+#: per config: Network arguments, fit arguments, training samples (M and L on part of MNIST: GEMM-bound epochs)
+COMPILED_CONFIGS = {
+    "S": ({"sizes": [784, 30, 10], "activation": "sigmoid", "cost": "quadratic"},
+          {"batch_size": 10, "lr": 3.0, "optimizer": "sgd"}, 60000),
+    "sklearn": ({"sizes": SKLEARN_SIZES, "activation": "relu", "output": "softmax", "cost": "log_likelihood"},
+                {"batch_size": SKLEARN_BATCH, "lr": SKLEARN_LR, "optimizer": "adam",
+                 "weight_decay": SKLEARN_ALPHA / SKLEARN_BATCH}, 60000),
+    "M": ({"sizes": [784, 1024, 1024, 10], "activation": "relu", "output": "softmax", "cost": "log_likelihood"},
+          {"batch_size": 256, "lr": 0.01, "optimizer": "sgd"}, 15360),
+    "L": ({"sizes": [784, 4096, 4096, 10], "activation": "relu", "output": "softmax", "cost": "log_likelihood"},
+          {"batch_size": 1024, "lr": 0.01, "optimizer": "sgd"}, 4096),
+}
+
+
+def compiled_compare(names: list[str], rounds: int, log: Callable[[str], None]) -> dict:
+    """Epochs of ``fit(compiled=False)`` (the step-by-step loop) and of ``fit()`` (compiled chunks) on the
+    fused backend, alternated ``rounds`` times after one warm-up epoch each (compiling included there), on
+    MNIST's training images; samples/s medians and the median per-round ratio compiled ÷ step by step."""
+    from gpubp.datasets import load_mnist
+
+    data = load_mnist(split="full")
+    X, y = data.train
+    result = {}
+    for name in names:
+        network, fit, n = COMPILED_CONFIGS[name]
+        onehot = network["cost"] == "quadratic"
+        target = np.eye(10, dtype=np.float32)[y[:n]] if onehot else y[:n]
+        nets = {path: cpu_network("numba", network["sizes"], **{k: v for k, v in network.items() if k != "sizes"},
+                                  seed=0) for path in ("eager", "compiled")}
+        seeds = iter(range(10 ** 6))
+
+        def epoch(path: str) -> float:
+            start = time.perf_counter()
+            nets[path].fit(X[:n], target, epochs=1, progress=False, seed=next(seeds),
+                           compiled=False if path == "eager" else True, **fit)
+            return time.perf_counter() - start
+
+        for path in nets:
+            epoch(path)
+        times: dict[str, list[float]] = {path: [] for path in nets}
+        for round_ in range(rounds):
+            for path in (("eager", "compiled") if round_ % 2 == 0 else ("compiled", "eager")):
+                time.sleep(0.1)
+                times[path].append(epoch(path))
+            log(f"{name} round {round_ + 1}: " + "  ".join(f"{p} {n / times[p][-1]:,.0f}/s" for p in times))
+        result[name] = {"samples": n, "seconds": times,
+                        "samples_per_s": {p: n / statistics.median(v) for p, v in times.items()},
+                        "compiled/eager": statistics.median(e / c for e, c in zip(times["eager"],
+                                                                                times["compiled"]))}
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="suite", required=True)
@@ -182,10 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     cf.add_argument("--configs", default="S,M,L")
     cf.add_argument("--seconds", type=float, default=20.0)
     cf.add_argument("--repeats", type=int, default=7)
+    co = sub.add_parser("compiled")
+    co.add_argument("--configs", default="S,sklearn,M,L")
+    co.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     if args.suite == "sklearn":
         result = sklearn_compare(args.epochs, log)
+    elif args.suite == "compiled":
+        result = compiled_compare([c.strip() for c in args.configs.split(",")], args.rounds, log)
     else:
         result = configs_compare([c.strip() for c in args.configs.split(",")], args.seconds, args.repeats, log)
     print(json.dumps(result, indent=1, default=str))

@@ -166,7 +166,7 @@ class Trainer:
                 return history
             # under MPI every rank must take the same branch: there Ctrl-C ends the job at once
             deferred = _deferred_interrupt() if self.comm is None else contextlib.nullcontext({"hit": False})
-            with ops.errstate(), deferred as interrupt:
+            with ops.errstate(), ops.training_floats(), deferred as interrupt:
                 try:
                     self._epochs(x, target, weights, validation, optimizer, rng, history, interrupt,
                                  first=1 if resumed is None else resumed.epoch + 1)

@@ -471,7 +471,10 @@ def _swap_mxcsr(typingctx, value):
     return types.uint32(types.uint32), codegen
 
 
-if platform.machine().lower() in ("x86_64", "amd64"):
+#: whether this CPU is an x86 one (FTZ/DAZ in MXCSR)
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+if X86:
     @jit
     def flush_subnormals():
         """Flush subnormal floats to zero in this thread (as XLA does); returns what ``restore`` takes."""

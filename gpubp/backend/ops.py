@@ -321,3 +321,8 @@ class Ops:
         """Silence floating-point warnings; divergence is detected from the loss instead."""
         with np.errstate(all="ignore"):
             yield
+
+    def training_floats(self) -> contextlib.AbstractContextManager:
+        """The floating-point mode a fit trains in: IEEE arithmetic as it is in the reference (a fused
+        backend may flush subnormal numbers to zero, as GPUs and XLA do)."""
+        return contextlib.nullcontext()
