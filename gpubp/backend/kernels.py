@@ -36,9 +36,11 @@ KERNELS: dict[str, tuple[str, ...]] = {
                    "gpubp_bias_softmax_f32", "gpubp_bias_softmax_f64"),
     "output.cu": ("gpubp_output_delta_f32_f32", "gpubp_output_delta_f32_f64",
                   "gpubp_output_delta_f64_f64"),
-    "optim.cu": ("gpubp_sgd_update_f32", "gpubp_sgd_update_f64", "gpubp_momentum_update_f32",
-                 "gpubp_momentum_update_f64", "gpubp_nesterov_update_f32", "gpubp_nesterov_update_f64",
-                 "gpubp_adam_update_f32", "gpubp_adam_update_f64"),
+    # each update twice: scalars by value, and ``_indirect`` reading them from device memory (CUDA graphs)
+    "optim.cu": tuple(f"gpubp_{kind}_update{variant}_{suffix}" for kind in ("sgd", "momentum", "nesterov",
+                                                                             "adam")
+                      for variant in ("", "_indirect") for suffix in ("f32", "f64")),
+    "gather.cu": ("gpubp_gather_rows_f32", "gpubp_gather_rows_f64", "gpubp_gather_rows_i64"),
 }
 _FILE_OF = {name: file for file, names in KERNELS.items() for name in names}
 
