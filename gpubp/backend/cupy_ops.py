@@ -292,10 +292,11 @@ class CupyOps(Ops):
         GPUBP_CUDA_GRAPHS=0 turns them off."""
         from .cuda_program import graph_unavailable_reason, graphs_turned_off
 
-        if self._graph_reason is _UNKNOWN:
+        off = graphs_turned_off()
+        if off is None and self._graph_reason is _UNKNOWN:
             with self._on_device():
                 self._graph_reason = graph_unavailable_reason(self)
-        return graphs_turned_off() or self._graph_reason
+        return off or self._graph_reason
 
     def training_program(self, plan: ProgramPlan) -> tuple[TrainingProgram | None, str]:
         """(a CUDA graph program for ``plan``, "") where its steps can be captured, else (None, why not)."""
