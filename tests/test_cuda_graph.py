@@ -234,3 +234,29 @@ def test_info_says_each_gpu_runs_cuda_graphs(gpus, capsys):
     out = capsys.readouterr().out
     line = "cuda:{} CUDA graphs (one launch per chunk of mini-batches)"
     assert f"graphs:    {line.format(0)}; {line.format(1)}\n" in out, out
+
+
+# ---- gpubp selftest ------------------------------------------------------------------------------------
+def test_selftest_compares_graphs_with_eager_steps_and_reports_a_difference(gpus, monkeypatch):
+    """The ``compiled`` check passes (0: equal), and fails once the graphs' SGD step reads its two scalars
+    swapped (a planted bug in the _indirect kernel only)."""
+    from gpubp import selftest
+    from gpubp.backend import get_ops, kernels
+
+    row = selftest.check_backend("cuda:0", lambda: get_ops("cuda:0"), "float64")
+    assert row.results["compiled"].value == 0.0 and row.ok
+    original = kernels.module_source
+
+    def planted(file: str) -> str:
+        source = original(file)
+        if file == "optim.cu":
+            source = source.replace("n_weights, scalars[0], scalars[1]);", "n_weights, scalars[1], scalars[0]);")
+            assert "scalars[1], scalars[0]" in source
+        return source
+
+    monkeypatch.setattr(kernels, "module_source", planted)
+    monkeypatch.setattr(kernels, "_modules", {})
+    monkeypatch.setattr(kernels, "_functions", {})
+    row = selftest.check_backend("cuda:0", lambda: get_ops("cuda:0"), "float64")
+    assert not row.results["compiled"].ok and row.results["compiled"].note.startswith("worst error")
+    assert row.results["3 steps"].ok  # the eager steps are right
