@@ -260,3 +260,18 @@ def test_selftest_compares_graphs_with_eager_steps_and_reports_a_difference(gpus
     row = selftest.check_backend("cuda:0", lambda: get_ops("cuda:0"), "float64")
     assert not row.results["compiled"].ok and row.results["compiled"].note.startswith("worst error")
     assert row.results["3 steps"].ok  # the eager steps are right
+
+
+# ---- on a real GPU -----------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_on_a_gpu_the_graphs_train_as_the_eager_steps(dtype):
+    """CuPy captures the steps (cuBLAS, its reductions, gpubp's kernels) and the replays end where the eager
+    steps end (selftest's ``compiled`` check; it raises NotApplicable, failing here, when nothing is captured)."""
+    from gpubp import selftest
+    from gpubp.backend import get_ops
+
+    ops = get_ops("cuda")
+    assert ops.graph_unavailable_reason() is None
+    with ops.activate():
+        assert selftest.check_compiled(ops, dtype) <= selftest.TOLERANCE[dtype]

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..optimizers import OPTIMIZERS
 from . import kernels
-from .cupy_ops import CupyOps, adam_scalars, sgd_scalars, velocity_scalars
+from .kernels import adam_scalars, sgd_scalars, velocity_scalars
 from .ops import cost_id
 
 if TYPE_CHECKING:
+    from .cupy_ops import CupyOps
     from .programs import ProgramPlan
 
 Array = Any
@@ -40,6 +40,8 @@ GRAPH_BATCHES = 32
 #: env GPUBP_CUDA_GRAPHS=0 makes the GPU run every step with eager launches (to compare, or to debug)
 GRAPHS_ENV = "GPUBP_CUDA_GRAPHS"
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.int64): "i64"}
+#: the scalars of each optimizer's update kernel (kernels/optim.cu), by optimizer name
+STEP_SCALARS = {"sgd": 2, "momentum": 4, "nesterov": 4, "adam": 8}
 
 
 def graphs_turned_off() -> str | None:
@@ -80,9 +82,8 @@ def plan_unsupported_reason(ops: CupyOps, plan: ProgramPlan) -> str | None:
     for act in plan.activations:
         if (act.name not in kernels.ACTIVATION_IDS) if act.elementwise else act.name != "softmax":
             return f"the activation {act.name!r} is user-defined: its Python code runs eagerly"
-    optimizer = plan.optimizer
-    if type(optimizer) is not OPTIMIZERS.get(getattr(optimizer, "name", None)):
-        return f"the optimizer {type(optimizer).__name__} is not one of gpubp's ({', '.join(OPTIMIZERS)})"
+    if getattr(plan.optimizer, "name", None) not in STEP_SCALARS:
+        return f"the optimizer {type(plan.optimizer).__name__} is not one of gpubp's ({', '.join(STEP_SCALARS)})"
     if np.dtype(plan.dtype) not in (np.float32, np.float64):
         return f"the CUDA kernels run float32 and float64, not {plan.dtype}"
     labels = plan.target.ndim == 1
@@ -156,7 +157,7 @@ class CudaGraphProgram:
         self._update = f"gpubp_{plan.optimizer.name}_update_indirect_{_SUFFIX[dtype]}"
         self._update_args = (plan.params, plan.grad, *state, np.uint64(plan.params.size),
                              np.uint64(plan.n_weights))
-        width = {"sgd": 2, "momentum": 4, "nesterov": 4, "adam": 8}[plan.optimizer.name]
+        width = STEP_SCALARS[plan.optimizer.name]
         # everything a graph reads or writes, allocated before any capture
         rows = min(bs, n)
         self._x = ops.empty((rows, plan.sizes[0]), dtype)
@@ -171,14 +172,25 @@ class CudaGraphProgram:
         self._host_base = np.zeros(1, np.int64)
         self._host_steps = np.zeros((self.granule, width), dtype)
         self._stream = cupy.cuda.Stream(non_blocking=True)
-        for name in {self._update, *(f"gpubp_gather_rows_{_SUFFIX[a.dtype]}" for a in (plan.x, plan.target))}:
-            kernels.get_function(ops.index, name)  # compiled and loaded outside the capture
-        # one eager forward and backward pass (no update) on the first rows: CuPy's reduction kernels and
-        # cuBLAS initialise on first use, which a capture does not allow
-        self._backprop(plan.x[:rows], plan.target[:rows], rows)
+        with self._stream:  # what initialises on first use (kernels, cuBLAS on this stream) does so now
+            self._warm_up(rows)
+        self._stream.synchronize()
         self._graphs: dict[tuple[int, int], Any] = {}
         for first in range(0, self.n_batches, self.granule):
             self._graph(first, min(self.granule, self.n_batches - first))
+
+    def _warm_up(self, rows: int) -> None:
+        """Every launch of a step once outside a capture, without its effects on the training state: the
+        gathers and the update with nothing to do, and a forward and backward pass (no update) of the first
+        rows into the program's own buffers. Loading a kernel, compiling CuPy's reduction kernels and setting
+        up cuBLAS happen on first use, which a capture may not allow."""
+        plan, empty = self.plan, np.uint64(0)
+        for src, out in ((plan.x, self._x), (plan.target, self._target)):
+            kernels.get_function(self.ops.index, f"gpubp_gather_rows_{_SUFFIX[src.dtype]}")(
+                (1,), (32,), (src, self._order, self._base, empty, out, empty, empty))
+        kernels.get_function(self.ops.index, self._update)(
+            (1,), (32,), (*self._update_args[:-2], empty, empty, self._steps[0]))
+        self._backprop(plan.x[:rows], plan.target[:rows], rows)
 
     # ---- the steps ------------------------------------------------------------------------------------
     def _rows(self, batch: int) -> int:

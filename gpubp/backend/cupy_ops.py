@@ -32,26 +32,6 @@ _IDENTITY = kernels.ACTIVATION_IDS["identity"]
 _UNKNOWN = object()
 
 
-# The optimizer kernels' scalars, computed in double on the host (rounded to the dtype at the launch, or when
-# a CUDA graph's step buffer is filled), in each kernel's argument order (kernels/optim.cu).
-def sgd_scalars(lr: float, grad_scale: float, weight_decay: float) -> tuple[float, ...]:
-    """decay = 1 − ηλ, step = η s."""
-    return 1.0 - lr * weight_decay, lr * grad_scale
-
-
-def velocity_scalars(lr: float, momentum: float, grad_scale: float, weight_decay: float) -> tuple[float, ...]:
-    """s, λ, η, μ."""
-    return grad_scale, weight_decay, lr, momentum
-
-
-def adam_scalars(lr: float, beta1: float, beta2: float, eps: float, step: int, grad_scale: float,
-                 weight_decay: float) -> tuple[float, ...]:
-    """s, λ, β₁, 1 − β₁, β₂, 1 − β₂, α̂ = η √(1−β₂ᵗ) / (1−β₁ᵗ), ε̂ = ε √(1−β₂ᵗ)."""
-    step_size = lr * np.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
-    eps_hat = eps * np.sqrt(1.0 - beta2 ** step)
-    return grad_scale, weight_decay, beta1, 1.0 - beta1, beta2, 1.0 - beta2, step_size, eps_hat
-
-
 class CupyOps(Ops):
     """Every step on CUDA device ``device_index``: cuBLAS matmuls and gpubp's fused kernels."""
 
@@ -266,7 +246,7 @@ class CupyOps(Ops):
         suffix, t = self._suffix(params, grad), params.dtype.type
         self._launch(f"gpubp_sgd_update_{suffix}", params.size,
                      (params, grad, np.uint64(params.size), np.uint64(n_weights),
-                      *map(t, sgd_scalars(lr, grad_scale, weight_decay))))
+                      *map(t, kernels.sgd_scalars(lr, grad_scale, weight_decay))))
 
     def velocity_update(self, kind: str, params: Array, grad: Array, velocity: Array, lr: float,
                         momentum: float, grad_scale: float, weight_decay: float, n_weights: int) -> None:
@@ -274,7 +254,7 @@ class CupyOps(Ops):
         suffix, t = self._suffix(params, grad, velocity), params.dtype.type
         self._launch(f"gpubp_{kind}_update_{suffix}", params.size,
                      (params, grad, velocity, np.uint64(params.size), np.uint64(n_weights),
-                      *map(t, velocity_scalars(lr, momentum, grad_scale, weight_decay))))
+                      *map(t, kernels.velocity_scalars(lr, momentum, grad_scale, weight_decay))))
 
     def adam_update(self, params: Array, grad: Array, m: Array, v: Array, lr: float, beta1: float,
                     beta2: float, eps: float, step: int, grad_scale: float, weight_decay: float,
@@ -283,7 +263,7 @@ class CupyOps(Ops):
         suffix, t = self._suffix(params, grad, m, v), params.dtype.type
         self._launch(f"gpubp_adam_update_{suffix}", params.size,
                      (params, grad, m, v, np.uint64(params.size), np.uint64(n_weights),
-                      *map(t, adam_scalars(lr, beta1, beta2, eps, step, grad_scale, weight_decay))))
+                      *map(t, kernels.adam_scalars(lr, beta1, beta2, eps, step, grad_scale, weight_decay))))
 
     # ---- compiled training: CUDA graphs (gpubp.backend.cuda_program) -------------------------------
     def graph_unavailable_reason(self) -> str | None:
