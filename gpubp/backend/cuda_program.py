@@ -172,6 +172,7 @@ class CudaGraphProgram:
         self._host_base = np.zeros(1, np.int64)
         self._host_steps = np.zeros((self.granule, width), dtype)
         self._stream = cupy.cuda.Stream(non_blocking=True)
+        self._stream.wait_event(cupy.cuda.get_current_stream().record())  # after the work queued so far
         with self._stream:  # what initialises on first use (kernels, cuBLAS on this stream) does so now
             self._warm_up(rows)
         self._stream.synchronize()
@@ -180,10 +181,11 @@ class CudaGraphProgram:
             self._graph(first, min(self.granule, self.n_batches - first))
 
     def _warm_up(self, rows: int) -> None:
-        """Every launch of a step once outside a capture, without its effects on the training state: the
-        gathers and the update with nothing to do, and a forward and backward pass (no update) of the first
-        rows into the program's own buffers. Loading a kernel, compiling CuPy's reduction kernels and setting
-        up cuBLAS happen on first use, which a capture may not allow."""
+        """Every launch of a step once outside a capture, leaving the parameters and the optimizer state as
+        they are: the gathers and the update with nothing to do, and a forward and backward pass of the first
+        rows into the program's buffers and the gradient (which every step overwrites). Loading a kernel,
+        compiling CuPy's reduction kernels and setting up cuBLAS happen on first use, which a capture may
+        not allow."""
         plan, empty = self.plan, np.uint64(0)
         for src, out in ((plan.x, self._x), (plan.target, self._target)):
             kernels.get_function(self.ops.index, f"gpubp_gather_rows_{_SUFFIX[src.dtype]}")(
