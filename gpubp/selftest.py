@@ -11,10 +11,14 @@ GPU) and each dtype (float32, float64), the checks are:
   activation), BP3's and BP4's sums;
 - ``BP1–BP4``: the gradients and per-layer δ of small networks;
 - ``3 steps``: the parameters after three training steps of ``Network.fit`` (one optimizer per network);
+- ``compiled`` (backends with compiled training, e.g. CUDA graphs on a GPU): two shuffled epochs of each
+  network run by the backend's ``training_program`` against the same epochs of eager steps on the same
+  backend (parameters and losses; equal under the emulated CuPy, within the tolerance on a GPU); "n/a"
+  with the reason where the backend runs this plan eagerly;
 - ``finite diff.`` (float64 only): the backend's own backprop against central differences of its own loss,
   which is what checks the NumPy reference itself.
 
-Every other check compares with NumPy ``Ops`` on the same inputs at the same dtype; the error of a check is
+Every other check but ``compiled`` compares with NumPy ``Ops`` on the same inputs at the same dtype; the error of a check is
 the worst max |got − ref| / (1 + |ref|) over its cases, and it passes within ``TOLERANCE`` of its dtype.
 """
 
@@ -41,7 +45,7 @@ FINITE_DIFF_TOLERANCE = 1e-5
 #: parameters checked by finite differences (a seeded sample across all layers, two losses each)
 FINITE_DIFF_PARAMS = 10
 CHECKS = ("load", "bias+σ", "σ′⊙g", "output δ", "loss", "optimizers", "layers", "BP1–BP4", "3 steps",
-          "finite diff.")
+          "compiled", "finite diff.")
 #: (output activation, cost) pairs the network accepts
 OUTPUT_COSTS = [(name, "quadratic") for name in (*ACTIVATIONS, "softmax")] + \
                [("sigmoid", "cross_entropy"), ("softmax", "cross_entropy"), ("softmax", "log_likelihood")]
@@ -51,6 +55,12 @@ NETWORKS = [([7, 9, 6, 4], "tanh", "softmax", "log_likelihood", True, "adam"),
             ([7, 9, 4], "relu", "sigmoid", "cross_entropy", True, "momentum"),
             ([7, 8, 4], "gelu", "softmax", "quadratic", False, "adam")]
 BATCH = 12
+#: the mini-batch of the ``compiled`` check: 3·BATCH samples make 8 batches, the last one short
+COMPILED_BATCH = 5
+
+
+class NotApplicable(Exception):
+    """A check that does not apply to this backend here (the message says why)."""
 
 
 @dataclass
@@ -133,6 +143,8 @@ def check_backend(name: str, factory: Callable[[], Ops], dtype: str) -> Row:
         "output δ": check_output_delta, "loss": check_loss, "optimizers": check_optimizers,
         "layers": check_layers, "BP1–BP4": check_backprop, "3 steps": check_training,
     }
+    if type(ops).training_program is not Ops.training_program:
+        checks["compiled"] = check_compiled
     if dtype == "float64":
         checks["finite diff."] = check_finite_differences
     for check, run in checks.items():
@@ -142,6 +154,8 @@ def check_backend(name: str, factory: Callable[[], Ops], dtype: str) -> Row:
                 error = run(ops, dtype)
             row.results[check] = Result(error, bool(error <= tolerance),
                                         "" if error <= tolerance else f"worst error {error:.2g} > {tolerance:g}")
+        except NotApplicable as exc:
+            row.results[check] = Result(None, True, str(exc))
         except Exception as exc:
             row.results[check] = Result(None, False, _describe(exc))
     return row
@@ -384,6 +398,54 @@ def check_training(ops: Ops, dtype: str) -> float:
     return worst
 
 
+def check_compiled(ops: Ops, dtype: str) -> float:
+    """Two epochs of each network run by the backend's compiled program against the same epochs of eager
+    steps (shuffled, the last batch short): the worst error of the parameters and of the epochs' losses."""
+    worst = 0.0
+    for seed, config in enumerate(NETWORKS):
+        X, Y = _network_data(config, dtype, seed)
+        nets = [_network(ops, config, dtype) for _ in range(2)]
+        losses = [_two_epochs(net, X, Y, config[5], compiled) for net, compiled in zip(nets, (False, True))]
+        worst = max(worst, _error(nets[1].parameters(), ops.to_numpy(nets[0].parameters()), ops),
+                    _error(np.array(losses[1]), np.array(losses[0]), ops))
+    return worst
+
+
+def _two_epochs(net: Any, X: np.ndarray, Y: np.ndarray, optimizer: str, compiled: bool) -> list[float]:
+    """Each epoch's summed loss after training ``net`` two epochs, as the trainer does: eager steps
+    (``backprop_sum`` and ``Optimizer.step`` per batch), or chunks of the backend's ``training_program``."""
+    from .backend.programs import ProgramPlan
+
+    ops, n, bs = net.ops, len(X), COMPILED_BATCH
+    x, target = ops.asarray(X), net.check_targets(Y, len(X))
+    opt = net.optimizer_for(optimizer, lr=0.05, momentum=0.9, weight_decay=0.01)
+    plan = ProgramPlan(sizes=net.sizes, activations=net.layer_activations, cost=net.cost, dtype=net.dtype,
+                       params=net.parameters(), grad=net.gradient(), n_weights=net.n_weights, optimizer=opt,
+                       x=x, target=target, batch_size=bs)
+    program = None
+    if compiled:
+        program, reason = ops.training_program(plan)
+        if program is None:
+            raise NotApplicable(reason)
+    rng, loss, losses = np.random.default_rng(0), ops.zeros((1,), net.dtype), []
+    xs, ts = ops.empty(x.shape, x.dtype), ops.empty(target.shape, target.dtype)
+    for _ in range(2):
+        order = ops.permutation(n, rng)
+        loss.fill(0)
+        if program is not None:
+            for first in range(0, plan.batches(), program.granule):
+                program.run(order, first, min(program.granule, plan.batches() - first), loss)
+        else:
+            ops.take_rows(x, order, out=xs)
+            ops.take_rows(target, order, out=ts)
+            for start in range(0, n, bs):
+                stop = min(start + bs, n)
+                net.backprop_sum(xs[start:stop], ts[start:stop], loss)
+                opt.step(net.gradient(), 1.0 / (stop - start))
+        losses.append(ops.item(loss))
+    return losses
+
+
 def check_finite_differences(ops: Ops, dtype: str) -> float:
     """The backend's backprop against central differences of its own loss (float64), as gpubp.gradcheck,
     on a sample of the parameters."""
@@ -417,7 +479,7 @@ def format_report(rows: Sequence[Row], missing: dict[str, str] | None = None) ->
             if result is None:
                 cells.append("-")
             elif result.value is None:
-                cells.append("ERROR")
+                cells.append("n/a" if result.ok else "ERROR")
             else:
                 text = f"{result.value:.2f} s" if check == "load" else _fmt_error(result.value)
                 cells.append(text if result.ok else f"FAIL {text}")
@@ -434,6 +496,9 @@ def format_report(rows: Sequence[Row], missing: dict[str, str] | None = None) ->
             out.append("  ".join("-" * w for w in widths))
     for name, reason in (missing or {}).items():
         out.append(f"not tested: {name}: {reason}")
+    for row in rows:
+        out += [f"not run: {row.backend} {row.dtype} {check}: {result.note}"
+                for check, result in row.results.items() if result.ok and result.value is None]
     failures = [f"  {row.backend} {row.dtype} {check}: {result.note}" for row in rows
                 for check, result in row.results.items() if not result.ok]
     if failures:

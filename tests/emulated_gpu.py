@@ -2,7 +2,8 @@
 
 ``emulated_gpus(build_dir)`` makes ``import cupy`` (and ``from cupy.cuda import nccl``) give the emulation,
 with two emulated GPUs, cuda:0 current, and gpubp's caches of the real CuPy (its CupyOps module and
-instances, loaded kernels, the per-device usability check) emptied on the way in and out.
+instances, loaded kernels, the per-device usability check) emptied on the way in and out; a stream capture
+left open by a failed test is dropped on the way out.
 ``environment(build_dir)`` is the same for a subprocess (an MPI rank runs ``install_from_environment``).
 """
 
@@ -54,6 +55,9 @@ def emulated_gpus(build_dir: Path, missing: str | None = None) -> Iterator:
             yield fake
         finally:
             fake.runtime.setDevice(0)
+            for stream in list(fake._capturing.values()):  # a capture a failed test left open
+                stream._capture = None
+            fake._capturing.clear()
             _forget_cuda_state()
 
 

@@ -21,6 +21,7 @@ from .ops import Array, Ops, cost_id, is_stable
 
 if TYPE_CHECKING:
     from ..costs import Cost
+    from .programs import ProgramPlan, TrainingProgram
 
 BLOCK = 256
 #: resident 256-thread blocks per SM at full occupancy is 8; a few waves more keep the tail short
@@ -28,6 +29,7 @@ BLOCKS_PER_SM = 32
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 _NULL = np.uint64(0)
 _IDENTITY = kernels.ACTIVATION_IDS["identity"]
+_UNKNOWN = object()
 
 
 class CupyOps(Ops):
@@ -44,6 +46,7 @@ class CupyOps(Ops):
         sms = cupy.cuda.runtime.deviceGetAttribute(cupy.cuda.runtime.cudaDevAttrMultiProcessorCount,
                                                    self.index)
         self._max_blocks = sms * BLOCKS_PER_SM
+        self._graph_reason: Any = _UNKNOWN
 
     # ---- device and memory --------------------------------------------------------------------------
     def activate(self) -> contextlib.AbstractContextManager:
@@ -243,7 +246,7 @@ class CupyOps(Ops):
         suffix, t = self._suffix(params, grad), params.dtype.type
         self._launch(f"gpubp_sgd_update_{suffix}", params.size,
                      (params, grad, np.uint64(params.size), np.uint64(n_weights),
-                      t(1.0 - lr * weight_decay), t(lr * grad_scale)))
+                      *map(t, kernels.sgd_scalars(lr, grad_scale, weight_decay))))
 
     def velocity_update(self, kind: str, params: Array, grad: Array, velocity: Array, lr: float,
                         momentum: float, grad_scale: float, weight_decay: float, n_weights: int) -> None:
@@ -251,19 +254,42 @@ class CupyOps(Ops):
         suffix, t = self._suffix(params, grad, velocity), params.dtype.type
         self._launch(f"gpubp_{kind}_update_{suffix}", params.size,
                      (params, grad, velocity, np.uint64(params.size), np.uint64(n_weights),
-                      t(grad_scale), t(weight_decay), t(lr), t(momentum)))
+                      *map(t, kernels.velocity_scalars(lr, momentum, grad_scale, weight_decay))))
 
     def adam_update(self, params: Array, grad: Array, m: Array, v: Array, lr: float, beta1: float,
                     beta2: float, eps: float, step: int, grad_scale: float, weight_decay: float,
                     n_weights: int) -> None:
         """Adam (see Ops.adam_update) in one pass; the bias corrections are folded into α̂ and ε̂."""
         suffix, t = self._suffix(params, grad, m, v), params.dtype.type
-        step_size = lr * np.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
-        eps_hat = eps * np.sqrt(1.0 - beta2 ** step)
         self._launch(f"gpubp_adam_update_{suffix}", params.size,
-                     (params, grad, m, v, np.uint64(params.size), np.uint64(n_weights), t(grad_scale),
-                      t(weight_decay), t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2),
-                      t(step_size), t(eps_hat)))
+                     (params, grad, m, v, np.uint64(params.size), np.uint64(n_weights),
+                      *map(t, kernels.adam_scalars(lr, beta1, beta2, eps, step, grad_scale, weight_decay))))
+
+    # ---- compiled training: CUDA graphs (gpubp.backend.cuda_program) -------------------------------
+    def graph_unavailable_reason(self) -> str | None:
+        """None where chunks of training steps run as CUDA graphs on this GPU, else why not (then the trainer
+        launches every kernel from Python). Checked once: a tiny capture, launched and its result read; env
+        GPUBP_CUDA_GRAPHS=0 turns them off."""
+        from .cuda_program import graph_unavailable_reason, graphs_turned_off
+
+        off = graphs_turned_off()
+        if off is None and self._graph_reason is _UNKNOWN:
+            with self._on_device():
+                self._graph_reason = graph_unavailable_reason(self)
+        return off or self._graph_reason
+
+    def training_program(self, plan: ProgramPlan) -> tuple[TrainingProgram | None, str]:
+        """(a CUDA graph program for ``plan``, "") where its steps can be captured, else (None, why not)."""
+        from .cuda_program import CudaGraphProgram, plan_unsupported_reason
+
+        reason = self.graph_unavailable_reason() or plan_unsupported_reason(self, plan)
+        if reason is not None:
+            return None, reason
+        try:
+            with self._on_device():
+                return CudaGraphProgram(self, plan), ""
+        except Exception as exc:  # the CUDA driver, cuBLAS or CuPy refused the capture: run eagerly
+            return None, f"capturing the training steps as a CUDA graph failed ({type(exc).__name__}: {exc})"
 
     # ---- data ---------------------------------------------------------------------------------------
     def take_rows(self, x: Array, index: Array, out: Array) -> Array:

@@ -36,11 +36,34 @@ KERNELS: dict[str, tuple[str, ...]] = {
                    "gpubp_bias_softmax_f32", "gpubp_bias_softmax_f64"),
     "output.cu": ("gpubp_output_delta_f32_f32", "gpubp_output_delta_f32_f64",
                   "gpubp_output_delta_f64_f64"),
-    "optim.cu": ("gpubp_sgd_update_f32", "gpubp_sgd_update_f64", "gpubp_momentum_update_f32",
-                 "gpubp_momentum_update_f64", "gpubp_nesterov_update_f32", "gpubp_nesterov_update_f64",
-                 "gpubp_adam_update_f32", "gpubp_adam_update_f64"),
+    # each update twice: scalars by value, and ``_indirect`` reading them from device memory (CUDA graphs)
+    "optim.cu": tuple(f"gpubp_{kind}_update{variant}_{suffix}" for kind in ("sgd", "momentum", "nesterov",
+                                                                             "adam")
+                      for variant in ("", "_indirect") for suffix in ("f32", "f64")),
+    "gather.cu": ("gpubp_gather_rows_f32", "gpubp_gather_rows_f64", "gpubp_gather_rows_i64"),
 }
 _FILE_OF = {name: file for file, names in KERNELS.items() for name in names}
+
+
+# The optimizer kernels' scalars, computed in double on the host (rounded to the dtype at the launch, or when
+# a CUDA graph's step buffer is filled), in each kernel's argument order (optim.cu).
+def sgd_scalars(lr: float, grad_scale: float, weight_decay: float) -> tuple[float, ...]:
+    """decay = 1 − ηλ, step = η s."""
+    return 1.0 - lr * weight_decay, lr * grad_scale
+
+
+def velocity_scalars(lr: float, momentum: float, grad_scale: float, weight_decay: float) -> tuple[float, ...]:
+    """s, λ, η, μ."""
+    return grad_scale, weight_decay, lr, momentum
+
+
+def adam_scalars(lr: float, beta1: float, beta2: float, eps: float, step: int, grad_scale: float,
+                 weight_decay: float) -> tuple[float, ...]:
+    """s, λ, β₁, 1 − β₁, β₂, 1 − β₂, α̂ = η √(1−β₂ᵗ) / (1−β₁ᵗ), ε̂ = ε √(1−β₂ᵗ)."""
+    step_size = lr * np.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+    eps_hat = eps * np.sqrt(1.0 - beta2 ** step)
+    return grad_scale, weight_decay, beta1, 1.0 - beta1, beta2, 1.0 - beta2, step_size, eps_hat
+
 
 #: options gpubp passes to NVRTC (CuPy adds -arch=sm_XX for the device, -ftz=true and
 #: --device-as-default-execution-space)

@@ -9,7 +9,8 @@ import platform
 from typing import Any
 
 from .. import datasets
-from ..backend import cuda_unavailable_reason, describe_cpu_backend, get_ops, gpu_names, parse_device
+from ..backend import (cuda_unavailable_reason, describe_cpu_backend, get_ops, gpu_names, parse_device,
+                       visible_gpus)
 from .common import MISMATCH, say
 
 
@@ -75,6 +76,18 @@ def kernel_check() -> str:
     return f"all {len(names)} compile on {ops.device} (sources in {folder})"
 
 
+def graph_check() -> str:
+    """Whether each usable GPU trains a chunk of mini-batches as one CUDA graph launch, or why not."""
+    cells = []
+    for index in range(visible_gpus()):
+        reason = cuda_unavailable_reason(index)
+        if reason is None:
+            reason = get_ops(f"cuda:{index}").graph_unavailable_reason()
+        cells.append(f"cuda:{index} " + ("CUDA graphs (one launch per chunk of mini-batches)" if reason is None
+                                         else f"eager launches ({reason})"))
+    return "; ".join(cells) if cells else "no GPU"
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .. import __version__
 
@@ -92,6 +105,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     say(f"env GPUBP_DEVICE={os.environ.get('GPUBP_DEVICE', '(unset)')}  "
         f"GPUBP_DATA={os.environ.get(datasets.DATA_ENV, '(unset)')}")
     say(f"kernels:   {kernel_check()}")
+    say(f"graphs:    {graph_check()}")
     return 0
 
 

@@ -27,6 +27,16 @@ CuPy 14's API (``get_unique_id() -> bytes``, ``NcclCommunicator(int ndev, bytes 
 config=None)``, ``allReduce``/``broadcast`` on device pointers and a stream handle) and sums between
 processes over MPI (mpi4py), so several ranks under ``mpiexec`` train on "their" GPUs.
 
+Stream capture (CUDA graphs), as strict as CUDA. ``Stream.begin_capture()`` / ``end_capture() -> Graph`` and
+``graph.launch(stream=None)`` as in CuPy 14 (``cupy.cuda.graph.Graph``); the default stream cannot capture.
+While a stream captures, the work issued to it (kernel launches, matmuls, elementwise operations and
+reductions into ``out=``, copies between device arrays) is recorded, not run; a launch of the graph runs it
+again, on the same pointers. Whatever CUDA refuses during a capture raises CUDARuntimeError
+``cudaErrorStreamCaptureUnsupported`` and invalidates it (``end_capture`` then raises
+``cudaErrorStreamCaptureInvalidated``): allocating (``cupy.empty``, an operation without ``out=``, …),
+synchronising (a device, stream or event) and copying to or from the host (``get``, ``asnumpy``, ``set``,
+reading an element). ``graph_calls`` counts captures and launches.
+
 A test calls :func:`install` (monkeypatch, in one process) or sets the environment of
 :func:`install_from_environment` (a subprocess, e.g. an MPI rank).
 """
@@ -136,6 +146,7 @@ class Device:
         _thread.device = self.id
 
     def synchronize(self) -> None:
+        _refuse_in_capture("synchronising the device")
         for stream in list(_streams.values()):
             if stream.device_id == self.id:
                 stream.synchronize()
@@ -178,7 +189,8 @@ def _mem_get_info() -> tuple[int, int]:
 runtime = types.SimpleNamespace(
     cudaDevAttrMultiProcessorCount=16, CUDARuntimeError=CUDARuntimeError, getDevice=_current,
     setDevice=_set_device, getDeviceCount=lambda: len(_visible()), deviceGetAttribute=_device_attribute,
-    getDeviceProperties=_device_properties, runtimeGetVersion=lambda: 13000, memGetInfo=_mem_get_info)
+    getDeviceProperties=_device_properties, runtimeGetVersion=lambda: 13000, memGetInfo=_mem_get_info,
+    is_hip=False, streamCaptureModeGlobal=0, streamCaptureModeThreadLocal=1, streamCaptureModeRelaxed=2)
 
 
 # ---- arrays -------------------------------------------------------------------------------------------
@@ -189,6 +201,7 @@ _allocations: dict[int, tuple[int, int]] = {}
 def _register(root: np.ndarray, device: int) -> None:
     start = root.__array_interface__["data"][0]
     if root.nbytes and start not in _allocations:
+        _refuse_in_capture(f"allocating {root.nbytes} bytes")
         _allocations[start] = (root.nbytes, device)
         weakref.finalize(root, _allocations.pop, start, None)
 
@@ -263,11 +276,14 @@ class ndarray(np.ndarray):
         operands = [*inputs, *outs]
         _refuse_host(operands, f"cupy.{ufunc.__name__}")
         _peer_check(operands, f"cupy.{ufunc.__name__}")
-        if outs:
+        if outs or method == "at":  # in place: device work on the current stream
             kwargs["out"] = tuple(_plain(o) for o in outs)
+            if method == "at":
+                del kwargs["out"]
+            _submit(lambda: getattr(ufunc, method)(*(_plain(x) for x in inputs), **kwargs))
+            return outs[0] if len(outs) == 1 else (outs or None)
+        _refuse_in_capture(f"cupy.{ufunc.__name__} allocates its result")
         result = getattr(ufunc, method)(*(_plain(x) for x in inputs), **kwargs)
-        if outs:
-            return outs[0] if len(outs) == 1 else outs
         if isinstance(result, tuple):
             return tuple(_wrap(np.asarray(r)) for r in result)
         return _wrap(np.asarray(result)) if isinstance(result, (np.ndarray, np.generic)) else result
@@ -277,22 +293,50 @@ class ndarray(np.ndarray):
             operands = list(_flat([*args, *kwargs.values()]))
             _refuse_host(operands, f"cupy.{func.__name__}")
             _peer_check(operands, f"cupy.{func.__name__}")
+        if func is np.copyto:  # device work on the current stream
+            _submit(lambda: super(ndarray, self).__array_function__(func, types_, args, kwargs))
+            return None
         result = super().__array_function__(func, types_, args, kwargs)
-        return _wrap(result) if isinstance(result, np.ndarray) else result
+        if isinstance(result, np.ndarray):
+            return _wrap(result)  # a new array refuses to be allocated during a capture
+        if result is not None:
+            _refuse_in_capture(f"cupy.{func.__name__} returns a host value")
+        return result
 
     # methods NumPy runs in C (no ufunc): the kernels CuPy launches for them check the device too
     def __setitem__(self, key, value) -> None:
         _peer_check([self, value, *_flat([key])], "cupy.ndarray.__setitem__")
-        super().__setitem__(key, value)
+        if isinstance(value, np.ndarray) and not isinstance(value, ndarray):
+            _refuse_in_capture("copying from the host")
+        _submit(lambda: super(ndarray, self).__setitem__(key, value))
 
     def __getitem__(self, key):
         if any(isinstance(k, (np.ndarray, list)) for k in _flat([key])):  # advanced indexing: a kernel
             _peer_check([self, *_flat([key])], "cupy.ndarray.__getitem__")
-        return super().__getitem__(key)
+        result = super().__getitem__(key)
+        if not isinstance(result, np.ndarray):
+            _refuse_in_capture("copying an element to the host")
+        return result
+
+    def __float__(self) -> float:
+        _refuse_in_capture("copying an element to the host")
+        return super().__float__()
+
+    def __int__(self) -> int:
+        _refuse_in_capture("copying an element to the host")
+        return super().__int__()
+
+    def __bool__(self) -> bool:
+        _refuse_in_capture("copying an element to the host")
+        return super().__bool__()
+
+    def item(self, *args):
+        _refuse_in_capture("copying an element to the host")
+        return super().item(*args)
 
     def fill(self, value) -> None:
         _peer_check([self], "cupy.ndarray.fill")
-        super().fill(value)
+        _submit(lambda: super(ndarray, self).fill(value))
 
     def astype(self, dtype, *args, **kwargs):
         _peer_check([self], "cupy.ndarray.astype")
@@ -310,11 +354,20 @@ class ndarray(np.ndarray):
         """A copy on the current device, from any device (CuPy copies between devices)."""
         return _wrap(np.array(self.view(np.ndarray), order=order, copy=True))
 
-    def get(self) -> np.ndarray:
+    def get(self, stream=None) -> np.ndarray:
+        _refuse_in_capture("copying to the host")
         return np.array(self, copy=True).view(np.ndarray)
 
-    def set(self, value) -> None:
-        np.copyto(self.view(np.ndarray), value)
+    def set(self, arr, stream=None) -> None:
+        """A copy from host memory, checked as CuPy checks it (a NumPy array of this size and dtype)."""
+        if not isinstance(arr, np.ndarray) or isinstance(arr, ndarray):
+            raise TypeError(f"Only numpy.ndarray can be set to cupy.ndarray; got {type(arr)}")
+        if arr.size != self.size:
+            raise ValueError(f"Shape mismatch. Old shape: {self.shape}, new shape: {arr.shape}")
+        if arr.dtype != self.dtype:
+            raise TypeError(f"{arr.dtype} array cannot be set to {self.dtype} array")
+        _refuse_in_capture("copying from the host")
+        np.copyto(self.view(np.ndarray), arr.reshape(self.shape))
 
 
 def _wrap(x):
@@ -342,6 +395,7 @@ def array(x, dtype=None, copy=True):
 
 
 def asnumpy(x):
+    _refuse_in_capture("copying to the host")
     return np.asarray(x).view(np.ndarray)
 
 
@@ -373,8 +427,11 @@ def take(a, indices, axis=None, out=None):
     operands = [a, indices] + ([] if out is None else [out])
     _refuse_host(operands, "cupy.take")
     _peer_check(operands, "cupy.take")
-    result = np.take(_plain(a), _plain(indices), axis=axis, out=_plain(out), mode="wrap")
-    return out if out is not None else _wrap(result)
+    if out is not None:
+        _submit(lambda: np.take(_plain(a), _plain(indices), axis=axis, out=_plain(out), mode="wrap"))
+        return out
+    _refuse_in_capture("cupy.take allocates its result")
+    return _wrap(np.take(_plain(a), _plain(indices), axis=axis, mode="wrap"))
 
 
 def __getattr__(name):
@@ -404,21 +461,116 @@ class RandomState:
 random = types.SimpleNamespace(RandomState=RandomState)
 
 
-# ---- streams and events -------------------------------------------------------------------------------
+# ---- streams, events and CUDA graphs -------------------------------------------------------------------
 _streams: dict[int, "Stream"] = {}
 _null_streams: dict[int, "Stream"] = {}
+#: the streams capturing now (any thread): CUDA refuses allocation, synchronisation and host copies meanwhile
+_capturing: dict[int, "Stream"] = {}
+#: how many graphs have been captured and launched in this process
+graph_calls = {"captures": 0, "launches": 0}
+
+
+class _Capture:
+    """The work recorded on a capturing stream, and why the capture was invalidated (None while valid)."""
+
+    def __init__(self) -> None:
+        self.work: list = []
+        self.invalidated: str | None = None
+
+
+def _refuse_in_capture(what: str) -> None:
+    """What CUDA refuses while a stream captures: raise cudaErrorStreamCaptureUnsupported and invalidate
+    every capture in progress."""
+    if not _capturing:
+        return
+    for stream in list(_capturing.values()):
+        if stream._capture.invalidated is None:  # the first error is the one reported
+            stream._capture.invalidated = what
+    raise CUDARuntimeError(f"cudaErrorStreamCaptureUnsupported: operation not permitted when stream is "
+                           f"capturing ({what})")
+
+
+def _submit(work, stream: "Stream | None" = None) -> None:
+    """Device work on ``stream`` (the current one): run now, or recorded for the graph while it captures."""
+    capture = (stream or get_current_stream())._capture
+    if capture is None:
+        work()
+        return
+    if capture.invalidated is not None:
+        raise CUDARuntimeError(f"cudaErrorStreamCaptureInvalidated: the capture was invalidated by an "
+                               f"earlier error ({capture.invalidated})")
+    capture.work.append(work)
+
+
+class Graph:
+    """cupy.cuda.graph.Graph: the work a stream captured, launched as a whole on a stream of its device."""
+
+    def __init__(self, work: list, device_id: int) -> None:
+        self._work, self._device_id = list(work), device_id
+
+    def launch(self, stream: "Stream | None" = None) -> None:
+        stream = stream or get_current_stream()
+        if stream.device_id != self._device_id or _current() != self._device_id:
+            raise CUDARuntimeError(f"cudaErrorInvalidResourceHandle: a graph of device {self._device_id} "
+                                   f"launched on a stream of device {stream.device_id} with device "
+                                   f"{_current()} current")
+        graph_calls["launches"] += 1
+
+        def replay() -> None:
+            for work in self._work:
+                work()
+
+        _submit(replay, stream)  # on a capturing stream: the graph becomes part of that capture
+
+    def upload(self, stream: "Stream | None" = None) -> None:
+        """Nothing to upload in host memory."""
 
 
 class Stream:
-    """A queue of deferred work (NCCL collectives) on the device current at its creation."""
+    """A queue of deferred work (NCCL collectives) on the device current at its creation; as a context,
+    the current stream of its device (``cupy.cuda.get_current_stream()``)."""
 
-    def __init__(self, null: bool = False, non_blocking: bool = False) -> None:
+    def __init__(self, null: bool = False, non_blocking: bool = False, ptds: bool = False) -> None:
         self.device_id = _current()
         self._work: list = []
         self._done = 0  # how many queued items have run
+        self._capture: _Capture | None = None
         self.ptr = 0 if null else id(self)
         if not null:
             _streams[self.ptr] = self
+
+    def __enter__(self) -> "Stream":
+        if self.device_id != _current():
+            raise RuntimeError(f"The device that the stream is created on ({self.device_id}) does not match "
+                               f"with the current device ({_current()})")
+        _stream_stack(self.device_id).append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _stream_stack(self.device_id).pop()
+
+    def begin_capture(self, mode=None) -> None:
+        if self.ptr == 0:
+            raise RuntimeError("cannot capture on the default (legacy) stream")
+        if self._capture is not None:
+            raise CUDARuntimeError("cudaErrorIllegalState: the stream is already capturing")
+        self._capture = _Capture()
+        _capturing[self.ptr] = self
+
+    def end_capture(self) -> Graph:
+        capture = self._capture
+        if capture is None:
+            raise CUDARuntimeError("cudaErrorIllegalState: the stream is not capturing")
+        self._capture = None
+        del _capturing[self.ptr]
+        if capture.invalidated is not None:
+            raise CUDARuntimeError(f"cudaErrorStreamCaptureInvalidated: the capture was invalidated by an "
+                                   f"earlier error ({capture.invalidated})")
+        graph_calls["captures"] += 1
+        return Graph(capture.work, self.device_id)
+
+    def is_capturing(self) -> bool:
+        return self._capture is not None
 
     def enqueue(self, work) -> None:
         if self.ptr == 0:
@@ -445,6 +597,7 @@ class Stream:
             event.stream._run_until(event.count)
 
     def synchronize(self) -> None:
+        _refuse_in_capture("synchronising a stream")
         self._run_until(len(self._work))
 
 
@@ -454,12 +607,24 @@ class Event:
         self.count = 0
 
     def synchronize(self) -> None:
+        _refuse_in_capture("synchronising an event")
         if self.stream is not None:
             self.stream.wait_event(self)
 
 
+def _stream_stack(device: int) -> list:
+    """The streams made current on ``device`` by this thread (``with stream:``), innermost last."""
+    stacks = getattr(_thread, "streams", None)
+    if stacks is None:
+        stacks = _thread.streams = {}
+    return stacks.setdefault(device, [])
+
+
 def get_current_stream() -> Stream:
     device = _current()
+    stack = _stream_stack(device)
+    if stack:
+        return stack[-1]
     if device not in _null_streams:
         _null_streams[device] = Stream(null=True)
     return _null_streams[device]
@@ -599,6 +764,10 @@ class Function:
         blocks, threads = int(grid[0]), int(block[0])
         if blocks < 1 or threads < 1 or threads % 32 or threads > 1024:
             raise ValueError(f"bad launch configuration grid={grid} block={block}")
+        _submit(lambda: self._run(cargs, blocks, threads))
+
+    def _run(self, cargs: list, blocks: int, threads: int) -> None:
+        """The grid on CPU threads (at the launch, or at each launch of a graph that captured it)."""
         self.launches += 1
         lib = self.lib
         lib.emu_configure(blocks, threads)
@@ -723,15 +892,18 @@ nccl.__dict__.update(available=True, NcclError=NcclError, NcclCommunicator=NcclC
                      get_unique_id=_get_unique_id, get_version=lambda: 22707, NCCL_SUM=0,
                      NCCL_FLOAT32=7, NCCL_FLOAT=7, NCCL_FLOAT64=8, NCCL_DOUBLE=8)
 
+graph = types.ModuleType("cupy.cuda.graph")
+graph.Graph = Graph
+
 cuda = types.ModuleType("cupy.cuda")
-cuda.__dict__.update(Device=Device, runtime=runtime, Stream=Stream, Event=Event,
+cuda.__dict__.update(Device=Device, runtime=runtime, Stream=Stream, Event=Event, graph=graph,
                      get_current_stream=get_current_stream, nccl=nccl, CUDARuntimeError=CUDARuntimeError,
                      compiler=types.SimpleNamespace(CompileException=CompileException))
 
 
 def modules() -> dict[str, types.ModuleType]:
     """What to put in ``sys.modules`` for ``import cupy`` and ``from cupy.cuda import nccl`` to find this."""
-    return {"cupy": sys.modules[__name__], "cupy.cuda": cuda, "cupy.cuda.nccl": nccl}
+    return {"cupy": sys.modules[__name__], "cupy.cuda": cuda, "cupy.cuda.nccl": nccl, "cupy.cuda.graph": graph}
 
 
 def install(monkeypatch, build_dir: Path) -> types.ModuleType:
