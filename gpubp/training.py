@@ -278,7 +278,7 @@ class Trainer:
         xs, ts, wts = x, target, weights
         if self.shuffle and program is None:
             xs, ts, wts = net.shuffle_buffers(x, target, weights)
-        in_order = ops.asarray(np.arange(n, dtype=np.int64)) if program is not None and not self.shuffle else None
+        in_order = ops.row_index(n) if program is not None and not self.shuffle else None
         loss_sum = ops.zeros((1,), net.dtype)
         state = [net.parameters()] + optimizer.state_arrays()
         snapshot = [ops.empty(s.shape, s.dtype) for s in state]

@@ -294,3 +294,23 @@ def test_on_a_gpu_the_graphs_train_as_the_eager_steps(dtype):
     assert ops.graph_unavailable_reason() is None
     with ops.activate():
         assert selftest.check_compiled(ops, dtype) <= selftest.TOLERANCE[dtype]
+
+
+# ---- through Network.fit -------------------------------------------------------------------------------
+@pytest.mark.parametrize("optimizer,shuffle", [("adam", True), ("nesterov", False)])
+def test_fit_trains_through_graphs_exactly_as_step_by_step(gpus, optimizer, shuffle):
+    """The trainer drives the graph program (chunks sized by time, the epoch's order on the device): the
+    result equals ``fit(compiled=False)`` bit for bit."""
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((83, 6)).astype(np.float32)
+    labels = rng.integers(0, 3, 83)
+    runs = []
+    for compiled in (None, False):
+        net = gpubp.Network([6, 5, 3], activation="tanh", output="softmax", cost="log_likelihood",
+                            device="cuda:0", seed=2)
+        history = net.fit(X, labels, epochs=2, batch_size=8, lr=0.05, optimizer=optimizer, shuffle=shuffle,
+                          seed=9, progress=False, compiled=compiled)
+        runs.append((net.training_path, net.parameters().get(), net.optimizer.t, history))
+    assert runs[0][0] == "compiled" and runs[1][0] == "eager: compiled=False"
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    assert runs[0][2] == runs[1][2] and runs[0][3] == runs[1][3]
