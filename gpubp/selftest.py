@@ -386,64 +386,34 @@ def check_backprop(ops: Ops, dtype: str) -> float:
 
 
 def check_training(ops: Ops, dtype: str) -> float:
-    """Parameters after three steps of ``Network.fit`` (no shuffle; weight decay) on each network."""
+    """Parameters after three steps of ``Network.fit``, step by step (no shuffle; weight decay), on each
+    network."""
     worst = 0.0
     for seed, config in enumerate(NETWORKS):
         X, Y = _network_data(config, dtype, seed)
         nets = [_network(backend, config, dtype) for backend in (NumpyOps(), ops)]
         for net in nets:
             net.fit(X, Y, epochs=1, batch_size=BATCH, lr=0.05, optimizer=config[5], weight_decay=0.01,
-                    shuffle=False, progress=False)
+                    shuffle=False, progress=False, compiled=False)
         worst = max(worst, _error(nets[1].parameters(), nets[0].ops.to_numpy(nets[0].parameters()), ops))
     return worst
 
 
 def check_compiled(ops: Ops, dtype: str) -> float:
-    """Two epochs of each network run by the backend's compiled program against the same epochs of eager
-    steps (shuffled, the last batch short): the worst error of the parameters and of the epochs' losses."""
+    """Two shuffled epochs of each network (the last batch short) by ``fit``'s compiled program against the
+    same epochs step by step: the worst error of the parameters and of the epochs' losses."""
     worst = 0.0
     for seed, config in enumerate(NETWORKS):
         X, Y = _network_data(config, dtype, seed)
         nets = [_network(ops, config, dtype) for _ in range(2)]
-        losses = [_two_epochs(net, X, Y, config[5], compiled) for net, compiled in zip(nets, (False, True))]
+        losses = [net.fit(X, Y, epochs=2, batch_size=COMPILED_BATCH, lr=0.05, optimizer=config[5],
+                          weight_decay=0.01, seed=seed, progress=False, compiled=compiled)["loss"]
+                  for net, compiled in zip(nets, (False, None))]
+        if nets[1].training_path != "compiled":
+            raise NotApplicable(nets[1].training_path.removeprefix("eager: "))
         worst = max(worst, _error(nets[1].parameters(), ops.to_numpy(nets[0].parameters()), ops),
                     _error(np.array(losses[1]), np.array(losses[0]), ops))
     return worst
-
-
-def _two_epochs(net: Any, X: np.ndarray, Y: np.ndarray, optimizer: str, compiled: bool) -> list[float]:
-    """Each epoch's summed loss after training ``net`` two epochs, as the trainer does: eager steps
-    (``backprop_sum`` and ``Optimizer.step`` per batch), or chunks of the backend's ``training_program``."""
-    from .backend.programs import ProgramPlan
-
-    ops, n, bs = net.ops, len(X), COMPILED_BATCH
-    x, target = ops.asarray(X), net.check_targets(Y, len(X))
-    opt = net.optimizer_for(optimizer, lr=0.05, momentum=0.9, weight_decay=0.01)
-    plan = ProgramPlan(sizes=net.sizes, activations=net.layer_activations, cost=net.cost, dtype=net.dtype,
-                       params=net.parameters(), grad=net.gradient(), n_weights=net.n_weights, optimizer=opt,
-                       x=x, target=target, batch_size=bs)
-    program = None
-    if compiled:
-        program, reason = ops.training_program(plan)
-        if program is None:
-            raise NotApplicable(reason)
-    rng, loss, losses = np.random.default_rng(0), ops.zeros((1,), net.dtype), []
-    xs, ts = ops.empty(x.shape, x.dtype), ops.empty(target.shape, target.dtype)
-    for _ in range(2):
-        order = ops.permutation(n, rng)
-        loss.fill(0)
-        if program is not None:
-            for first in range(0, plan.batches(), program.granule):
-                program.run(order, first, min(program.granule, plan.batches() - first), loss)
-        else:
-            ops.take_rows(x, order, out=xs)
-            ops.take_rows(target, order, out=ts)
-            for start in range(0, n, bs):
-                stop = min(start + bs, n)
-                net.backprop_sum(xs[start:stop], ts[start:stop], loss)
-                opt.step(net.gradient(), 1.0 / (stop - start))
-        losses.append(ops.item(loss))
-    return losses
 
 
 def check_finite_differences(ops: Ops, dtype: str) -> float:
