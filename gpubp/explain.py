@@ -31,7 +31,7 @@ import numpy as np
 from . import explain_drawing, inputs
 from .activations import Activation
 from .costs import Cost
-from .explain_text import FIRST_NEURONS, LARGEST_DELTAS, MAX_NEURONS, MAX_TERMS, render
+from .explain_text import FIRST_NEURONS, LARGEST_DELTAS, LARGEST_TERMS, MAX_NEURONS, MAX_TERMS, render
 
 #: the most samples an explanation takes (every sample's arithmetic is written out)
 MAX_SAMPLES = 16
@@ -254,11 +254,11 @@ def shown_neurons(delta: np.ndarray) -> np.ndarray:
 
 def shown_terms(a_prev: np.ndarray, w: np.ndarray) -> np.ndarray:
     """The inputs k of a neuron whose terms aₖ wₖ are written out: all of at most ``MAX_TERMS``, else the
-    ``MAX_TERMS`` largest |aₖ wₖ| (over the samples), in order."""
+    ``LARGEST_TERMS`` largest |aₖ wₖ| (over the samples), in order."""
     if len(w) <= MAX_TERMS:
         return np.arange(len(w))
     size = np.abs(a_prev * w).max(axis=0)
-    return np.sort(np.argsort(-size, kind="stable")[:MAX_TERMS])
+    return np.sort(np.argsort(-size, kind="stable")[:LARGEST_TERMS])
 
 
 def _finite_differences(net: Any, X: Any, Y: Any, shown: list[np.ndarray], terms: list[dict[int, np.ndarray]],

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 MAX_NEURONS = 10
 FIRST_NEURONS = 3
 LARGEST_DELTAS = 3
-#: sums of at most this many terms are written out whole; longer ones show their MAX_TERMS largest terms
+#: sums of at most this many terms are written out whole; longer ones show their LARGEST_TERMS largest terms
 MAX_TERMS = 10
+LARGEST_TERMS = 4
 #: significant digits of the parameters and costs after the SGD step, whose changes can be small
 STEP_DIGITS = 6
 SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -110,6 +111,8 @@ CLOSED_FORMS: dict[str, tuple[str, Callable[[float], str]]] = {
              lambda z: f"selu({num(z)}) = " + (f"λ·{factor(z)}" if z > 0 else f"λα(e^{num(z)} − 1)")),
     "softmax": ("softmax(z)ⱼ = e^zⱼ / Σₖ e^zₖ", lambda z: ""),
 }
+#: the activations whose closed form is exact arithmetic (no exponential)
+EXACT = ("relu", "leaky_relu", "identity")
 #: name -> (σ′ in closed form, (z, a) ↦ that form with z and a written in)
 DERIVATIVES: dict[str, tuple[str, Callable[[float, float], str]]] = {
     "sigmoid": ("σ′(z) = σ(z)(1 − σ(z))", lambda z, a: f"{num(a)}·(1 − {num(a)})"),
@@ -130,17 +133,20 @@ DERIVATIVES: dict[str, tuple[str, Callable[[float, float], str]]] = {
 
 
 def activation_value(name: str, z: float, a: float) -> str:
-    """"σ(3.3) = 1/(1 + e^−3.3) ≈ 0.9644", or for an activation without a closed form "name(z) = a"."""
+    """"σ(3.3) = 1/(1 + e^−3.3) ≈ 0.9644" ("=" where the form is exact arithmetic, as relu's), or for an
+    activation without a closed form "name(z) = a"."""
     form = CLOSED_FORMS.get(name)
     if form is None:
         return f"{name}({num(z)}) = {num(a)}"
-    return f"{form[1](z)} ≈ {num(a)}"
+    return f"{form[1](z)} {'=' if name in EXACT else '≈'} {num(a)}"
 
 
 def derivative_value(name: str, z: float, a: float, value: float) -> str:
     """"σ′(3.3) = 0.9644·(1 − 0.9644) = 0.03431", or "σ′(z) = value" without a closed form."""
     form = DERIVATIVES.get(name)
     written = form[1](z, a) if form is not None else ""
+    if written.replace(".", "").isdigit():  # a constant such as relu′'s 1: its value says it all
+        written = ""
     symbol = "σ" if name == "sigmoid" else name
     return f"{symbol}′({num(z)}) = " + (f"{written} = " if written else "") + num(value)
 
@@ -294,7 +300,7 @@ def _bp2_layer(layer: "LayerExplanation", above: "LayerExplanation", s: int) -> 
     for j in layer.shown:
         column = above.weights[:, j].astype(np.float64)
         terms = np.arange(len(column)) if len(column) <= MAX_TERMS else \
-            np.sort(np.argsort(-np.abs(column * delta_above), kind="stable")[:MAX_TERMS])
+            np.sort(np.argsort(-np.abs(column * delta_above), kind="stable")[:LARGEST_TERMS])
         products = [f"{factor(column[k])}·{factor(delta_above[k])}" for k in terms]
         back = float(np.dot(column, delta_above))
         sp = layer.sigma_prime[s][j]

@@ -19,7 +19,7 @@ import pytest
 import gpubp
 from gpubp.activations import Activation
 from gpubp.explain import CHECK_ALL, MAX_SAMPLES, relative_error
-from gpubp.explain_text import MAX_NEURONS, MAX_TERMS, num
+from gpubp.explain_text import LARGEST_TERMS, MAX_NEURONS, num
 from gpubp.json_network import network_from_json, read_json_network
 from test_cli import assert_one_line_error, needs_digits, needs_matplotlib, run
 
@@ -216,14 +216,14 @@ def test_a_wide_network_is_abbreviated_and_checked_where_shown():
     assert set(largest) <= set(hidden.shown)
     assert len(output.shown) == 10 <= MAX_NEURONS
     assert "… 24 more neurons not shown" in text
-    assert "(774 more terms)" in text and "(20 more terms)" in text
-    assert "784 values" in text and len(text.splitlines()) < 600
+    assert "(780 more terms)" in text and "(26 more terms)" in text
+    assert "784 values" in text and len(text.splitlines()) < 300
     assert 0 < e.checked < e.n_parameters > CHECK_ALL
     for g, n in zip(e.nabla_w + e.nabla_b, e.numeric_w + e.numeric_b):
         checked = np.isfinite(n)
         np.testing.assert_allclose(g[checked], n[checked], rtol=1e-3, atol=1e-6)  # float32 against float64
     for j in hidden.shown:
-        assert np.isfinite(hidden.numeric_w[j, hidden.terms[int(j)]]).all() and len(hidden.terms[int(j)]) == MAX_TERMS
+        assert np.isfinite(hidden.numeric_w[j, hidden.terms[int(j)]]).all() and len(hidden.terms[int(j)]) == LARGEST_TERMS
 
 
 def test_wrong_inputs_are_refused(example_file):
