@@ -104,7 +104,7 @@ CLOSED_FORMS: dict[str, tuple[str, Callable[[float], str]]] = {
              lambda z: f"gelu({num(z)}) = ½·{factor(z)}·(1 + tanh(√(2/π)·({num(z)} + "
                        f"0.044715·{factor(z)}³)))"),
     "mish": ("mish(z) = z·tanh(ln(1 + e^z))", lambda z: f"mish({num(z)}) = {factor(z)}·tanh(ln(1 + e^{num(z)}))"),
-    "identity": ("identity(z) = z", lambda z: f"identity({num(z)}) = {num(z)}"),
+    "identity": ("identity(z) = z", lambda z: f"identity({num(z)})"),
     "elu": ("elu(z) = z for z > 0, e^z − 1 otherwise",
             lambda z: f"elu({num(z)}) = " + (num(z) if z > 0 else f"e^{num(z)} − 1")),
     "selu": (f"selu(z) = λz for z > 0, λα(e^z − 1) otherwise (λ ≈ {num(SELU_SCALE)}, α ≈ {num(SELU_ALPHA)})",
