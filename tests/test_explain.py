@@ -15,13 +15,14 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+from emulated_gpu import emulated_gpus
+from test_cli import assert_one_line_error, needs_digits, needs_matplotlib, run
 
 import gpubp
 from gpubp.activations import Activation
 from gpubp.explain import CHECK_ALL, MAX_SAMPLES, relative_error
 from gpubp.explain_text import LARGEST_TERMS, MAX_NEURONS, num
 from gpubp.json_network import network_from_json, read_json_network
-from test_cli import assert_one_line_error, needs_digits, needs_matplotlib, run
 
 SVG = "{http://www.w3.org/2000/svg}"
 EXAMPLE = {"sizes": [3, 2, 2], "activation": "sigmoid", "cost": "quadratic",
@@ -222,6 +223,20 @@ def test_a_wide_network_is_abbreviated_and_checked_where_shown():
         np.testing.assert_allclose(g[checked], n[checked], rtol=1e-3, atol=1e-6)  # float32 against float64
     for j in hidden.shown:
         assert np.isfinite(hidden.numeric_w[j, hidden.terms[int(j)]]).all() and len(hidden.terms[int(j)]) == LARGEST_TERMS
+
+
+def test_on_a_gpu_the_numbers_are_the_cpus(tmp_path):
+    """On the second of two emulated GPUs (tests/cpp/emulated_cupy.py): the same explanation as on the CPU."""
+    with emulated_gpus(tmp_path):
+        x = np.array([0.5, -1.0, 2.0])
+        cpu, gpu = (gpubp.Network([3, 4, 2], output="softmax", cost="log_likelihood", device=device,
+                                  dtype="float64", seed=0).explain(x, 1) for device in ("cpu", "cuda:1"))
+        assert gpu.device == "cuda:1"
+        for here, there in zip(cpu.zs + cpu.deltas + cpu.nabla_w + cpu.new_biases,
+                               gpu.zs + gpu.deltas + gpu.nabla_w + gpu.new_biases):
+            np.testing.assert_allclose(there, here, rtol=1e-10)
+        assert gpu.max_relative_error < 1e-6 and gpu.cost_after == pytest.approx(cpu.cost_after, rel=1e-10)
+        assert str(gpu).splitlines()[1:] == str(cpu).splitlines()[1:]   # all but the device's name
 
 
 def test_wrong_inputs_are_refused(example_file):
