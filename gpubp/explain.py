@@ -76,7 +76,7 @@ class LayerExplanation:
         return self.z.shape[1]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Explanation:
     """Everything backpropagation computes for one sample (or a tiny batch): ``print(expl)`` writes it out,
     ``expl.draw(path)`` draws it (.svg or .png), a notebook shows both."""
@@ -153,6 +153,10 @@ class Explanation:
         return worst
 
     # ---- showing it ---------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return (f"<Explanation of a {self.sizes} network on {len(self.x)} sample{'s' * (len(self.x) > 1)}: "
+                f"C = {self.cost:.6g}, after one SGD step (lr {self.lr:g}) {self.cost_after:.6g}; print() it>")
+
     def __str__(self) -> str:
         return render(self)
 

@@ -109,8 +109,9 @@ CLOSED_FORMS: dict[str, tuple[str, Callable[[float], str]]] = {
             lambda z: f"elu({num(z)}) = " + (num(z) if z > 0 else f"e^{num(z)} − 1")),
     "selu": (f"selu(z) = λz for z > 0, λα(e^z − 1) otherwise (λ ≈ {num(SELU_SCALE)}, α ≈ {num(SELU_ALPHA)})",
              lambda z: f"selu({num(z)}) = " + (f"λ·{factor(z)}" if z > 0 else f"λα(e^{num(z)} − 1)")),
-    "softmax": ("softmax(z)ⱼ = e^zⱼ / Σₖ e^zₖ", lambda z: ""),
 }
+#: softmax is not elementwise: each aⱼ is written as e^zⱼ over the sum
+SOFTMAX_FORM = "softmax(z)ⱼ = e^zⱼ / Σₖ e^zₖ"
 #: the activations whose closed form is exact arithmetic (no exponential)
 EXACT = ("relu", "leaky_relu", "identity")
 #: name -> (σ′ in closed form, (z, a) ↦ that form with z and a written in)
@@ -195,7 +196,7 @@ def _sample(e: "Explanation", s: int) -> list[str]:
 
 def _layer_title(layer: "LayerExplanation") -> str:
     name = layer.activation.name
-    form = CLOSED_FORMS.get(name, (name, None))[0]
+    form = SOFTMAX_FORM if name == "softmax" else CLOSED_FORMS.get(name, (name, None))[0]
     return f"layer {layer.index} ({layer.a_prev.shape[1]} → {layer.width}, {form})"
 
 

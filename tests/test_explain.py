@@ -119,6 +119,8 @@ def test_arrays_match_numpy_and_finite_differences(example_file):
     assert e.cost == pytest.approx(h["cost"], rel=1e-12) and e.costs[0] == pytest.approx(h["cost"], rel=1e-12)
     assert e.cost_after == pytest.approx(h["cost_after"], rel=1e-12) and e.cost_after < e.cost
     assert e.checked == e.n_parameters == 14
+    assert repr(e) == "<Explanation of a [3, 2, 2] network on 1 sample: C = 0.326584, after one SGD step (lr 0.25) " \
+                      f"{e.cost_after:.6g}; print() it>" and isinstance(e, gpubp.Explanation)
     for g, n in zip(e.nabla_w + e.nabla_b, e.numeric_w + e.numeric_b):
         assert np.isfinite(n).all()
         assert relative_error(g, n).max() < 1e-6
@@ -222,7 +224,8 @@ def test_a_wide_network_is_abbreviated_and_checked_where_shown():
         checked = np.isfinite(n)
         np.testing.assert_allclose(g[checked], n[checked], rtol=1e-3, atol=1e-6)  # float32 against float64
     for j in hidden.shown:
-        assert np.isfinite(hidden.numeric_w[j, hidden.terms[int(j)]]).all() and len(hidden.terms[int(j)]) == LARGEST_TERMS
+        terms = hidden.terms[int(j)]
+        assert len(terms) == LARGEST_TERMS and np.isfinite(hidden.numeric_w[j, terms]).all()
 
 
 def test_on_a_gpu_the_numbers_are_the_cpus(tmp_path):
