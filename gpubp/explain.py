@@ -31,7 +31,7 @@ import numpy as np
 from . import explain_drawing, inputs
 from .activations import Activation
 from .costs import Cost
-from .explain_text import FIRST_NEURONS, LARGEST_DELTAS, LARGEST_TERMS, MAX_NEURONS, MAX_TERMS, render
+from .explain_text import FIRST_NEURONS, LARGEST_DELTAS, LARGEST_TERMS, MAX_NEURONS, MAX_TERMS, render, render_html
 
 #: the most samples an explanation takes (every sample's arithmetic is written out)
 MAX_SAMPLES = 16
@@ -170,8 +170,9 @@ class Explanation:
         return explain_drawing.svg(self)
 
     def _repr_html_(self) -> str:
-        """What a notebook shows: the drawing, then the text."""
-        return f"<div>{self.svg()}<pre>{html.escape(str(self))}</pre></div>"
+        """What a notebook shows: the drawing, the tables per layer, and the arithmetic (folded)."""
+        return (f"<div>{self.svg()}{render_html(self)}<details><summary>the arithmetic, term by term</summary>"
+                f"<pre>{html.escape(str(self))}</pre></details></div>")
 
 
 def relative_error(g: np.ndarray, n: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """An ``Explanation`` written out as a textbook works backpropagation by hand: each weighted sum term by term,
 the bias, σ(z) in closed form, the cost and its gradient, then BP1, BP2 term by term, BP3 and BP4 with the
-finite difference beside each gradient, and one SGD step.
+finite difference beside each gradient, and one SGD step; and, for a notebook, as HTML tables per layer.
 
 Numbers are written with 4 significant digits (2.0, 5.3, 0.9644, 1.5e−05) and a real minus sign; layers
 and sums are abbreviated as the explanation chose (``LayerExplanation.shown`` and ``terms``).
@@ -9,6 +9,7 @@ User-defined activations and costs are written with their values only: there is 
 
 from __future__ import annotations
 
+import html
 import math
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -272,6 +273,8 @@ def _bp1_equation(e: "Explanation") -> str:
     if name == "softmax":
         return "δᴸ = Jᵀ∇ₐC through the softmax Jacobian: δⱼ = aⱼ(gⱼ − Σₖ gₖaₖ), g = ∇ₐC"
     derivative = DERIVATIVES.get(name, (f"{name}′(z)", None))[0]
+    if isinstance(e.cost_function, Quadratic):
+        return f"δᴸ = ∇ₐC ⊙ σ′(zᴸ) = (aᴸ − y) ⊙ σ′(zᴸ), {derivative}"
     return f"δᴸ = ∇ₐC ⊙ σ′(zᴸ), {derivative}"
 
 
@@ -290,7 +293,9 @@ def _bp1(e: "Explanation", s: int) -> list[str]:
             out.append(f"{head}{num(a[j])}·({num(grad[j])} − {factor(dot)}) = {num(delta[j])}")
         else:
             sp = last.sigma_prime[s][j]
-            out.append(f"{head}{factor(grad[j])}·{factor(sp)} = {num(delta[j])}   "
+            gradient = f"({num(a[j])} − {num(e.y[s][j])})" if isinstance(e.cost_function, Quadratic) else \
+                factor(grad[j])
+            out.append(f"{head}{gradient}·{factor(sp)} = {num(delta[j])}   "
                        f"({derivative_value(last.activation.name, z[j], a[j], sp)})")
     return out + _more(last)
 
@@ -360,3 +365,28 @@ def _step(e: "Explanation") -> list[str]:
     out.append(f"cost before the step C = {num(e.cost, STEP_DIGITS)}, after it {num(e.cost_after, STEP_DIGITS)} "
                f"(change {num(change)})")
     return out
+
+
+# ---- HTML tables ---------------------------------------------------------------------------------------
+TABLE_COLUMNS = ("neuron", "z", "a = σ(z)", "δ", "∂C/∂b", "finite difference", "b after the step")
+
+
+def render_html(e: "Explanation") -> str:
+    """Per layer, a table of the neurons written out (the first sample's z, a, δ; ∂C/∂b beside its finite
+    difference; b after the SGD step), and the cost before and after the step."""
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in TABLE_COLUMNS)
+    out = []
+    for layer in e.layers:
+        l = layer.index
+        rows = []
+        for j in layer.shown:
+            cells = (str(j), num(layer.z[0, j]), num(layer.a[0, j]), num(layer.delta[0, j]), num(layer.nabla_b[j]),
+                     num(layer.numeric_b[j]), num(layer.new_biases[j], STEP_DIGITS))
+            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        rest = layer.width - len(layer.shown)
+        caption = f"layer {l} ({html.escape(layer.activation.name)})" + (f", {rest} more neurons not shown"
+                                                                          if rest else "")
+        out.append(f"<table><caption>{caption}</caption><tr>{head}</tr>{''.join(rows)}</table>")
+    out.append(f"<p>C = {num(e.cost, STEP_DIGITS)}; after one SGD step (η = {num(e.lr)}): "
+               f"{num(e.cost_after, STEP_DIGITS)}</p>")
+    return "\n".join(out)

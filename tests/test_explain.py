@@ -272,7 +272,8 @@ def test_svg_has_one_element_per_neuron_and_per_edge(example_file, tmp_path):
     colors = {l.get("stroke") for l in lines}
     assert colors == {"#d62728", "#1f77b4"}                     # both signs occur in the example
     html = e._repr_html_()
-    assert html.count("<svg") == 1 and "2.0·0.1 + 3.0·0.5" in html
+    assert html.count("<svg") == 1 and "2.0·0.1 + 3.0·0.5" in html and html.count("<table>") == 2
+    assert "<td>3.3</td><td>0.9644</td>" in html
 
 
 def test_wide_svg_still_draws_every_neuron_and_edge(tmp_path):
