@@ -348,6 +348,13 @@ def test_cli_explains_the_worked_example(capsys, example_file, tmp_path):
     assert f"drew the network to {drawing}" in out
 
 
+def test_cli_takes_negative_numbers(capsys, example_file):
+    status, out, err = run(capsys, "explain", str(example_file), "-1,0.5,-2e-1", "--target", "-1,0", "--step", "1")
+    assert status == 0, err
+    assert "input x = a⁰ = (−1.0, 0.5, −0.2)" in out and "target y = (−1.0, 0.0)" in out
+    assert "neuron 0: (−1.0)·0.1 + 0.5·0.5 + (−0.2)·0.9 = −0.03, + bias −2.0 → z = −2.03" in out
+
+
 @needs_matplotlib
 def test_cli_draws_a_png_of_a_saved_model_with_a_class_label(capsys, tmp_path):
     model, drawing = tmp_path / "m.npz", tmp_path / "m.png"

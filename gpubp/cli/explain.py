@@ -5,6 +5,7 @@ one SGD step, and optionally the drawing (``gpubp.explain``)."""
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from .common import CliError, check_writable, say
 
 #: what --draw writes, by suffix
 DRAWINGS = (".svg", ".png")
+#: comma-separated numbers, the first negative: an INPUT or --target value, not an option
+NEGATIVE_NUMBERS = re.compile(r"^-[\d.]+([eE][-+]?\d+)?(\s*,\s*[-+]?[\d.]+([eE][-+]?\d+)?)*$")
 
 
 def add_command(commands: Any) -> None:
@@ -26,9 +29,12 @@ def add_command(commands: Any) -> None:
                          help="a model written by gpubp train --save (.npz) or a hand-written JSON network "
                               '(.json): {"sizes": [3, 2, 2], "activation": "sigmoid", "cost": "quadratic", '
                               '"weights": [...], "biases": [...]}, weights[l] being sizes[l+1] × sizes[l]')
+    # argparse takes "-1,2" for an option unless it matches the parser's negative-number pattern (which
+    # only knows single numbers such as -1.5); this command has no option that looks like a number
+    explain._negative_number_matcher = NEGATIVE_NUMBERS
     explain.add_argument("input", metavar="INPUT", nargs="?", default=None,
                          help="the sample: comma-separated numbers, as many as the network has inputs, e.g. "
-                              "2,3,4 (a first negative number: put -- before INPUT); or --data with --index")
+                              "2,3,4 or -1,0.5,2; or --data with --index")
     explain.add_argument("--target", dest="target_values", default=None, metavar="T",
                          help="the expected output: comma-separated numbers, e.g. 1,0, or one class label")
     explain.add_argument("--step", type=float, default=0.5, metavar="LR",
