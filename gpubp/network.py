@@ -395,7 +395,8 @@ class Network:
 
     def explain(self, x: Any, y: Any = None, lr: float = 0.5) -> Any:
         """Teach mode (``gpubp.explain``): zˡ, aˡ, δˡ and BP1–BP4 for one sample (or a tiny batch), each
-        gradient beside its finite difference, and one SGD step of ``lr``; ``print`` it, ``.draw("net.svg")``."""
+        gradient beside its finite difference, and one SGD step of ``lr`` (gpubp.explain.DEFAULT_LR);
+        ``print`` it, ``.draw("net.svg")``."""
         from .explain import explain
 
         return explain(self, x, y, lr=lr)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..explain import DEFAULT_LR
 from ..files import refuse_same_files
 from .common import CliError, check_writable, say
 
@@ -37,8 +38,8 @@ def add_command(commands: Any) -> None:
                               "2,3,4 or -1,0.5,2; or --data with --index")
     explain.add_argument("--target", dest="target_values", default=None, metavar="T",
                          help="the expected output: comma-separated numbers, e.g. 1,0, or one class label")
-    explain.add_argument("--step", type=float, default=0.5, metavar="LR",
-                         help="the learning rate η of the SGD step shown (default 0.5)")
+    explain.add_argument("--step", type=float, default=DEFAULT_LR, metavar="LR",
+                         help=f"the learning rate η of the SGD step shown (default {DEFAULT_LR})")
     explain.add_argument("--draw", default=None, metavar="FILE",
                          help="also draw the network with its numbers: FILE.svg, or FILE.png (needs matplotlib)")
     explain.add_argument("--data", default=None, metavar="NAME|PATH",
