@@ -22,7 +22,8 @@ from .files import write_atomically
 if TYPE_CHECKING:
     from .explain import Explanation
 
-#: pixels between layers, the tallest column, the largest gap between neurons and the largest radius
+#: pixels between layers, the tallest column of a wide layer (a narrow one's neurons are NEURON_GAP apart,
+#: room for their labels), the gap between labelled neurons and the largest radius
 LAYER_GAP = 260
 MAX_COLUMN = 720
 NEURON_GAP = 110
@@ -60,11 +61,11 @@ class Edge:
 def layout(e: "Explanation") -> tuple[float, float, list[Neuron], list[Edge]]:
     """(width, height, neurons, edges) of the drawing, in pixels."""
     sizes = e.sizes
-    height = min(max(sizes) * NEURON_GAP, MAX_COLUMN) + 2 * MARGIN
+    height = max(_gap(n) * n for n in sizes) + 2 * MARGIN
     width = (len(sizes) - 1) * LAYER_GAP + 2 * MARGIN + 120
     columns = []
     for i, n in enumerate(sizes):
-        gap = min(NEURON_GAP, MAX_COLUMN / n)
+        gap = _gap(n)
         top = height / 2 - gap * (n - 1) / 2
         columns.append([(MARGIN + i * LAYER_GAP, top + gap * j) for j in range(n)])
     neurons = []
@@ -97,8 +98,13 @@ def _label_at(edge: Edge) -> tuple[float, float]:
     return edge.x1 + 0.25 * (edge.x2 - edge.x1), edge.y1 + 0.25 * (edge.y2 - edge.y1)
 
 
+def _gap(n: int) -> float:
+    """Pixels between the neurons of a layer of n: room for their labels where they have them."""
+    return NEURON_GAP if n <= MAX_NEURONS else min(NEURON_GAP, MAX_COLUMN / n)
+
+
 def _radius(n: int) -> float:
-    return max(1.0, min(RADIUS, 0.4 * min(NEURON_GAP, MAX_COLUMN / n)))
+    return max(1.0, min(RADIUS, 0.4 * _gap(n)))
 
 
 def svg(e: "Explanation") -> str:
