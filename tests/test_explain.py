@@ -355,6 +355,16 @@ def test_cli_takes_negative_numbers(capsys, example_file):
     assert "neuron 0: (−1.0)·0.1 + 0.5·0.5 + (−0.2)·0.9 = −0.03, + bias −2.0 → z = −2.03" in out
 
 
+def test_cli_standardises_input_as_the_model_was_trained(capsys, tmp_path):
+    model = tmp_path / "m.npz"
+    net = gpubp.Network([3, 2], device="cpu", seed=0)
+    net.metadata["standardization"] = {"mean": [1.0, 2.0, 3.0], "std": [2.0, 2.0, 4.0]}
+    net.save(str(model))
+    status, out, err = run(capsys, "explain", str(model), "3,4,5", "--target", "1", "--device", "cpu")
+    assert status == 0, err
+    assert "INPUT standardised as in training" in out and "input x = a⁰ = (1.0, 1.0, 0.5)" in out
+
+
 @needs_matplotlib
 def test_cli_draws_a_png_of_a_saved_model_with_a_class_label(capsys, tmp_path):
     model, drawing = tmp_path / "m.npz", tmp_path / "m.png"

@@ -92,6 +92,7 @@ def sample_from_arguments(args: argparse.Namespace, net: Any) -> tuple[np.ndarra
     scaling = model_scaling(net)
     if scaling is not None:
         x = scaling.apply(x[None])[0]
+        say("INPUT standardised as in training: (x − mean)/std with the model's stored mean and std")
     if args.target_values is None:
         if net.cost.needs_target:
             raise CliError(f"the {net.cost.name} cost compares the output with a target: give --target with "
