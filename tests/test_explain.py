@@ -9,9 +9,11 @@ textbook's); the rest are our choice: hidden neuron 1 weights −0.3, 0.2, 0.4, 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -240,6 +242,28 @@ def test_on_a_gpu_the_numbers_are_the_cpus(tmp_path):
             np.testing.assert_allclose(there, here, rtol=1e-10)
         assert gpu.max_relative_error < 1e-6 and gpu.cost_after == pytest.approx(cpu.cost_after, rel=1e-10)
         assert str(gpu).splitlines()[1:] == str(cpu).splitlines()[1:]   # all but the device's name
+
+
+MNIST = Path(os.environ.get("GPUBP_DATA", "/nonexistent"))
+
+
+@pytest.mark.mnist
+@pytest.mark.skipif(not (MNIST / "mnist" / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="MNIST not found: set GPUBP_DATA to a folder whose mnist/ holds the four IDX .gz files")
+def test_a_trained_mnist_model_explains_a_test_image(capsys, tmp_path):
+    data = gpubp.datasets.load_mnist(MNIST)
+    net = gpubp.Network([784, 30, 10], device="cpu", seed=0)
+    net.fit(*data.train, epochs=1, batch_size=10, lr=3.0, progress=False, seed=0)
+    model = tmp_path / "mnist.npz"
+    net.save(str(model))
+    status, out, err = run(capsys, "explain", str(model), "--data", "mnist", "--data-dir", str(MNIST), "--index",
+                           "7", "--device", "cpu")
+    assert status == 0, err
+    label = int(data.test[1][7])
+    assert f"target y = {tuple(float(k == label) for k in range(10))}" in out
+    assert "784 values" in out and "… 24 more neurons not shown" in out and len(out.splitlines()) < 300
+    worst = float(re.search(r"worst relative error (\S+)", out).group(1).replace("−", "-"))
+    assert worst < 1e-2   # float32 backprop against float64 differences
 
 
 def test_wrong_inputs_are_refused(example_file):
