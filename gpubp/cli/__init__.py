@@ -1,6 +1,7 @@
 """The ``gpubp`` command line: ``train``, ``evaluate``, ``predict``, ``explain``, ``export``, ``info``,
 ``bench`` and ``selftest``, one module per concept (``train``; ``evaluate`` with ``predict``; ``explain``;
-``export``; ``info`` with ``selftest`` and ``bench``), sharing ``common`` (errors, exit statuses, printing) and ``data`` (--data).
+``export``; ``info`` with ``selftest`` and ``bench``), sharing ``common`` (errors, exit statuses, printing)
+and ``data`` (--data).
 
 User errors (missing data, a bad --sizes string, an unknown activation, an unwritable --save path, …) are
 found before training starts and print one line ``gpubp: error: …`` to stderr with exit status 2.
