@@ -7,6 +7,7 @@
 from . import checkpoint
 from .backend import DeviceError
 from .costs import Cost, CustomCost
+from .explain import Explanation
 from .gradcheck import gradcheck
 from .inputs import to_numpy
 from .model_state import ModelState
@@ -15,5 +16,5 @@ from .serialization import load
 
 __version__ = "0.1.0"
 
-__all__ = ["Cost", "CustomCost", "DeviceError", "ModelState", "Network", "gradcheck", "load", "to_numpy",
-           "__version__"]
+__all__ = ["Cost", "CustomCost", "DeviceError", "Explanation", "ModelState", "Network", "gradcheck", "load",
+           "to_numpy", "__version__"]

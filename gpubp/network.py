@@ -393,6 +393,14 @@ class Network:
         return inputs.check_targets(Y, n, self.sizes[-1], self.ops, self.dtype, self.cost.needs_target,
                                     what)
 
+    def explain(self, x: Any, y: Any = None, lr: float = 0.5) -> Any:
+        """Teach mode (``gpubp.explain``): zˡ, aˡ, δˡ and BP1–BP4 for one sample (or a tiny batch), each
+        gradient beside its finite difference, and one SGD step of ``lr`` (gpubp.explain.DEFAULT_LR);
+        ``print`` it, ``.draw("net.svg")``."""
+        from .explain import explain
+
+        return explain(self, x, y, lr=lr)
+
     # ---- evaluation -------------------------------------------------------------------------------
     def loss(self, X: Any, Y: Any = None) -> float:
         """The mean cost C = (1/n) Σₓ Cₓ over X (no regularisation term)."""

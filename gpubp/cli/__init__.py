@@ -1,6 +1,7 @@
-"""The ``gpubp`` command line: ``train``, ``evaluate``, ``predict``, ``export``, ``info``, ``bench`` and
-``selftest``, one module per concept (``train``; ``evaluate`` with ``predict``; ``export``; ``info`` with
-``selftest`` and ``bench``), sharing ``common`` (errors, exit statuses, printing) and ``data`` (--data).
+"""The ``gpubp`` command line: ``train``, ``evaluate``, ``predict``, ``explain``, ``export``, ``info``,
+``bench`` and ``selftest``, one module per concept (``train``; ``evaluate`` with ``predict``; ``explain``;
+``export``; ``info`` with ``selftest`` and ``bench``), sharing ``common`` (errors, exit statuses, printing)
+and ``data`` (--data).
 
 User errors (missing data, a bad --sizes string, an unknown activation, an unwritable --save path, …) are
 found before training starts and print one line ``gpubp: error: …`` to stderr with exit status 2.
@@ -13,7 +14,7 @@ import argparse
 import sys
 from typing import Any, Sequence
 
-from . import evaluate, export, info, train
+from . import evaluate, explain, export, info, train
 from .common import USAGE_ERROR, CliError, say
 
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train.add_command(commands)
     evaluate.add_commands(commands)
+    explain.add_command(commands)
     export.add_command(commands)
     info.add_commands(commands)
     return parser
