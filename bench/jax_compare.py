@@ -17,13 +17,17 @@ training images (``$GPUBP_DATA/mnist``; the script says so and exits 0 where the
 
 Same data, same start: every contender trains from the weights of ``gpubp.Network(seed=0)``, and epoch e
 of every contender visits the samples in ``numpy.random.default_rng(e).permutation(60000)`` (what
-``fit(seed=e)`` draws). The check: one epoch without shuffling from that start, per contender, and the
-training loss, the test accuracy (of the 10,000 test images, by gpubp's ``evaluate``) and the largest
-parameter difference from gpubp's.
+``fit(seed=e)`` draws). The check: one epoch without shuffling from that start, per contender, in float32
+and in float64, and the training loss, the test accuracy (of the 10,000 test images, by gpubp's
+``evaluate``) and the largest parameter difference from gpubp's. In float64 the parameters agree to
+rounding; in float32 a relu network's can part by much more, since a unit whose zˡ lies within rounding of
+0 for some sample takes its gradient or not (a full δ·x) depending on the last bit, and the difference
+grows from there; its loss and accuracy still agree.
 
 Timing: each measurement is a fresh process (JAX's thread pool slows any BLAS in its process) that loads
 the data, builds its contender (JAX's compile timed apart, ``compile_s``), trains a warm-up epoch
-(``first_epoch_s``) and then ``--epochs`` timed epochs (the cost read back on the host each epoch). Per
+(``first_epoch_s``) and then ``--epochs`` timed epochs (the cost read back on the host each epoch; the
+process's CPU time of each, all threads, is recorded too: ``epoch_cpu_s``). Per
 round every contender runs once, the order rotating from round to round. Samples/s: the median over all
 timed epochs of a contender; each ratio: the median over rounds of that round's ratio of median epochs.
 ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` are unset for the measuring processes (bench/README.md).
@@ -116,13 +120,15 @@ def measure(name: str, config: str, epochs: int) -> dict:
     X, y = load_mnist(split="full").train
     net = network(recipe)
     trainer = contender(name, recipe, net, X, y)
-    times, losses = [], []
+    times, cpu, losses = [], [], []
     for seed in range(epochs + 1):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         losses.append(trainer.run(epoch_argument(name, seed, len(X))))
         times.append(time.perf_counter() - start)
-    return {"compile_s": trainer.compile_s, "first_epoch_s": times[0], "epoch_s": times[1:], "loss": losses,
-            "gpubp_cpu_backend": net.ops.name, "samples": len(X), "loadavg_before": loadavg}
+        cpu.append(time.process_time() - start_cpu)
+    return {"compile_s": trainer.compile_s, "first_epoch_s": times[0], "epoch_s": times[1:],
+            "epoch_cpu_s": cpu[1:], "loss": losses, "gpubp_cpu_backend": net.ops.name, "samples": len(X),
+            "loadavg_before": loadavg}
 
 
 def check(config: str) -> dict:
