@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,9 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import gpubp  # noqa: E402
-from gpubp.benchmark import compare, machine_info, on_cpu_backend  # noqa: E402
+from gpubp.benchmark import compare, on_cpu_backend, write_results  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 SKLEARN_SIZES = [784, 100, 10]
 SKLEARN_BATCH, SKLEARN_LR, SKLEARN_ALPHA = 32, 1e-3, 1e-4
 
@@ -52,30 +50,6 @@ def cpu_network(backend: str, *args: Any, **kwargs: Any) -> gpubp.Network:
     net = on_cpu_backend(gpubp.Network(*args, device="cpu", **kwargs), backend)
     assert net.ops.name == backend, f"asked for the {backend} backend, got {net.ops.name}"
     return net
-
-
-def run_info() -> dict:
-    """Machine, commit and date of a run."""
-    info = machine_info()
-    try:
-        import numba
-
-        info["numba"] = numba.__version__
-    except ImportError:
-        info["numba"] = None
-    git = ["git", "-C", str(ROOT)]
-    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run([*git, "status", "--porcelain", "--", "gpubp", "bench", ":!bench/results"],
-                                capture_output=True, text=True).stdout.strip())
-    return {"machine": info, "commit": commit, "dirty": dirty,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "argv": sys.argv}
-
-
-def write_results(suite: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{time.strftime('%Y-%m-%dT%H%M%SZ', time.gmtime())}-cpu-fused-{suite}.json"
-    path.write_text(json.dumps({**run_info(), suite: payload}, indent=1))
-    return path
 
 
 # ---- scikit-learn's configuration ---------------------------------------------------------------------
@@ -248,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result = configs_compare([c.strip() for c in args.configs.split(",")], args.seconds, args.repeats, log)
     print(json.dumps(result, indent=1, default=str))
-    print(f"raw results: {write_results(args.suite, result)}", file=sys.stderr)
+    path = write_results(ROOT, f"cpu-fused-{args.suite}", {args.suite: result})
+    print(f"raw results: {path}", file=sys.stderr)
     return 0
 
 

@@ -12,7 +12,9 @@ gpubp's freshly initialised ``net.weights`` and ``net.biases``; the runs are int
 
 Modules: ``configs`` (S, M, L and their data), ``plain_numpy`` (``PlainNumpyNet``, the hand-written
 baseline), ``contenders`` (the trainers), ``harness`` (``compare``, ``run_benchmarks``: interleaved timing),
-``report`` (the table), ``machine`` (what the figures were measured on).
+``report`` (the table), ``machine`` (what the figures were measured on), ``records`` (a run's JSON file
+under bench/results/). ``jax_contenders`` (gpubp's step in JAX, for bench/jax_compare.py) imports JAX and
+is not imported here.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from .contenders import (GpubpTrainer, NumpyTrainer, TorchTrainer, gpubp_network
 from .harness import SETTLE_SECONDS, compare, run_benchmarks
 from .machine import machine_info
 from .plain_numpy import PlainNumpyNet
+from .records import run_info, write_results
 from .report import format_table
 
 __all__ = ["CONFIGS", "SETTLE_SECONDS", "Config", "GpubpTrainer", "NumpyTrainer", "PlainNumpyNet", "TorchTrainer",
            "compare", "format_table", "get_config", "gpubp_network", "machine_info", "on_cpu_backend", "one_hot",
-           "run_benchmarks", "synthetic_data", "torch_available"]
+           "run_benchmarks", "run_info", "synthetic_data", "torch_available", "write_results"]
