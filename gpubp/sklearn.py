@@ -117,13 +117,12 @@ class _BaseMLP(BaseEstimator):
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, _HostShape(X), dtype=np.float64)
-        if y.ndim == 1:
-            y = y.reshape(-1, 1)
+        n_outputs = self._n_outputs(y)
         random_state = check_random_state(self.random_state)
         if first_pass:
-            self._initialize(X.shape[1], hidden, y.shape[1], random_state)
-        elif y.shape[1] != self.n_outputs_:
-            raise ValueError(f"y has {y.shape[1]} outputs, but {type(self).__name__} was fitted with "
+            self._initialize(X.shape[1], hidden, n_outputs, random_state)
+        elif n_outputs != self.n_outputs_:
+            raise ValueError(f"y has {n_outputs} outputs, but {type(self).__name__} was fitted with "
                              f"{self.n_outputs_}")
         self._fit_stochastic(X, y, sample_weight, random_state, incremental)
         return self
@@ -434,7 +433,20 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
                 raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has "
                                  f"{self.classes_}. 'y' has {classes}.")
-        return X, self._label_binarizer.transform(y).astype(bool)
+        return X, self._encode(y)
+
+    def _encode(self, y: np.ndarray) -> np.ndarray:
+        """Multiclass labels as class indices (n,), the position of each label in the sorted ``classes_``
+        (where LabelBinarizer's one-hot row has its 1, found without building the rows); binary and
+        multilabel targets as the 0/1 indicator (n, n_outputs) of booleans."""
+        if not self._multiclass():
+            return self._label_binarizer.transform(y).astype(bool)
+        if y.ndim == 1:
+            return np.searchsorted(self.classes_, y)
+        return self._label_binarizer.transform(y).argmax(axis=1)
+
+    def _n_outputs(self, y: np.ndarray) -> int:
+        return len(self.classes_) if self._multiclass() else y.shape[1]
 
     def _multiclass(self) -> bool:
         return self._label_binarizer.y_type_ == "multiclass"
@@ -453,7 +465,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _network_targets(self, y: np.ndarray) -> np.ndarray:
         """Class indices for multiclass (the fused softmax path), else the 0/1 indicator matrix."""
-        return y.argmax(axis=1) if self._multiclass() else y.astype(np.float64)
+        return y if self._multiclass() else y.astype(np.float64)
 
     def _sklearn_loss(self, network_loss: float) -> float:
         return network_loss
@@ -462,7 +474,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self.n_outputs_ == 1
 
     def _scoring_targets(self, y: np.ndarray) -> np.ndarray:
-        return self._label_binarizer.inverse_transform(y)
+        return self.classes_[y] if self._multiclass() else self._label_binarizer.inverse_transform(y)
 
     def _score_function(self, y, y_pred, sample_weight=None) -> float:
         return accuracy_score(y, y_pred, sample_weight=sample_weight)
@@ -540,7 +552,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             y = column_or_1d(y, warn=True)
         if self.loss == "poisson" and np.any(y < 0):
             raise ValueError("Some value(s) of y are negative which is not allowed for Poisson regression.")
-        return X, y
+        return X, y.reshape(len(y), -1)
+
+    def _n_outputs(self, y: np.ndarray) -> int:
+        return y.shape[1]
 
     @property
     def out_activation_(self) -> str:
