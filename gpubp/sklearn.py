@@ -47,6 +47,7 @@ from .activations import ALIASES, ACTIVATIONS
 from .backend import DeviceError
 from .backend.arrays import array_module, is_device_array, to_host
 from .costs import Cost
+from .inputs import finite_checked
 from .model_state import ModelState
 from .network import Network
 from .schedules import NOTHING_MONITORED
@@ -185,14 +186,15 @@ class _BaseMLP(BaseEstimator):
         # scikit-learn stops when the count of epochs without improvement exceeds n_iter_no_change
         patience = NEVER if self.n_iter_no_change == np.inf else int(self.n_iter_no_change) + 1
         try:
-            net.fit(X_train, self._network_targets(y_train), epochs=1 if incremental else self.max_iter,
-                    batch_size=batch_size, lr=float(self.learning_rate_init), optimizer=self._optimizer_name(),
-                    momentum=self._gpubp_momentum(), weight_decay=self.alpha, shuffle=self.shuffle,
-                    progress=False, seed=int(random_state.randint(np.iinfo(np.int32).max)),
-                    callbacks=[epoch_end], sample_weight=sw_train,
-                    lr_schedule=self.learning_rate if self.solver == "sgd" else "constant", power_t=self.power_t,
-                    tol=self.tol, n_iter_no_change=patience, monitor=epoch_end.monitored,
-                    restore_best=self.early_stopping, optimizer_options=self._optimizer_options())
+            with finite_checked(X_train):  # X passed scikit-learn's NaN/inf check
+                net.fit(X_train, self._network_targets(y_train), epochs=1 if incremental else self.max_iter,
+                        batch_size=batch_size, lr=float(self.learning_rate_init), optimizer=self._optimizer_name(),
+                        momentum=self._gpubp_momentum(), weight_decay=self.alpha, shuffle=self.shuffle,
+                        progress=False, seed=int(random_state.randint(np.iinfo(np.int32).max)),
+                        callbacks=[epoch_end], sample_weight=sw_train,
+                        lr_schedule=self.learning_rate if self.solver == "sgd" else "constant", power_t=self.power_t,
+                        tol=self.tol, n_iter_no_change=patience, monitor=epoch_end.monitored,
+                        restore_best=self.early_stopping, optimizer_options=self._optimizer_options())
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.")
         except FloatingPointError as exc:
@@ -243,7 +245,8 @@ class _BaseMLP(BaseEstimator):
         dtype (float64 unless X is float32), as scikit-learn returns."""
         if check_input:
             X = self._validate_X(X)
-        a = self.network_.forward(X)
+        with finite_checked(X):  # checked by scikit-learn's validation, or a part of a checked X
+            a = self.network_.forward(X)
         out_dtype = X.dtype if X.dtype.kind == "f" else np.float64
         if is_device_array(X):
             return a.astype(out_dtype, copy=False)

@@ -144,6 +144,22 @@ def test_string_labels_train_as_sklearn_in_batches_missing_classes_and_with_earl
     assert ours.validation_scores_ == theirs.validation_scores_
 
 
+def test_the_network_does_not_check_x_for_nan_again(monkeypatch):
+    """scikit-learn's validation has checked X for NaN and inf; training and predicting do not read it again
+    for that (a pass over the data set per fit and per partial_fit epoch)."""
+    import gpubp.inputs
+
+    checked = []
+    real = gpubp.inputs._all_finite
+    monkeypatch.setattr(gpubp.inputs, "_all_finite", lambda arr, ops: checked.append(arr.shape) or real(arr, ops))
+    X, y = make_classification(60, 5, n_informative=3, n_classes=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        MLPClassifier(max_iter=3, early_stopping=True, random_state=0).fit(X, y).predict(X)
+        MLPClassifier(random_state=0).partial_fit(X, y, classes=[0, 1, 2]).partial_fit(X, y).predict_proba(X)
+    assert checked == []
+
+
 def test_sample_weights_match_sklearn():
     X, y = make_classification(50, 4, random_state=0)
     sw = np.random.RandomState(0).rand(50) * 3
