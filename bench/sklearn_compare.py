@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="gpubp's device (default cpu)")
     parser.add_argument("--data-dir", default=None, help="folder holding mnist/ (default: env GPUBP_DATA)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--note", default=None, help="what tree was measured, stored in the JSON")
     args = parser.parse_args(argv)
     fit = args.protocol == "fit"
     if args.early_stopping and not fit:
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "sklearn/gpubp": ratio("gpubp", "sklearn"), "sklearn/network": ratio("network", "sklearn"),
         "network/gpubp": ratio("gpubp", "network"), "gpubp_overhead_seconds_per_epoch": overhead,
         "accuracy_difference_points": 100 * (rows["gpubp"]["test_accuracy"] - rows["sklearn"]["test_accuracy"]),
-        "gpubp": gpubp.__version__, "commit": _commit(), "machine": machine_info(),
+        "gpubp": gpubp.__version__, "commit": _commit(), "note": args.note, "machine": machine_info(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     print(f"samples/s: gpubp {rows['gpubp']['samples_per_s']:.0f}, Network.fit {rows['network']['samples_per_s']:.0f}, "
