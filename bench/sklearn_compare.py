@@ -19,8 +19,9 @@ Contenders take turns within a round, the order rotating every round, each after
 (BLAS threads of the previous one stop spinning). Before the timed rounds each contender fits 1,000 samples
 once (the process's one-off costs: loading gpubp's compiled kernels), timed and reported apart. Seconds per
 epoch are a round's seconds over its epochs; samples/s is the training samples over the median of that; each
-ratio is the median of the per-round ratios. Test accuracy is after the last round. Writes the raw JSON to
-bench/results/.
+ratio is the median of the per-round ratios. The process's CPU seconds (all its threads) are recorded too, with
+their ratios: on a machine shared with other jobs they are steadier than the wall clock. Test accuracy is after
+the last round. Writes the raw JSON to bench/results/.
 
     GPUBP_DATA=../shared/data python bench/sklearn_compare.py [--protocol fit] [--epochs 10] [--batch-size 32]
 """
@@ -139,22 +140,26 @@ def main(argv: list[str] | None = None) -> int:
         runner.model = runner.make()
     names = [r.name for r in runners]
     seconds: dict[str, list[float]] = {name: [] for name in names}
+    cpu_seconds: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(rounds):
         shift = round_ % len(runners)
         for runner in runners[shift:] + runners[:shift]:
             time.sleep(0.1)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             done = runner.train(X, y, per_round, fresh=fit)
             seconds[runner.name].append((time.perf_counter() - start) / done)
+            cpu_seconds[runner.name].append((time.process_time() - cpu_start) / done)
         print(f"round {round_ + 1}: " + "  ".join(f"{n} {seconds[n][-1]:.3f} s/epoch" for n in names), flush=True)
     n_train = len(X) - (round(len(X) * params["validation_fraction"]) if args.early_stopping else 0)
     rows = {}
     for runner in runners:
         median = statistics.median(seconds[runner.name])
         rows[runner.name] = {"seconds_per_epoch": seconds[runner.name], "median_seconds_per_epoch": median,
+                             "cpu_seconds_per_epoch": cpu_seconds[runner.name],
                              "samples_per_s": n_train / median, "warm_up_seconds": warm_up[runner.name],
                              "test_accuracy": runner.accuracy(X_test, y_test)}
     ratio = lambda a, b: statistics.median(s / g for g, s in zip(seconds[a], seconds[b]))  # noqa: E731
+    cpu_ratio = lambda a, b: statistics.median(s / g for g, s in zip(cpu_seconds[a], cpu_seconds[b]))  # noqa: E731
     overhead = statistics.median(g - n for g, n in zip(seconds["gpubp"], seconds["network"]))
     gpubp_net = runners[1].model.network_
     result = {
@@ -164,13 +169,19 @@ def main(argv: list[str] | None = None) -> int:
         "gpubp_training_path": getattr(gpubp_net, "training_path", None), "results": rows,
         "sklearn/gpubp": ratio("gpubp", "sklearn"), "sklearn/network": ratio("network", "sklearn"),
         "network/gpubp": ratio("gpubp", "network"), "gpubp_overhead_seconds_per_epoch": overhead,
+        "cpu_seconds": {"sklearn/gpubp": cpu_ratio("gpubp", "sklearn"),
+                        "sklearn/network": cpu_ratio("network", "sklearn"),
+                        "gpubp_overhead_per_epoch": statistics.median(
+                            g - n for g, n in zip(cpu_seconds["gpubp"], cpu_seconds["network"]))},
         "accuracy_difference_points": 100 * (rows["gpubp"]["test_accuracy"] - rows["sklearn"]["test_accuracy"]),
         "gpubp": gpubp.__version__, "commit": _commit(), "note": args.note, "machine": machine_info(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     print(f"samples/s: gpubp {rows['gpubp']['samples_per_s']:.0f}, Network.fit {rows['network']['samples_per_s']:.0f}, "
           f"scikit-learn {rows['sklearn']['samples_per_s']:.0f}; sklearn/gpubp {result['sklearn/gpubp']:.2f}x, "
-          f"sklearn/network {result['sklearn/network']:.2f}x, estimator overhead {1e3 * overhead:.1f} ms/epoch; "
+          f"sklearn/network {result['sklearn/network']:.2f}x, estimator overhead {1e3 * overhead:.1f} ms/epoch "
+          f"(CPU seconds: sklearn/gpubp {result['cpu_seconds']['sklearn/gpubp']:.2f}x, sklearn/network "
+          f"{result['cpu_seconds']['sklearn/network']:.2f}x); "
           f"test accuracy gpubp {rows['gpubp']['test_accuracy']:.4f}, network {rows['network']['test_accuracy']:.4f}, "
           f"scikit-learn {rows['sklearn']['test_accuracy']:.4f}")
     out = Path(args.out)
