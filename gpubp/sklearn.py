@@ -47,6 +47,7 @@ from .activations import ALIASES, ACTIVATIONS
 from .backend import DeviceError
 from .backend.arrays import array_module, is_device_array, to_host
 from .costs import Cost
+from .inputs import finite_checked
 from .model_state import ModelState
 from .network import Network
 from .schedules import NOTHING_MONITORED
@@ -117,13 +118,12 @@ class _BaseMLP(BaseEstimator):
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, _HostShape(X), dtype=np.float64)
-        if y.ndim == 1:
-            y = y.reshape(-1, 1)
+        n_outputs = self._n_outputs(y)
         random_state = check_random_state(self.random_state)
         if first_pass:
-            self._initialize(X.shape[1], hidden, y.shape[1], random_state)
-        elif y.shape[1] != self.n_outputs_:
-            raise ValueError(f"y has {y.shape[1]} outputs, but {type(self).__name__} was fitted with "
+            self._initialize(X.shape[1], hidden, n_outputs, random_state)
+        elif n_outputs != self.n_outputs_:
+            raise ValueError(f"y has {n_outputs} outputs, but {type(self).__name__} was fitted with "
                              f"{self.n_outputs_}")
         self._fit_stochastic(X, y, sample_weight, random_state, incremental)
         return self
@@ -186,14 +186,15 @@ class _BaseMLP(BaseEstimator):
         # scikit-learn stops when the count of epochs without improvement exceeds n_iter_no_change
         patience = NEVER if self.n_iter_no_change == np.inf else int(self.n_iter_no_change) + 1
         try:
-            net.fit(X_train, self._network_targets(y_train), epochs=1 if incremental else self.max_iter,
-                    batch_size=batch_size, lr=float(self.learning_rate_init), optimizer=self._optimizer_name(),
-                    momentum=self._gpubp_momentum(), weight_decay=self.alpha, shuffle=self.shuffle,
-                    progress=False, seed=int(random_state.randint(np.iinfo(np.int32).max)),
-                    callbacks=[epoch_end], sample_weight=sw_train,
-                    lr_schedule=self.learning_rate if self.solver == "sgd" else "constant", power_t=self.power_t,
-                    tol=self.tol, n_iter_no_change=patience, monitor=epoch_end.monitored,
-                    restore_best=self.early_stopping, optimizer_options=self._optimizer_options())
+            with finite_checked(X_train):  # X passed scikit-learn's NaN/inf check
+                net.fit(X_train, self._network_targets(y_train), epochs=1 if incremental else self.max_iter,
+                        batch_size=batch_size, lr=float(self.learning_rate_init), optimizer=self._optimizer_name(),
+                        momentum=self._gpubp_momentum(), weight_decay=self.alpha, shuffle=self.shuffle,
+                        progress=False, seed=int(random_state.randint(np.iinfo(np.int32).max)),
+                        callbacks=[epoch_end], sample_weight=sw_train,
+                        lr_schedule=self.learning_rate if self.solver == "sgd" else "constant", power_t=self.power_t,
+                        tol=self.tol, n_iter_no_change=patience, monitor=epoch_end.monitored,
+                        restore_best=self.early_stopping, optimizer_options=self._optimizer_options())
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.")
         except FloatingPointError as exc:
@@ -244,7 +245,8 @@ class _BaseMLP(BaseEstimator):
         dtype (float64 unless X is float32), as scikit-learn returns."""
         if check_input:
             X = self._validate_X(X)
-        a = self.network_.forward(X)
+        with finite_checked(X):  # checked by scikit-learn's validation, or a part of a checked X
+            a = self.network_.forward(X)
         out_dtype = X.dtype if X.dtype.kind == "f" else np.float64
         if is_device_array(X):
             return a.astype(out_dtype, copy=False)
@@ -434,7 +436,20 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
                 raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has "
                                  f"{self.classes_}. 'y' has {classes}.")
-        return X, self._label_binarizer.transform(y).astype(bool)
+        return X, self._encode(y)
+
+    def _encode(self, y: np.ndarray) -> np.ndarray:
+        """Multiclass labels as class indices (n,), the position of each label in the sorted ``classes_``
+        (where LabelBinarizer's one-hot row has its 1, found without building the rows); binary and
+        multilabel targets as the 0/1 indicator (n, n_outputs) of booleans."""
+        if not self._multiclass():
+            return self._label_binarizer.transform(y).astype(bool)
+        if y.ndim == 1:
+            return np.searchsorted(self.classes_, y)
+        return self._label_binarizer.transform(y).argmax(axis=1)
+
+    def _n_outputs(self, y: np.ndarray) -> int:
+        return len(self.classes_) if self._multiclass() else y.shape[1]
 
     def _multiclass(self) -> bool:
         return self._label_binarizer.y_type_ == "multiclass"
@@ -453,7 +468,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _network_targets(self, y: np.ndarray) -> np.ndarray:
         """Class indices for multiclass (the fused softmax path), else the 0/1 indicator matrix."""
-        return y.argmax(axis=1) if self._multiclass() else y.astype(np.float64)
+        return y if self._multiclass() else y.astype(np.float64)
 
     def _sklearn_loss(self, network_loss: float) -> float:
         return network_loss
@@ -462,7 +477,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self.n_outputs_ == 1
 
     def _scoring_targets(self, y: np.ndarray) -> np.ndarray:
-        return self._label_binarizer.inverse_transform(y)
+        return self.classes_[y] if self._multiclass() else self._label_binarizer.inverse_transform(y)
 
     def _score_function(self, y, y_pred, sample_weight=None) -> float:
         return accuracy_score(y, y_pred, sample_weight=sample_weight)
@@ -540,7 +555,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             y = column_or_1d(y, warn=True)
         if self.loss == "poisson" and np.any(y < 0):
             raise ValueError("Some value(s) of y are negative which is not allowed for Poisson regression.")
-        return X, y
+        return X, y.reshape(len(y), -1)
+
+    def _n_outputs(self, y: np.ndarray) -> int:
+        return y.shape[1]
 
     @property
     def out_activation_(self) -> str:

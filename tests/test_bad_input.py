@@ -102,6 +102,21 @@ def test_nan_and_inf_rejected(net, bad):
         net.fit(np.zeros((3, 4)), [0, 1, 0], 1, 1, 0.1, validation_data=(X, [0, 1, 0]))
 
 
+def test_finite_checked_trusts_only_the_vouched_arrays_inside_the_block(net):
+    """``inputs.finite_checked`` (for callers that have checked X themselves, as gpubp.sklearn) skips the
+    NaN/inf pass for those very arrays, not for copies of them, and not after the block."""
+    from gpubp.inputs import finite_checked
+
+    X = np.zeros((3, 4))
+    X[1, 2] = np.nan
+    with finite_checked(X):
+        assert net.forward(X).shape == (3, 2)
+        with pytest.raises(ValueError, match="X contains NaN"):
+            net.forward(X.copy())
+    with pytest.raises(ValueError, match="X contains NaN"):
+        net.forward(X)
+
+
 def test_huge_but_finite_inputs_are_accepted(net):
     """The quick finiteness check sums X; a sum that overflows must not be mistaken for an inf."""
     X = np.full((4, 4), 3e38, dtype=np.float32)

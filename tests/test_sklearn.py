@@ -121,6 +121,45 @@ def test_partial_fit_continues_adam_like_sklearn():
     assert ours.network_.optimizer.t == 3
 
 
+def test_string_labels_train_as_sklearn_in_batches_missing_classes_and_with_early_stopping():
+    """The class indices the network trains on are the positions in the sorted ``classes_`` (where
+    scikit-learn's one-hot rows have their 1), also for batches holding some of the classes only, and the
+    validation split scores the labels themselves."""
+    X, y = make_classification(90, 5, n_informative=3, n_classes=3, random_state=0)
+    names = np.array(["emu", "cat", "dog"])[y]
+    kw = dict(hidden_layer_sizes=(6,), random_state=0, batch_size=90, shuffle=False)
+    ours, theirs = MLPClassifier(dtype="float64", **kw), neural_network.MLPClassifier(**kw)
+    for rows in (names != "dog", names != "cat", names == "emu", slice(None)):
+        ours.partial_fit(X[rows], names[rows], classes=["emu", "dog", "cat"])
+        theirs.partial_fit(X[rows], names[rows], classes=["emu", "dog", "cat"])
+    _compare(ours, theirs, X, "predict_proba")
+    assert list(ours.predict(X)) == list(theirs.predict(X))
+
+    kw.update(early_stopping=True, max_iter=12, n_iter_no_change=3, tol=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = MLPClassifier(dtype="float64", **kw).fit(X, names)
+        theirs = neural_network.MLPClassifier(**kw).fit(X, names)
+    _compare(ours, theirs, X, "predict_proba")
+    assert ours.validation_scores_ == theirs.validation_scores_
+
+
+def test_the_network_does_not_check_x_for_nan_again(monkeypatch):
+    """scikit-learn's validation has checked X for NaN and inf; training and predicting do not read it again
+    for that (a pass over the data set per fit and per partial_fit epoch)."""
+    import gpubp.inputs
+
+    checked = []
+    real = gpubp.inputs._all_finite
+    monkeypatch.setattr(gpubp.inputs, "_all_finite", lambda arr, ops: checked.append(arr.shape) or real(arr, ops))
+    X, y = make_classification(60, 5, n_informative=3, n_classes=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        MLPClassifier(max_iter=3, early_stopping=True, random_state=0).fit(X, y).predict(X)
+        MLPClassifier(random_state=0).partial_fit(X, y, classes=[0, 1, 2]).partial_fit(X, y).predict_proba(X)
+    assert checked == []
+
+
 def test_sample_weights_match_sklearn():
     X, y = make_classification(50, 4, random_state=0)
     sw = np.random.RandomState(0).rand(50) * 3
