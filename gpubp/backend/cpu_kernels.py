@@ -520,6 +520,24 @@ def _prefetch_row(typingctx, x, row):
 
 
 @jit
+def _affine(x, w, z, scratch):
+    """zˡ = aˡ⁻¹ Wˡᵀ into ``z`` (m, n_out) for x = aˡ⁻¹, w = Wˡ; ``scratch`` (m·n_out elements) is free
+    memory. For 16 ≤ m ≤ 64 batches of matmuls beyond SMALL_MATMUL, OpenBLAS computes zᵀ = W aᵀ 1.4–1.6×
+    faster than z = a Wᵀ (the same products in the same order; transposing back costs 2 %), measured on the
+    2-core machine of bench/README.md (32×784×100: 29 µs against 47 µs); elsewhere the direct form was as
+    fast or faster."""
+    m, n_out = z.shape
+    if 16 <= m <= 64 and n_out >= m and m * n_out * x.shape[1] > SMALL_MATMUL:
+        zt = scratch[:m * n_out].reshape(n_out, m)
+        np.dot(w, x.T, zt)
+        for i in range(m):
+            for j in range(n_out):
+                z[i, j] = zt[j, i]
+    else:
+        np.dot(x, w.T, z)
+
+
+@jit
 def _gather(source, order, start, m, out):
     """out[r] = source[order[start + r]] for the batch's m rows (or labels)."""
     for r in range(m):
@@ -594,7 +612,7 @@ def chunk_kernel(hidden: int, output: int, softmax: bool, cost: int, stable: boo
                 w = params[w_at:w_at + n_out * n_in].reshape(n_out, n_in)
                 z = zs[unit_at * batch_size:unit_at * batch_size + m * n_out]
                 a = activations[unit_at * batch_size:unit_at * batch_size + m * n_out]
-                np.dot(a_prev, w.T, z.reshape(m, n_out))
+                _affine(a_prev, w, z.reshape(m, n_out), a)
                 b = params[b_at:b_at + n_out]
                 if l < layers - 1:
                     _bias_activation(hidden, z, b, a, n_out)
