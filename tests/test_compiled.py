@@ -91,16 +91,18 @@ def test_a_compiled_fit_matches_the_numpy_reference(hidden, output, cost, optimi
     np.testing.assert_allclose(history["loss"], ref_history["loss"], rtol=1e-9)
 
 
-def test_large_layers_compile_within_float_tolerance(rng):
-    """Matmuls above cpu_kernels.SMALL_MATMUL go to NumPy's BLAS in the eager loop and to SciPy's here."""
+@pytest.mark.parametrize("batch", [150, 32])
+def test_large_layers_compile_within_float_tolerance(rng, batch):
+    """Matmuls above cpu_kernels.SMALL_MATMUL go to NumPy's BLAS in the eager loop and to SciPy's here (at
+    batch 32 as zᵀ = W aᵀ)."""
     X = rng.random((300, 300), dtype=np.float32)
     labels = rng.integers(0, 10, 300)
     nets = []
     for compiled in (False, True):
         net = gpubp.Network([300, 400, 10], activation="relu", output="softmax", cost="log_likelihood",
                             device=get_ops("cpu", cpu_backend="numba"), seed=0)
-        assert 150 * 300 * 400 > cpu_kernels.SMALL_MATMUL
-        net.fit(X, labels, epochs=2, batch_size=150, lr=0.01, optimizer="adam", seed=0, progress=False,
+        assert batch * 300 * 400 > cpu_kernels.SMALL_MATMUL
+        net.fit(X, labels, epochs=2, batch_size=batch, lr=0.01, optimizer="adam", seed=0, progress=False,
                 compiled=compiled)
         nets.append(net)
     np.testing.assert_allclose(nets[1].parameters(), nets[0].parameters(), rtol=1e-4, atol=1e-5)
