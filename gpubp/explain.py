@@ -32,6 +32,7 @@ from . import explain_drawing, inputs
 from .activations import Activation
 from .costs import Cost
 from .explain_text import FIRST_NEURONS, LARGEST_DELTAS, LARGEST_TERMS, MAX_NEURONS, MAX_TERMS, render, render_html
+from .gradcheck import central_difference
 
 #: the most samples an explanation takes (every sample's arithmetic is written out)
 MAX_SAMPLES = 16
@@ -272,8 +273,7 @@ def _finite_differences(net: Any, X: Any, Y: Any, shown: list[np.ndarray], terms
     ``net``; in networks of more than ``CHECK_ALL`` parameters only for the weights and biases written out, NaN
     elsewhere."""
     twin = _copy(net, replace(net.state(), dtype="float64", optimizer=None), device="cpu")
-    theta = twin.parameters()
-    every = theta.size <= CHECK_ALL
+    every = twin.parameters().size <= CHECK_ALL
     numeric_w = [np.full(W.shape, np.nan) for W in twin.weights]
     numeric_b = [np.full(b.shape, np.nan) for b in twin.biases]
     w_offset, b_offset = 0, twin.n_weights
@@ -285,22 +285,12 @@ def _finite_differences(net: Any, X: Any, Y: Any, shown: list[np.ndarray], terms
             entries = [(int(j), int(k)) for j in shown[l] for k in terms[l][int(j)]]
             neurons = [int(j) for j in shown[l]]
         for j, k in entries:
-            numeric_w[l][j, k] = _difference(twin, theta, w_offset + j * W.shape[1] + k, X, Y, eps)
+            numeric_w[l][j, k] = central_difference(twin, w_offset + j * W.shape[1] + k, X, Y, eps)
         for j in neurons:
-            numeric_b[l][j] = _difference(twin, theta, b_offset + j, X, Y, eps)
+            numeric_b[l][j] = central_difference(twin, b_offset + j, X, Y, eps)
         w_offset += W.size
         b_offset += b.size
     return numeric_w, numeric_b
-
-
-def _difference(twin: Any, theta: np.ndarray, i: int, X: Any, Y: Any, eps: float) -> float:
-    saved = theta[i]
-    theta[i] = saved + eps
-    plus = twin.loss(X, Y)
-    theta[i] = saved - eps
-    minus = twin.loss(X, Y)
-    theta[i] = saved
-    return (plus - minus) / (2 * eps)
 
 
 def _cost_after_step(net: Any, new_weights: list[np.ndarray], new_biases: list[np.ndarray], X: Any,

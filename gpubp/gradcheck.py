@@ -7,8 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from .network import Network
-
 #: gradients smaller than this are compared absolutely (relative error is noise there)
 TINY = 1e-8
 
@@ -22,22 +20,29 @@ def gradcheck(net: Any, X: Any, Y: Any = None, eps: float = 1e-6, max_params: in
     """
     if not (isinstance(eps, (float, int)) and 0 < eps < 1):
         raise ValueError(f"eps must be a small positive number; got {eps!r}")
-    twin = Network.from_state(replace(net.state(), dtype="float64", optimizer=None), device="cpu")
+    twin = type(net).from_state(replace(net.state(), dtype="float64", optimizer=None), device="cpu")
     nabla_w, nabla_b = twin.backprop(X, Y)
     analytic = np.concatenate([g.ravel() for g in nabla_w + nabla_b])
-    theta = twin.parameters()
-    indices = np.arange(theta.size)
-    if max_params is not None and max_params < theta.size:
-        indices = np.random.default_rng(seed).choice(theta.size, size=max_params, replace=False)
+    size = twin.parameters().size
+    indices = np.arange(size)
+    if max_params is not None and max_params < size:
+        indices = np.random.default_rng(seed).choice(size, size=max_params, replace=False)
     worst = 0.0
     for i in indices:
-        saved = theta[i]
-        theta[i] = saved + eps
-        plus = twin.loss(X, Y)
-        theta[i] = saved - eps
-        minus = twin.loss(X, Y)
-        theta[i] = saved
-        numeric = (plus - minus) / (2 * eps)
+        numeric = central_difference(twin, i, X, Y, eps)
         err = abs(analytic[i] - numeric) / max(abs(analytic[i]), abs(numeric), TINY)
         worst = max(worst, err)
     return float(worst)
+
+
+def central_difference(net: Any, i: int, X: Any, Y: Any, eps: float) -> float:
+    """(C(θ + eps·eᵢ) − C(θ − eps·eᵢ)) / (2 eps) for parameter i of ``net``'s flat parameters (put back
+    after)."""
+    theta = net.parameters()
+    saved = theta[i]
+    theta[i] = saved + eps
+    plus = net.loss(X, Y)
+    theta[i] = saved - eps
+    minus = net.loss(X, Y)
+    theta[i] = saved
+    return (plus - minus) / (2 * eps)

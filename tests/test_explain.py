@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from emulated_gpu import emulated_gpus
 from test_cli import assert_one_line_error, needs_digits, needs_matplotlib, run
+from test_worked_examples import HalfSquare
 
 import gpubp
-from gpubp.activations import Activation
 from gpubp.explain import CHECK_ALL, MAX_SAMPLES, relative_error
 from gpubp.explain_text import LARGEST_TERMS, MAX_NEURONS, num
 from gpubp.json_network import network_from_json, read_json_network
@@ -169,21 +169,6 @@ def test_every_activation_and_cost_matches_finite_differences(hidden, output, co
     closed = {"sigmoid": "σ(", "tanh": "tanh(", "relu": "max(0, ", "softplus": "ln(1 + e^", "gelu": "tanh(√(2/π)"}
     if hidden in closed:
         assert closed[hidden] in text
-
-
-class HalfSquare(Activation):
-    """σ(z) = z²/2, σ′(z) = z: an activation gpubp does not know."""
-
-    name = "half_square"
-
-    def f(self, xp, z, out):
-        xp.multiply(z, z, out=out)
-        out *= 0.5
-        return out
-
-    def df(self, xp, z, a, out):
-        xp.copyto(out, z)
-        return out
 
 
 def test_user_defined_cost_and_activation_are_shown_without_closed_forms():
