@@ -89,6 +89,21 @@ def cpu_backend(request, monkeypatch) -> str:
     return request.param
 
 
+@pytest.fixture(scope="module")
+def emulation_build(tmp_path_factory):
+    """A folder for the emulated CuPy's host-compiled kernels, one per test module."""
+    return tmp_path_factory.mktemp("emulated_kernels")
+
+
+@pytest.fixture
+def gpus(emulation_build):
+    """The emulated CuPy (two emulated GPUs) as ``cupy`` for the test (tests/emulated_gpu.py)."""
+    from emulated_gpu import emulated_gpus
+
+    with emulated_gpus(emulation_build) as fake:
+        yield fake
+
+
 @pytest.fixture
 def environment_writes(monkeypatch) -> list[str]:
     """The names of the environment variables set or unset from here to the end of the test (os.environ's

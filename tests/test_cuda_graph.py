@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from emulated_gpu import emulated_gpus
 
 import gpubp
 from gpubp import cli
@@ -24,17 +23,6 @@ from gpubp.backend import cuda_program
 from gpubp.backend.programs import ProgramPlan
 
 pytestmark = pytest.mark.usefixtures("emulation_build")
-
-
-@pytest.fixture(scope="module")
-def emulation_build(tmp_path_factory):
-    return tmp_path_factory.mktemp("emulated_kernels")
-
-
-@pytest.fixture
-def gpus(emulation_build):
-    with emulated_gpus(emulation_build) as fake:
-        yield fake
 
 
 # ---- the emulation's capture ---------------------------------------------------------------------------

@@ -22,17 +22,6 @@ from gpubp.backend import DeviceError, cuda_unavailable_reason, get_ops, kernels
 pytestmark = pytest.mark.usefixtures("emulation_build")
 
 
-@pytest.fixture(scope="module")
-def emulation_build(tmp_path_factory):
-    return tmp_path_factory.mktemp("emulated_kernels")
-
-
-@pytest.fixture
-def gpus(emulation_build):
-    with emulated_gpus(emulation_build) as fake:
-        yield fake
-
-
 def test_the_emulation_refuses_operations_on_another_devices_arrays(gpus):
     with gpus.cuda.Device(1):
         a = gpus.arange(6.0)

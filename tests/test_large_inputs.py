@@ -237,11 +237,6 @@ def test_fit_memory_counts_the_optimizer_state_the_epoch_copy_a_batch_and_the_da
 
 
 # ---- GPUs: the backend's free memory ---------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def emulation_build(tmp_path_factory):
-    return tmp_path_factory.mktemp("emulated_kernels")
-
-
 def test_a_gpu_network_is_checked_against_the_free_memory_of_its_own_gpu(emulation_build, monkeypatch):
     with emulated_gpus(emulation_build) as fake:
         ops = get_ops("cuda:1")
