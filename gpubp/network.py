@@ -472,7 +472,8 @@ class Network:
             checkpoint_every: int = 1, sample_weight: Any = None, lr_schedule: str = "constant",
             power_t: float = 0.5, tol: float | None = None, n_iter_no_change: int = 10,
             monitor: str | Callable[["Network", dict], float] | None = None, restore_best: bool = False,
-            optimizer_options: dict[str, Any] | None = None, compiled: bool | None = None) -> dict[str, list]:
+            optimizer_options: dict[str, Any] | None = None, compiled: bool | None = None,
+            on_divergence: str = "raise") -> dict[str, list]:
         """Mini-batch gradient descent; returns the history of per-epoch "loss", "val_loss" and "val_accuracy"
         (regression: "val_mse", "val_mae", "val_r2").
 
@@ -507,6 +508,10 @@ class Network:
         backend can (``gpubp.backend.programs``; the same steps, the same results), else the step-by-step
         loop; False always runs the step-by-step loop; True raises ValueError, saying why, where no compiled
         program covers this fit. ``training_path`` then says which ran.
+
+        ``on_divergence``: "raise" (the default) as above; "continue" trains on through NaN/inf as
+        scikit-learn's MLP does, recording the epochs' NaN losses (the stopping rule and ``restore_best``
+        never take a NaN epoch as the best one).
         """
         from .training import Trainer
 
@@ -520,7 +525,7 @@ class Network:
                           checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                           lr_schedule=lr_schedule, power_t=power_t, tol=tol, n_iter_no_change=n_iter_no_change,
                           monitor=monitor, restore_best=restore_best, optimizer_options=optimizer_options,
-                          compiled=compiled)
+                          compiled=compiled, on_divergence=on_divergence)
         return trainer.run(X, Y, validation_data, sample_weight)
 
     # ---- persistence ------------------------------------------------------------------------------

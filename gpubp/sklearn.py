@@ -194,12 +194,15 @@ class _BaseMLP(BaseEstimator):
                         callbacks=[epoch_end], sample_weight=sw_train,
                         lr_schedule=self.learning_rate if self.solver == "sgd" else "constant", power_t=self.power_t,
                         tol=self.tol, n_iter_no_change=patience, monitor=epoch_end.monitored,
-                        restore_best=self.early_stopping, optimizer_options=self._optimizer_options())
+                        restore_best=self.early_stopping, optimizer_options=self._optimizer_options(),
+                        on_divergence="continue")
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.")
-        except FloatingPointError as exc:
+        # as scikit-learn: a diverged run trains on; what counts is whether the parameters it ends with (with
+        # early stopping, the best epoch's) are finite
+        if not net.ops.all_finite(net.parameters()):
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain "
-                             "large values and need to be preprocessed.") from exc
+                             "large values and need to be preprocessed.")
 
     def _optimizer_options(self) -> dict[str, Any]:
         """scikit-learn's optimizer settings besides ``fit``'s own, and where its schedule stands: η (that of

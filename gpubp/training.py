@@ -51,7 +51,7 @@ class Trainer:
                  lr_schedule: str = "constant", power_t: float = 0.5, tol: float | None = None,
                  n_iter_no_change: int = 10, monitor: str | Callable | None = None,
                  restore_best: bool = False, optimizer_options: dict[str, Any] | None = None,
-                 compiled: bool | None = None) -> None:
+                 compiled: bool | None = None, on_divergence: str = "raise") -> None:
         self.net = net
         self.epochs = inputs.positive_int(epochs, "epochs", minimum=0)
         self.batch_size = inputs.positive_int(batch_size, "batch_size")
@@ -81,6 +81,9 @@ class Trainer:
         if compiled not in (None, True, False):
             raise ValueError(f"compiled must be None (where available), True or False; got {compiled!r}")
         self.compiled = compiled
+        if on_divergence not in ("raise", "continue"):
+            raise ValueError(f"on_divergence must be 'raise' or 'continue'; got {on_divergence!r}")
+        self.on_divergence = on_divergence
 
     def _check_schedule(self, lr_schedule: Any, power_t: Any, tol: Any, n_iter_no_change: Any, monitor: Any,
                         restore_best: Any) -> None:
@@ -314,7 +317,8 @@ class Trainer:
                     self.comm.allreduce_sum(loss_sum)
                 done = batches[ran - 1][1]
                 logs = {"loss": ops.item(loss_sum) / sum(totals[:ran])}
-                self._check_finite(epoch, logs["loss"], state, snapshot, optimizer, steps_before)
+                if self.on_divergence == "raise":
+                    self._check_finite(epoch, logs["loss"], state, snapshot, optimizer, steps_before)
                 if validation is not None:
                     result = net.evaluate_checked(*validation)
                     logs.update({f"val_{name}": value for name, value in result.items()})

@@ -349,3 +349,23 @@ def test_dataframe_with_column_names_and_series_target():
         reg.predict(frame[["weight", "age", "height"]].rename(columns={"weight": "mass"}))
     with pytest.warns(UserWarning, match="does not have valid feature names"):
         reg.predict(X)
+
+
+def test_a_diverging_run_with_early_stopping_finishes_as_scikit_learns():
+    """scikit-learn's test_mlp_diverging_loss: the fit trains on through NaN, records NaN as the last
+    validation score and ends with the best epoch's (finite) parameters."""
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True)
+    kwargs = dict(hidden_layer_sizes=100, activation="identity", solver="sgd", learning_rate_init=1, max_iter=20,
+                  random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mlp = MLPRegressor(early_stopping=True, **kwargs).fit(X, y)
+        reference = neural_network.MLPRegressor(early_stopping=True, **kwargs).fit(X, y)
+        assert mlp.n_iter_ == reference.n_iter_ == 20
+        assert str(mlp.validation_scores_[-1]) == str(np.nan) and isinstance(mlp.validation_scores_[-1], float)
+        assert np.isfinite(mlp.predict(X)).all()
+        with pytest.raises(ValueError, match="Solver produced non-finite parameter weights"):
+            MLPRegressor(early_stopping=False, **kwargs).fit(X, y)  # no best epoch to go back to

@@ -208,3 +208,23 @@ def test_fit_keeps_its_shuffle_buffers_for_the_next_fit_of_the_same_shapes(rng):
     assert not any(a is b for a, b in zip(again, buffers))
     net.to("cpu")  # a move drops them
     assert not any(a is b for a, b in zip(shuffle_buffers(), again))
+
+
+def test_on_divergence_continue_trains_through_nan_and_keeps_the_best_epoch(rng):
+    """As scikit-learn's MLP: NaN epochs are recorded, training goes on, the stopping rule never takes a NaN
+    epoch as its best, and restore_best ends on the last finite best."""
+    X, y = blobs(rng, n=40)
+    net = gpubp.Network([4, 5, 3], device="cpu", seed=0)
+    with pytest.raises(ValueError, match="on_divergence must be"):
+        net.fit(X, y, epochs=1, batch_size=8, lr=0.1, on_divergence="ignore")
+
+    def blow_up(n, epoch, logs):  # from epoch 2 on the parameters are NaN
+        if epoch == 1:
+            n.parameters()[:] = np.nan
+
+    history = net.fit(X, y, epochs=4, batch_size=8, lr=0.1, progress=False, callbacks=[blow_up], tol=1e-4,
+                      n_iter_no_change=10, restore_best=True, on_divergence="continue")
+    assert len(history["loss"]) == 4
+    assert np.isfinite(history["loss"][0]) and np.isnan(history["loss"][1:]).all()
+    assert np.isfinite(net.parameters()).all()  # the best epoch's (the first) parameters are back
+    assert net.optimizer.best == history["loss"][0]
