@@ -404,10 +404,12 @@ class Trainer:
         return ""
 
     def _plan(self, x: Any, target: Any, optimizer: Optimizer) -> ProgramPlan:
+        """The fit as a program sees it; a batch size beyond the data is the data's size (the same batches, and
+        the program's buffers are sized by it)."""
         net = self.net
         return ProgramPlan(sizes=list(net.sizes), activations=net.layer_activations, cost=net.cost,
                            dtype=net.dtype, params=net.parameters(), grad=net.gradient(), n_weights=net.n_weights,
-                           optimizer=optimizer, x=x, target=target, batch_size=self.batch_size)
+                           optimizer=optimizer, x=x, target=target, batch_size=min(self.batch_size, len(x)))
 
     def _require_compiled(self, x: Any, target: Any, weights: Any) -> None:
         """compiled=True: ValueError saying why where this fit cannot run compiled (before anything changes:

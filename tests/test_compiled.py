@@ -193,3 +193,24 @@ def test_the_fused_backend_trains_with_subnormals_flushed():
     assert (tiny * np.float32(0.5))[0] > 0
     with Ops().training_floats():  # the reference keeps IEEE subnormals
         assert (tiny * np.float32(0.5))[0] > 0
+
+
+def test_a_batch_size_beyond_the_data_trains_one_batch_without_sizing_buffers_by_it(rng):
+    """batch_size 10⁹ on 103 samples: one batch of 103, as the eager loop (buffers sized by the data)."""
+    X, labels, _ = _data(rng)
+    nets = [gpubp.Network([7, 5, 4], output="softmax", cost="log_likelihood",
+                          device=get_ops("cpu", cpu_backend="numba"), seed=0) for _ in range(2)]
+    for net, compiled in zip(nets, (False, True)):
+        net.fit(X, labels, epochs=2, batch_size=10 ** 9, lr=0.1, optimizer="adam", seed=1, progress=False,
+                compiled=compiled)
+    assert nets[1].optimizer.t == 2
+    np.testing.assert_array_equal(nets[0].parameters(), nets[1].parameters())
+
+
+def test_fortran_ordered_inputs_train_compiled(rng):
+    X, labels, onehot = _data(rng)
+    nets = [gpubp.Network([7, 5, 4], device=get_ops("cpu", cpu_backend="numba"), seed=0) for _ in range(2)]
+    for net, data in zip(nets, (X, np.asfortranarray(X))):
+        net.fit(data, np.asfortranarray(onehot), epochs=1, batch_size=10, lr=0.1, seed=1, progress=False)
+    assert nets[1].training_path == "compiled"
+    np.testing.assert_array_equal(nets[0].parameters(), nets[1].parameters())

@@ -45,10 +45,6 @@ def one_blas_thread() -> contextlib.AbstractContextManager:
     return contextlib.nullcontext() if pools is None else pools.limit(limits=1)
 
 
-def _contiguous(x: Array, dtype: np.dtype) -> bool:
-    return type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
-
-
 def plan_kernel(plan: ProgramPlan) -> tuple[tuple | None, str]:
     """(the chunk kernel's compile-time constants, "") for a plan the kernel covers, else (None, why not)."""
     hidden, output = plan.activations[0], plan.activations[-1]
@@ -66,9 +62,10 @@ def plan_kernel(plan: ProgramPlan) -> tuple[tuple | None, str]:
             type(plan.optimizer).__module__ != "gpubp.optimizers":
         return None, f"the optimizer {type(plan.optimizer).__name__} is not a built-in one"
     labels = plan.target.ndim == 1 and plan.target.dtype == np.int64
-    if not _contiguous(plan.x, plan.dtype) or not (labels or _contiguous(plan.target, plan.dtype)) \
-            or not _contiguous(plan.params, plan.dtype):
-        return None, "the training arrays are not C-contiguous NumPy arrays of the network's dtype"
+    if not all(type(a) is np.ndarray and a.dtype == plan.dtype for a in (plan.x, plan.params)) \
+            or not (labels or (type(plan.target) is np.ndarray and plan.target.dtype == plan.dtype)) \
+            or not plan.params.flags.c_contiguous:
+        return None, "the training arrays are not NumPy arrays of the network's dtype"
     softmax = output.name == "softmax"
     return (hidden.kernel_id, hidden.kernel_id if softmax else output.kernel_id, softmax,
             cost_id(plan.cost), is_stable(plan.cost, output), cpu_kernels.OPTIMIZER_IDS[plan.optimizer.name]), ""
@@ -81,6 +78,8 @@ class NumbaProgram:
 
     def __init__(self, plan: ProgramPlan, constants: tuple) -> None:
         self.plan, self.kernel = plan, cpu_kernels.chunk_kernel(*constants)
+        #: the data, C-contiguous (a copy only where it is not: the kernel gathers whole rows)
+        self.x = np.ascontiguousarray(plan.x)
         bs, dtype, sizes = plan.batch_size, plan.dtype, plan.sizes
         units = sum(sizes[1:])
         #: zˡ, aˡ and δˡ of every layer, one flat buffer each (layer l's (bs, sizes[l+1]) block after the others)
@@ -91,8 +90,8 @@ class NumbaProgram:
         self.xb = np.empty((bs, sizes[0]), dtype)
         self.yb = np.empty((0, 0) if labelled else (bs, sizes[-1]), dtype)
         self.lb = np.empty(bs if labelled else 0, np.int64)
-        self.labels = plan.target if labelled else self.lb[:0]
-        self.y = self.yb[:0] if labelled else plan.target
+        self.labels = np.ascontiguousarray(plan.target) if labelled else self.lb[:0]
+        self.y = self.yb[:0] if labelled else np.ascontiguousarray(plan.target)
         self.log_eps = LOG_EPS.get(dtype, 1e-7)
         largest = max(a * b for a, b in zip(sizes[:-1], sizes[1:])) * bs
         self.blas_threads = contextlib.nullcontext if largest > SERIAL_MATMUL else one_blas_thread
@@ -105,7 +104,7 @@ class NumbaProgram:
         settings = np.array([float(getattr(optimizer, key, 0.0)) for key in cpu_kernels.STEP_SETTINGS])
         buffers = optimizer.state_arrays() + [self.no_buffer] * 2
         with self.blas_threads():
-            self.kernel(plan.x, self.y, self.labels, order, first, count, plan.batch_size, self.sizes, plan.params,
+            self.kernel(self.x, self.y, self.labels, order, first, count, plan.batch_size, self.sizes, plan.params,
                         plan.grad, plan.n_weights, buffers[0], buffers[1], self.zs, self.activations,
                         self.deltas, self.xb, self.yb, self.lb, settings, optimizer.t, loss_sum, self.log_eps)
         optimizer.t += count
