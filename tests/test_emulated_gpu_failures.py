@@ -4,8 +4,8 @@ says about it:
 * an MPI rank under "auto" probes only its own GPU (a context on GPU 0 from every rank would fail where
   GPU 0 is in exclusive-process mode and held by another rank);
 * a driver older than CuPy's CUDA names the CUDA it supports and the build to install;
-* out of memory, a driver too old for NVRTC's code and a busy GPU are named as such, not as a missing
-  toolkit; anything that is not a CUDA error propagates;
+* out of memory (at module load or at the first allocation), a driver too old for NVRTC's code and a busy
+  GPU are named as such, not as a missing toolkit; anything that is not a CUDA error propagates;
 * ``import cupy`` failing on an unwritable kernel cache folder falls back to the CPU, naming CUPY_CACHE_DIR;
 * a GPU that failed its probe is probed again after ``PROBE_RETRY_SECONDS``; one that passed stays usable.
 """
@@ -93,6 +93,20 @@ def test_a_gpu_busy_in_exclusive_mode_is_named_as_such_and_the_other_gpu_stays_u
     assert cuda_unavailable_reason(1) is None
     with pytest.raises(DeviceError, match="device 'cuda:0' is not usable: cuda:0 is busy"):
         gpubp.Network([3, 2], device="cuda:0")
+
+
+class OutOfMemoryError(MemoryError):
+    """What CuPy's memory pool raises (cupy.cuda.memory.OutOfMemoryError, a MemoryError)."""
+
+
+def test_a_full_gpu_at_the_first_allocation_is_out_of_memory_not_a_missing_toolkit(gpus, monkeypatch):
+    def full(*args, **kwargs):
+        raise OutOfMemoryError("Out of memory allocating 512 bytes (allocated so far: 0 bytes).")
+
+    monkeypatch.setattr(gpus, "zeros", full, raising=False)
+    reason = cuda_unavailable_reason(0)
+    assert reason.startswith("cuda:0 is out of memory (OutOfMemoryError: Out of memory allocating"), reason
+    assert get_ops("auto").device == "cpu"
 
 
 def test_an_exception_that_is_not_a_cuda_error_is_not_a_reason_to_fall_back(gpus, monkeypatch):

@@ -179,7 +179,7 @@ def _probe_gpu(index: int) -> str | None:
                 (1,), (32,), (x,))
             if float(x.get()[0]) != 1.0:
                 return f"a test kernel ran on {where} but did not write its result"
-        except (RuntimeError, OSError, ImportError) as exc:
+        except (RuntimeError, OSError, ImportError, MemoryError) as exc:  # MemoryError: CuPy's OutOfMemoryError
             return cuda_error_cause(exc, where) or (
                 f"NVRTC and the CUDA headers cannot compile and run a kernel on {where} "
                 f"({type(exc).__name__}: {exc}); install them with: {install_command()}")

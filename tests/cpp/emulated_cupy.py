@@ -107,10 +107,6 @@ class CompileException(Exception):
     pass
 
 
-class NVRTCError(RuntimeError):
-    pass
-
-
 def _context(device: int) -> None:
     """This process's context on (visible) ``device``, created on first use as CUDA does."""
     if device in contexts:
@@ -941,9 +937,7 @@ graph.Graph = Graph
 cuda = types.ModuleType("cupy.cuda")
 cuda.__dict__.update(Device=Device, runtime=runtime, Stream=Stream, Event=Event, graph=graph,
                      get_current_stream=get_current_stream, nccl=nccl, CUDARuntimeError=CUDARuntimeError,
-                     compiler=types.SimpleNamespace(CompileException=CompileException),
-                     driver=types.SimpleNamespace(CUDADriverError=CUDADriverError),
-                     nvrtc=types.SimpleNamespace(NVRTCError=NVRTCError))
+                     compiler=types.SimpleNamespace(CompileException=CompileException))
 
 
 def modules() -> dict[str, types.ModuleType]:
