@@ -37,7 +37,7 @@ from typing import Any, Callable, NoReturn
 
 import numpy as np
 
-from .backend import (DeviceError, cuda_unavailable_reason, is_device_array, parse_device, resolve_device, to_host,
+from .backend import (DeviceError, cuda_unavailable_reason, is_device_array, parse_device, to_host,
                       visible_gpus)
 
 Array = Any
@@ -312,8 +312,9 @@ def _launcher_size() -> int:
 
 
 def _device_for(kind: str, index: int | None, local_rank: int, local_size: int) -> str:
-    """"cpu" or "cuda:k" for the rank that is ``local_rank`` of ``local_size`` on its node."""
-    if resolve_device(kind) == "cpu":
+    """"cpu" or "cuda:k" for the rank that is ``local_rank`` of ``local_size`` on its node. Only the rank's
+    own GPU is probed: under "auto" the CPU where that GPU is not usable."""
+    if kind == "cpu" or kind == "auto" and visible_gpus() == 0:
         return "cpu"
     if index is not None:
         if local_size > 1:
@@ -324,6 +325,8 @@ def _device_for(kind: str, index: int | None, local_rank: int, local_size: int) 
         count = visible_gpus()
         gpu = local_rank % count if count else local_rank
     reason = cuda_unavailable_reason(gpu)
+    if reason is not None and kind == "auto":
+        return "cpu"
     if reason is not None:
         raise DeviceError(f"local rank {local_rank} of {local_size} needs cuda:{gpu}: {reason}")
     return f"cuda:{gpu}"

@@ -2,7 +2,8 @@
 
 ``emulated_gpus(build_dir)`` makes ``import cupy`` (and ``from cupy.cuda import nccl``) give the emulation,
 with two emulated GPUs, cuda:0 current, and gpubp's caches of the real CuPy (its CupyOps module and
-instances, loaded kernels, the per-device usability check) emptied on the way in and out; a stream capture
+instances, loaded kernels, the per-device usability probes) emptied; no device has a context yet, none is
+held by another process, modules load and the driver matches the runtime on the way in and out; a stream capture
 left open by a failed test is dropped on the way out.
 ``environment(build_dir)`` is the same for a subprocess (an MPI rank runs ``install_from_environment``).
 """
@@ -34,7 +35,7 @@ def load_emulated_cupy():
 
 def _forget_cuda_state() -> None:
     device_module._cupy_ops.cache_clear()
-    device_module._toolkit_unusable_reason.cache_clear()
+    device_module.forget_gpu_probes()
 
 
 @contextlib.contextmanager
@@ -46,6 +47,9 @@ def emulated_gpus(build_dir: Path, missing: str | None = None) -> Iterator:
     with pytest.MonkeyPatch.context() as mp:
         fake.install(mp, build_dir)
         mp.setattr(fake, "MISSING", missing)
+        for name, value in (("contexts", set()), ("HELD_ELSEWHERE", set()), ("LOAD_ERROR", None),
+                            ("DRIVER_VERSION", fake.RUNTIME_VERSION)):
+            mp.setattr(fake, name, value)
         mp.delitem(sys.modules, "gpubp.backend.cupy_ops", raising=False)  # re-imported on the emulation
         mp.setattr(kernels, "_modules", {})
         mp.setattr(kernels, "_functions", {})

@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 import os
 import re
+import time
 
 import numpy as np
 
-from .errors import DeviceError, install_command
+from .errors import DeviceError, cuda_error_cause, driver_install_advice, install_command
 from .ops import Ops
 
 DEVICE_ENV = "GPUBP_DEVICE"
@@ -21,6 +22,12 @@ DEVICE_ENV = "GPUBP_DEVICE"
 CPU_BACKEND_ENV = "GPUBP_CPU_BACKEND"
 CPU_BACKENDS = ("numba", "numpy")
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
+#: seconds before a GPU that failed its probe is probed again (a full or busy GPU may free up); a GPU that
+#: passed stays usable for the process
+PROBE_RETRY_SECONDS = 30.0
+#: where MPI launchers put a process's index among the ranks of its node (Open MPI, MPICH/Intel MPI,
+#: MVAPICH2, Slurm's srun)
+LOCAL_RANK_ENV = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
 
 
 def parse_device(device: str | None) -> tuple[str, int | None]:
@@ -49,15 +56,38 @@ def cuda_unavailable_reason(index: int | None = None) -> str | None:
         import cupy
     except ImportError as exc:
         return f"CuPy is not installed ({exc}); install it with: {install_command()}"
+    except OSError as exc:  # CuPy makes its kernel cache folder at import (FileNotFoundError, PermissionError)
+        return (f"importing CuPy failed ({type(exc).__name__}: {exc}): it cannot create its kernel cache "
+                "folder (~/.cupy/kernel_cache); set CUPY_CACHE_DIR to a writable folder")
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDARuntimeError, driver missing, …
+        if "cudaErrorInsufficientDriver" in str(exc):
+            return _old_driver_reason(cupy, exc)
         return f"CuPy cannot reach a CUDA driver or GPU: {exc}"
     if count == 0:
         return "no CUDA GPU is visible (cupy.cuda.runtime.getDeviceCount() == 0)"
     if index is not None and not 0 <= index < count:
         return f"cuda:{index} does not exist; {count} GPU(s) visible (cuda:0 … cuda:{count - 1})"
-    return _toolkit_unusable_reason(cupy.cuda.runtime.getDevice() if index is None else index)
+    return _gpu_unusable_reason(cupy.cuda.runtime.getDevice() if index is None else index)
+
+
+def _old_driver_reason(cupy, exc: Exception) -> str:
+    """The NVIDIA driver is older than the CUDA that CuPy was built for: which CUDA it supports, and the fix."""
+    driver, runtime = cupy.cuda.runtime.driverGetVersion(), cupy.cuda.runtime.runtimeGetVersion()
+    if driver == 0:  # cudaDriverGetVersion's answer where libcuda cannot be loaded
+        return f"CuPy cannot reach a CUDA driver: no NVIDIA driver is installed or loadable ({exc})"
+    return (f"the NVIDIA driver supports CUDA {driver // 1000}.{driver % 1000 // 10}, older than the CUDA "
+            f"{runtime // 1000} the installed CuPy needs ({exc}); {driver_install_advice(driver, runtime)}")
+
+
+def launcher_local_rank() -> int | None:
+    """This process's index among the MPI ranks of its node, as the launcher tells it (None: not launched)."""
+    for name in LOCAL_RANK_ENV:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return None
 
 
 def visible_gpus() -> int:
@@ -86,10 +116,17 @@ def gpu_names() -> list[str]:
 
 def resolve_device(device: str | None = None) -> str:
     """What ``device`` means on this machine: "cpu", "cuda" (the current GPU) or "cuda:N". "auto" (and
-    None without env GPUBP_DEVICE) is the current GPU when it is usable, else the CPU."""
+    None without env GPUBP_DEVICE) is the current GPU when it is usable, else the CPU; in a process an MPI
+    launcher started, the rank's GPU ``cuda:(local rank % visible GPUs)`` instead of the current one (only
+    that GPU is probed, so the ranks of a node do not all make a context on GPU 0)."""
     kind, index = parse_device(device)
     if kind == "auto":
-        kind = "cpu" if cuda_unavailable_reason() is not None else "cuda"
+        local_rank, count = launcher_local_rank(), visible_gpus()
+        if local_rank is not None and count:
+            index = local_rank % count
+        kind = "cpu" if cuda_unavailable_reason(index) is not None else "cuda"
+        if kind == "cpu":
+            index = None
     return kind if index is None else f"{kind}:{index}"
 
 
@@ -97,28 +134,61 @@ def resolve_device(device: str | None = None) -> str:
 _PROBE_KERNEL = 'extern "C" __global__ void gpubp_probe(float* x) { if (threadIdx.x == 0) x[0] = 1.0f; }'
 
 
-@functools.lru_cache(maxsize=None)
-def _toolkit_unusable_reason(index: int) -> str | None:
-    """Why NVRTC (with the CUDA headers) or cuBLAS does not work on cuda:``index``; None when both do."""
+#: probe results: the GPUs that passed (kept), and those that failed with when and why (probed again after
+#: PROBE_RETRY_SECONDS)
+_usable: set[int] = set()
+_failed: dict[int, tuple[float, str]] = {}
+
+
+def forget_gpu_probes() -> None:
+    """Probe every GPU again when next asked (after the CUDA set-up changed)."""
+    _usable.clear()
+    _failed.clear()
+
+
+def _gpu_unusable_reason(index: int) -> str | None:
+    """``_probe_gpu(index)``, kept when the GPU passed and for PROBE_RETRY_SECONDS when it failed."""
+    if index in _usable:
+        return None
+    failed = _failed.get(index)
+    if failed is not None and time.monotonic() - failed[0] < PROBE_RETRY_SECONDS:
+        return failed[1]
+    reason = _probe_gpu(index)
+    if reason is None:
+        _usable.add(index)
+        _failed.pop(index, None)
+    else:
+        _failed[index] = (time.monotonic(), reason)
+    return reason
+
+
+def _probe_gpu(index: int) -> str | None:
+    """Why cuda:``index`` cannot run gpubp (a context, NVRTC with the CUDA headers, cuBLAS), or None.
+
+    A CUDA error names its cause (busy GPU, out of memory, driver too old for NVRTC's code) and a missing
+    library the install command; any other exception is a bug and propagates."""
     import cupy
 
     from .kernels import NVRTC_OPTIONS
 
+    where = f"cuda:{index}"
     with cupy.cuda.Device(index):
         try:
             x = cupy.zeros((1,), dtype=np.float32)
             cupy.RawModule(code=_PROBE_KERNEL, options=NVRTC_OPTIONS).get_function("gpubp_probe")(
                 (1,), (32,), (x,))
             if float(x.get()[0]) != 1.0:
-                raise RuntimeError("the test kernel ran but did not write its result")
-        except Exception as exc:  # CuPy's RuntimeError('Failed to find CUDA headers…'), NVRTC load errors, …
-            return (f"NVRTC and the CUDA headers cannot compile and run a kernel on cuda:{index} "
-                    f"({type(exc).__name__}: {exc}); install them with: {install_command()}")
+                return f"a test kernel ran on {where} but did not write its result"
+        except (RuntimeError, OSError, ImportError, MemoryError) as exc:  # MemoryError: CuPy's OutOfMemoryError
+            return cuda_error_cause(exc, where) or (
+                f"NVRTC and the CUDA headers cannot compile and run a kernel on {where} "
+                f"({type(exc).__name__}: {exc}); install them with: {install_command()}")
         try:
             cupy.cuda.Device(index).cublas_handle
-        except Exception as exc:  # the cuBLAS library cannot be loaded
-            return (f"cuBLAS cannot be loaded on cuda:{index} ({type(exc).__name__}: {exc}); install it "
-                    f"with: {install_command()}")
+        except (RuntimeError, OSError, ImportError) as exc:  # the cuBLAS library cannot be loaded
+            return cuda_error_cause(exc, where) or (
+                f"cuBLAS cannot be loaded on {where} ({type(exc).__name__}: {exc}); install it with: "
+                f"{install_command()}")
     return None
 
 

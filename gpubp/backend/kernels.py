@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..activations import ACTIVATIONS
-from .errors import DeviceError, install_command
+from .errors import DeviceError, cuda_error_cause, install_command
 
 #: the activation ids of ``kernels/activations.cuh`` (enum Activation), from the registry
 ACTIVATION_IDS = {name: act.kernel_id for name, act in ACTIVATIONS.items()}
@@ -139,7 +139,10 @@ def get_function(device_id: int, name: str) -> Any:
         except cupy.cuda.compiler.CompileException as exc:
             raise KernelCompileError(f"NVRTC failed to compile gpubp kernel file {file} "
                                      f"({kernel_dir() / file}):\n{exc}") from exc
-        except (RuntimeError, OSError, ImportError) as exc:  # no NVRTC, no CUDA headers (not the source)
+        except (RuntimeError, OSError, ImportError) as exc:  # a CUDA error, or no NVRTC or CUDA headers
+            cause = cuda_error_cause(exc, f"cuda:{device_id}")
+            if cause is not None:
+                raise DeviceError(f"cannot load gpubp kernel file {file}: {cause}") from exc
             raise DeviceError(f"cannot compile gpubp kernel file {file} on cuda:{device_id}: NVRTC or the "
                               f"CUDA headers are missing ({type(exc).__name__}: {exc}); install them with: "
                               f"{install_command()}") from exc

@@ -42,6 +42,8 @@ def _version(module: str) -> str:
         mod = __import__(module)
     except ImportError:
         return "not installed"
+    except OSError as exc:  # CuPy cannot create its kernel cache folder (the GPUs line says what to do)
+        return f"installed, but the import fails ({type(exc).__name__}: {exc})"
     return getattr(mod, "__version__", "installed")
 
 

@@ -37,6 +37,14 @@ again, on the same pointers. Whatever CUDA refuses during a capture raises CUDAR
 synchronising (a device, stream or event) and copying to or from the host (``get``, ``asnumpy``, ``set``,
 reading an element). ``graph_calls`` counts captures and launches.
 
+Contexts and failures. A device gets this process's context at its first allocation, kernel launch or cuBLAS
+handle (``contexts`` holds the devices that have one). A device in ``HELD_ELSEWHERE`` is in exclusive-process
+compute mode with another process (another rank) holding its context: creating one raises CUDARuntimeError
+``cudaErrorDevicesUnavailable``, as CUDA does. ``DRIVER_VERSION`` below the runtime's 13000 makes
+``getDeviceCount()`` raise ``cudaErrorInsufficientDriver`` (``driverGetVersion()`` still answers, as in
+CUDA). ``LOAD_ERROR`` (a ``CUDA_ERROR_…`` message) makes loading a module fail with CUDADriverError, as
+``cuModuleLoadData`` does for an out-of-memory, NO_BINARY_FOR_GPU or UNSUPPORTED_PTX_VERSION.
+
 A test calls :func:`install` (monkeypatch, in one process) or sets the environment of
 :func:`install_from_environment` (a subprocess, e.g. an MPI rank).
 """
@@ -77,6 +85,14 @@ ENV_BUILD, ENV_MISSING = "GPUBP_EMULATED_CUPY_BUILD", "GPUBP_EMULATED_CUPY_MISSI
 GPU_MEMORY = 16 * 10**9
 POOL_FREE_BYTES = 0
 __version__ = "14.2.0 (emulated)"
+#: the CUDA version the emulated CuPy wheel was built for, and the one the emulated driver supports
+RUNTIME_VERSION = 13000
+DRIVER_VERSION = 13000
+#: the devices this process has a context on; those in exclusive-process mode held by another process
+contexts: set[int] = set()
+HELD_ELSEWHERE: set[int] = set()
+#: a CUDA_ERROR_… message that loading any module raises (None: modules load)
+LOAD_ERROR: str | None = None
 
 
 class CUDARuntimeError(RuntimeError):
@@ -89,6 +105,22 @@ class CUDADriverError(RuntimeError):
 
 class CompileException(Exception):
     pass
+
+
+def _context(device: int) -> None:
+    """This process's context on (visible) ``device``, created on first use as CUDA does."""
+    if device in contexts:
+        return
+    if _visible()[device] in HELD_ELSEWHERE:
+        raise CUDARuntimeError("cudaErrorDevicesUnavailable: CUDA-capable device(s) is/are busy or unavailable")
+    contexts.add(device)
+
+
+def _device_count() -> int:
+    if DRIVER_VERSION < RUNTIME_VERSION:
+        raise CUDARuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA "
+                               "runtime version")
+    return len(_visible())
 
 
 # ---- devices ------------------------------------------------------------------------------------------
@@ -161,6 +193,7 @@ class Device:
 
     @property
     def cublas_handle(self) -> int:
+        _context(self.id)
         if MISSING == "cublas":
             raise RuntimeError(CUBLAS_MISSING_MESSAGE)
         return 0x1000 + self.id
@@ -188,8 +221,9 @@ def _mem_get_info() -> tuple[int, int]:
 
 runtime = types.SimpleNamespace(
     cudaDevAttrMultiProcessorCount=16, CUDARuntimeError=CUDARuntimeError, getDevice=_current,
-    setDevice=_set_device, getDeviceCount=lambda: len(_visible()), deviceGetAttribute=_device_attribute,
-    getDeviceProperties=_device_properties, runtimeGetVersion=lambda: 13000, memGetInfo=_mem_get_info,
+    setDevice=_set_device, getDeviceCount=_device_count, deviceGetAttribute=_device_attribute,
+    getDeviceProperties=_device_properties, runtimeGetVersion=lambda: RUNTIME_VERSION,
+    driverGetVersion=lambda: DRIVER_VERSION, memGetInfo=_mem_get_info,
     is_hip=False, streamCaptureModeGlobal=0, streamCaptureModeThreadLocal=1, streamCaptureModeRelaxed=2)
 
 
@@ -202,6 +236,7 @@ def _register(root: np.ndarray, device: int) -> None:
     start = root.__array_interface__["data"][0]
     if root.nbytes and start not in _allocations:
         _refuse_in_capture(f"allocating {root.nbytes} bytes")
+        _context(device)
         _allocations[start] = (root.nbytes, device)
         weakref.finalize(root, _allocations.pop, start, None)
 
@@ -717,6 +752,9 @@ class RawModule:
         if MISSING == "headers":
             raise RuntimeError(HEADERS_MISSING_MESSAGE)
         lib, signatures = _build(self.code, tuple(o for o in self.options if o.startswith("-D")))
+        _context(_current())
+        if LOAD_ERROR is not None:
+            raise CUDADriverError(LOAD_ERROR)
         if name not in signatures:
             raise KeyError(f"no kernel {name} in the module")
         return Function(lib, name, signatures[name], _current())
@@ -761,6 +799,7 @@ class Function:
             raise CUDADriverError(f"CUDA_ERROR_INVALID_HANDLE: {self.name} was loaded on device "
                                   f"{self.device_id} and launched while device {_current()} is current")
         cargs = self._convert(args)
+        _context(self.device_id)
         blocks, threads = int(grid[0]), int(block[0])
         if blocks < 1 or threads < 1 or threads % 32 or threads > 1024:
             raise ValueError(f"bad launch configuration grid={grid} block={block}")
