@@ -2,8 +2,9 @@
 and as strict as CuPy where gpubp could go wrong.
 
 Devices. Two emulated GPUs (``PHYSICAL_GPUS``), of which CUDA_VISIBLE_DEVICES selects and renumbers the
-visible ones, as the CUDA runtime does. Each host thread has a current device (``cupy.cuda.Device(i)`` as a
-context or ``.use()``); arrays live in host memory but belong to the device that was current when they were
+visible ones, as the CUDA runtime does; each has a PCI bus id and a UUID (``PCI_BUS_IDS``, ``UUIDS``: a
+test gives two GPUs one bus id to make them two MIG slices of one GPU). Each host thread has a current
+device (``cupy.cuda.Device(i)`` as a context or ``.use()``); arrays live in host memory but belong to the device that was current when they were
 made (``a.device.id``). As in CuPy's _kernel.pyx / _reduction.pyx, an elementwise operation, reduction,
 matmul, fill, astype, indexed read or assignment on an array of another device than the current one raises
 ValueError ("... Peer access is unavailable between these devices."), and a kernel launched with an
@@ -25,7 +26,8 @@ queued there and run only when an event recorded after them is waited on, or the
 synchronised: a missing ``wait_event`` leaves the sum undone, as a race would on a GPU. ``cuda.nccl`` has
 CuPy 14's API (``get_unique_id() -> bytes``, ``NcclCommunicator(int ndev, bytes commId, int rank,
 config=None)``, ``allReduce``/``broadcast`` on device pointers and a stream handle) and sums between
-processes over MPI (mpi4py), so several ranks under ``mpiexec`` train on "their" GPUs.
+processes over MPI (mpi4py), so several ranks under ``mpiexec`` train on "their" GPUs. As NCCL, it refuses
+two ranks on one bus id (MIG slices included) unless NCCL_MULTI_RANK_GPU_ENABLE=1.
 
 Stream capture (CUDA graphs), as strict as CUDA. ``Stream.begin_capture()`` / ``end_capture() -> Graph`` and
 ``graph.launch(stream=None)`` as in CuPy 14 (``cupy.cuda.graph.Graph``); the default stream cannot capture.
@@ -62,6 +64,10 @@ import numpy as np
 
 EMULATOR = Path(__file__).parent / "cuda_emulator.h"
 PHYSICAL_GPUS = 2
+#: per physical GPU: its PCI bus id and its 16-byte UUID (``getDeviceProperties(i)["uuid"]``). A test may give
+#: two GPUs one bus id (two MIG slices of one GPU: one bus, two UUIDs)
+PCI_BUS_IDS = [f"0000:{gpu + 1:02X}:00.0" for gpu in range(PHYSICAL_GPUS)]
+UUIDS = [bytes([0xE7, gpu]) + bytes(14) for gpu in range(PHYSICAL_GPUS)]
 SM_COUNT = 1
 #: where the emulated kernel libraries are built (set by the test, or env GPUBP_EMULATED_CUPY_BUILD)
 BUILD_DIR: Path | None = None
@@ -153,7 +159,7 @@ class Device:
 
     @property
     def pci_bus_id(self) -> str:
-        return f"0000:{_visible()[self.id] + 1:02X}:00.0"
+        return PCI_BUS_IDS[_visible()[self.id]]
 
     @property
     def compute_capability(self) -> str:
@@ -173,7 +179,9 @@ def _device_attribute(attr: int, device: int) -> int:
 
 def _device_properties(device: int) -> dict:
     _check_ordinal(device)
-    return {"name": f"Emulated GPU {_visible()[device]}".encode(), "major": 9, "minor": 0}
+    gpu = _visible()[device]
+    return {"name": f"Emulated GPU {gpu}".encode(), "major": 9, "minor": 0, "uuid": UUIDS[gpu],
+            "pciBusID": int(PCI_BUS_IDS[gpu].split(":")[1], 16)}
 
 
 def _set_device(device: int) -> None:
@@ -825,9 +833,11 @@ class NcclCommunicator:
             raise NcclError("NCCL_ERROR_INVALID_USAGE: the ranks passed different ids or sizes")
         if sorted(p[2] for p in peers) != list(range(ndev)):
             raise NcclError(f"NCCL_ERROR_INVALID_ARGUMENT: ranks {[p[2] for p in peers]} are not 0…{ndev - 1}")
-        buses = [p[3] for p in peers]
-        if len(set(buses)) != len(buses):
-            raise NcclError(f"NCCL_ERROR_INVALID_USAGE: Duplicate GPU detected (PCI bus ids {buses})")
+        buses = [p[3] for p in peers]  # NCCL tells GPUs apart by bus id: MIG slices of one GPU look alike
+        if len(set(buses)) != len(buses) and os.environ.get("NCCL_MULTI_RANK_GPU_ENABLE") != "1":
+            raise NcclError(f"NCCL_ERROR_INVALID_USAGE: Duplicate GPU detected (PCI bus ids {buses}); "
+                            "Multiple Ranks are using the same GPU/Partition. Set NCCL_MULTI_RANK_GPU_ENABLE=1 "
+                            "to enable this.")
         self._mpi = MPI.COMM_WORLD.Split(0, int(rank))
         self._rank, self._size = int(rank), int(ndev)
 
