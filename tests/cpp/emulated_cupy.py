@@ -4,8 +4,8 @@ and as strict as CuPy where gpubp could go wrong.
 Devices. Two emulated GPUs (``PHYSICAL_GPUS``), of which CUDA_VISIBLE_DEVICES selects and renumbers the
 visible ones, as the CUDA runtime does; each has a PCI bus id and a UUID (``PCI_BUS_IDS``, ``UUIDS``: a
 test gives two GPUs one bus id to make them two MIG slices of one GPU). Each host thread has a current
-device (``cupy.cuda.Device(i)`` as a context or ``.use()``); arrays live in host memory but belong to the device that was current when they were
-made (``a.device.id``). As in CuPy's _kernel.pyx / _reduction.pyx, an elementwise operation, reduction,
+device (``cupy.cuda.Device(i)`` as a context or ``.use()``); arrays live in host memory but belong to the
+device that was current when they were made (``a.device.id``). As in CuPy's _kernel.pyx / _reduction.pyx, an elementwise operation, reduction,
 matmul, fill, astype, indexed read or assignment on an array of another device than the current one raises
 ValueError ("... Peer access is unavailable between these devices."), and a kernel launched with an
 argument from another device, or while another device is current than the one its module was loaded on,
@@ -28,6 +28,9 @@ CuPy 14's API (``get_unique_id() -> bytes``, ``NcclCommunicator(int ndev, bytes 
 config=None)``, ``allReduce``/``broadcast`` on device pointers and a stream handle) and sums between
 processes over MPI (mpi4py), so several ranks under ``mpiexec`` train on "their" GPUs. As NCCL, it refuses
 two ranks on one bus id (MIG slices included) unless NCCL_MULTI_RANK_GPU_ENABLE=1.
+
+Matmuls. As cuBLAS under CuPy: with CUPY_TF32 > 0 a float32 matmul reads its operands as TF32 (10-bit
+mantissa), then sums in float32.
 
 Stream capture (CUDA graphs), as strict as CUDA. ``Stream.begin_capture()`` / ``end_capture() -> Graph`` and
 ``graph.launch(stream=None)`` as in CuPy 14 (``cupy.cuda.graph.Graph``); the default stream cannot capture.
@@ -284,14 +287,15 @@ class ndarray(np.ndarray):
         operands = [*inputs, *outs]
         _refuse_host(operands, f"cupy.{ufunc.__name__}")
         _peer_check(operands, f"cupy.{ufunc.__name__}")
+        read = _tf32 if ufunc is np.matmul and _tf32_matmuls() else _plain
         if outs or method == "at":  # in place: device work on the current stream
             kwargs["out"] = tuple(_plain(o) for o in outs)
             if method == "at":
                 del kwargs["out"]
-            _submit(lambda: getattr(ufunc, method)(*(_plain(x) for x in inputs), **kwargs))
+            _submit(lambda: getattr(ufunc, method)(*(read(x) for x in inputs), **kwargs))
             return outs[0] if len(outs) == 1 else (outs or None)
         _refuse_in_capture(f"cupy.{ufunc.__name__} allocates its result")
-        result = getattr(ufunc, method)(*(_plain(x) for x in inputs), **kwargs)
+        result = getattr(ufunc, method)(*(read(x) for x in inputs), **kwargs)
         if isinstance(result, tuple):
             return tuple(_wrap(np.asarray(r)) for r in result)
         return _wrap(np.asarray(result)) if isinstance(result, (np.ndarray, np.generic)) else result
@@ -376,6 +380,23 @@ class ndarray(np.ndarray):
             raise TypeError(f"{arr.dtype} array cannot be set to {self.dtype} array")
         _refuse_in_capture("copying from the host")
         np.copyto(self.view(np.ndarray), arr.reshape(self.shape))
+
+
+def _tf32_matmuls() -> bool:
+    """CuPy's rule (_routines_linalg.get_compute_type): float32 matmuls use TF32 where int(CUPY_TF32) > 0.
+    CuPy reads it at its first float32 matmul; the emulation at every one."""
+    return int(os.environ.get("CUPY_TF32", "0")) > 0
+
+
+def _tf32(x):
+    """A matmul operand as TF32 tensor cores read it: a float32's mantissa rounded to its 10 leading bits
+    (to nearest, ties to even); other dtypes as they are."""
+    x = _plain(x)
+    if getattr(x, "dtype", None) != np.float32:
+        return x
+    bits = np.ascontiguousarray(x).view(np.uint32)
+    bits = (bits + np.uint32(0xFFF) + ((bits >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000)
+    return bits.view(np.float32)
 
 
 def _wrap(x):
