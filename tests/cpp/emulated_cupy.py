@@ -82,6 +82,8 @@ HEADERS_MISSING_MESSAGE = ("Failed to find CUDA headers. Please install the CUDA
 CUBLAS_MISSING_MESSAGE = ("CuPy failed to load libcublas.so.13: OSError: libcublas.so.13: cannot open shared "
                           "object file: No such file or directory")
 ENV_BUILD, ENV_MISSING = "GPUBP_EMULATED_CUPY_BUILD", "GPUBP_EMULATED_CUPY_MISSING"
+#: in a subprocess: the physical GPUs' PCI bus ids, comma-separated (for PCI_BUS_IDS)
+ENV_BUS_IDS = "GPUBP_EMULATED_CUPY_PCI_BUS_IDS"
 #: the memory of each emulated GPU, and the bytes the emulated memory pool holds unused (tests may set them)
 GPU_MEMORY = 16 * 10**9
 POOL_FREE_BYTES = 0
@@ -948,7 +950,9 @@ def install(monkeypatch, build_dir: Path) -> types.ModuleType:
 
 def install_from_environment() -> None:
     """In a subprocess: be ``cupy`` when env GPUBP_EMULATED_CUPY_BUILD names a build folder."""
-    global MISSING
+    global MISSING, PCI_BUS_IDS
     if os.environ.get(ENV_BUILD):
         MISSING = os.environ.get(ENV_MISSING) or None
+        if os.environ.get(ENV_BUS_IDS):
+            PCI_BUS_IDS = os.environ[ENV_BUS_IDS].split(",")
         sys.modules.update(modules())
