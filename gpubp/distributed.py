@@ -34,6 +34,7 @@ import os
 import sys
 import time
 from typing import Any, Callable, NoReturn
+from uuid import UUID
 
 import numpy as np
 
@@ -333,25 +334,33 @@ def _device_for(kind: str, index: int | None, local_rank: int, local_size: int) 
 
 
 def _shared_gpu_error(node: Communicator, device_name: str) -> DeviceError | None:
-    """A DeviceError when two ranks of this node would use one physical GPU (NCCL refuses that), told
-    apart by PCI bus id; None otherwise (also for CPU ranks, which send an empty id)."""
-    row = np.zeros(64, dtype=np.uint8)
+    """A DeviceError when two ranks of this node would use one GPU (NCCL refuses that), told apart by device
+    UUID: MIG slices of one GPU share its PCI bus id but are separate GPUs, each with its UUID. Where ranks
+    are on MIG slices of one GPU, NCCL (which compares bus ids) is allowed them through
+    NCCL_MULTI_RANK_GPU_ENABLE=1 unless the environment sets it. None otherwise (also for CPU ranks, which
+    send an empty row)."""
+    row = np.zeros(16 + 48, dtype=np.uint8)  # the UUID's 16 bytes, then the bus id
     if device_name.startswith("cuda"):
         import cupy
 
-        bus = cupy.cuda.Device(int(device_name.split(":")[1])).pci_bus_id.encode()[:64]
-        row[:len(bus)] = np.frombuffer(bus, dtype=np.uint8)
+        gpu = int(device_name.split(":")[1])
+        row[:16] = np.frombuffer(cupy.cuda.runtime.getDeviceProperties(gpu)["uuid"][:16], dtype=np.uint8)
+        bus = cupy.cuda.Device(gpu).pci_bus_id.encode()[:48]
+        row[16:16 + len(bus)] = np.frombuffer(bus, dtype=np.uint8)
     rows = node._allgather(row, "init (GPU per rank)")
     users: dict[bytes, list[int]] = {}
-    for local_rank, bus_id in enumerate(rows):
-        if bus_id.any():
-            users.setdefault(bus_id.tobytes().rstrip(b"\0"), []).append(local_rank)
-    shared = next(((bus, ranks) for bus, ranks in users.items() if len(ranks) > 1), None)
-    if shared is None:
-        return None
-    return DeviceError(f"local ranks {', '.join(map(str, shared[1]))} of this node would share the GPU at "
-                       f"PCI {shared[0].decode()} ({visible_gpus()} GPU(s) visible to a rank, "
-                       f"{node.size} ranks on the node): start at most one rank per GPU")
+    for local_rank, ids in enumerate(rows):
+        if ids.any():
+            users.setdefault(ids[:16].tobytes(), []).append(local_rank)
+    shared = next(((uuid, ranks) for uuid, ranks in users.items() if len(ranks) > 1), None)
+    if shared is not None:
+        return DeviceError(f"local ranks {', '.join(map(str, shared[1]))} of this node would share the GPU "
+                           f"GPU-{UUID(bytes=shared[0])} ({visible_gpus()} GPU(s) visible to a rank, "
+                           f"{node.size} ranks on the node): start at most one rank per GPU")
+    buses = [ids[16:].tobytes() for ids in rows if ids.any()]
+    if len(set(buses)) < len(buses):  # MIG slices of one GPU
+        os.environ.setdefault("NCCL_MULTI_RANK_GPU_ENABLE", "1")
+    return None
 
 
 def _nccl_communicator(comm: Communicator, gpu: int) -> Any:

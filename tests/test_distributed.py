@@ -27,7 +27,7 @@ from gpubp import distributed
 from gpubp.backend import cuda_unavailable_reason
 
 import distributed_worker as worker
-from emulated_gpu import emulated_gpus
+from emulated_gpu import emulated_gpus, load_emulated_cupy
 from emulated_gpu import environment as emulated_environment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -259,7 +259,20 @@ def test_two_ranks_on_two_emulated_gpus_train_like_one_process(emulation, tmp_pa
 @needs_mpi
 def test_two_ranks_that_see_the_same_single_gpu_are_refused(emulation, tmp_path):
     rc, output, _ = launch("gpu", tmp_path, env=dict(emulation[1], CUDA_VISIBLE_DEVICES="0"))
-    assert rc != 0 and "local ranks 0, 1 of this node would share the GPU at PCI 0000:01:00.0" in output, output
+    assert rc != 0 and "local ranks 0, 1 of this node would share the GPU GPU-e7000000-0000-0000-0000-000000000000" in output, output
+
+
+@needs_mpi
+def test_two_ranks_on_two_mig_slices_of_one_gpu_train(emulation, tmp_path, monkeypatch):
+    """Each rank sees one MIG slice (CUDA_VISIBLE_DEVICES per rank) of one GPU: one PCI bus id, two UUIDs.
+    init lets them train, and NCCL (emulated: it refuses one bus id twice as NCCL does) is told to allow it."""
+    monkeypatch.delenv("NCCL_MULTI_RANK_GPU_ENABLE", raising=False)
+    env = dict(emulation[1], **{load_emulated_cupy().ENV_BUS_IDS: "0000:41:00.0,0000:41:00.0"})
+    rank_env = [{"CUDA_VISIBLE_DEVICES": str(r)} for r in range(2)]
+    rc, output, _ = launch("gpu", tmp_path, env=env, rank_env=rank_env)
+    assert rc == 0, output
+    for rank in range(2):
+        assert f"Communicator(rank={rank}, size=2, device='cuda:0', transport='MPI+NCCL')" in output, output
 
 
 class RecordingCommunicator:

@@ -5,11 +5,16 @@
 * "usable GPU" means usable: without the CUDA headers (or cuBLAS) "auto" picks the CPU and says why, and
   "cuda" raises DeviceError naming the missing piece and the install command;
 * ``fit(distributed=comm)`` trains on ``comm.device``, moving a network from another GPU there;
-* a rank takes ``cuda:(local_rank % visible GPUs)``;
+* a rank takes ``cuda:(local_rank % visible GPUs)``; two ranks of a node never share a GPU, but may use two
+  MIG slices of one (same PCI bus id, another UUID);
 * the compare-and-swap atomicAdd(double*) of pre-Pascal GPUs sums correctly.
 """
 
 from __future__ import annotations
+
+import os
+import threading
+from uuid import UUID
 
 import numpy as np
 import pytest
@@ -219,3 +224,44 @@ def test_selftest_checks_the_second_gpu_while_the_first_is_current(gpus):
     row = selftest.check_backend("cuda:1", lambda: get_ops("cuda:1"), "float32")
     failed = {check: result.note for check, result in row.results.items() if not result.ok}
     assert not failed and len(row.results) > 5, failed
+
+
+def _node_check(gpus, devices: list[str]) -> list:
+    """``distributed._shared_gpu_error`` on one thread per local rank, ``devices[r]`` being rank r's: the
+    outcome of init's shared-GPU check on each rank of one node."""
+    barrier, rows, outcomes = threading.Barrier(len(devices)), [None] * len(devices), [None] * len(devices)
+
+    class Node:  # the node communicator of one rank: an allgather across the threads
+        size = len(devices)
+
+        def __init__(self, rank):
+            self.rank = rank
+
+        def _allgather(self, row, what):
+            rows[self.rank] = row
+            barrier.wait()
+            return np.stack(rows)
+
+    def rank(r):
+        outcomes[r] = distributed._shared_gpu_error(Node(r), devices[r])
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(len(devices))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def test_two_mig_slices_of_one_gpu_are_two_gpus_and_one_gpu_twice_is_refused(gpus, monkeypatch):
+    """MIG slices share their GPU's PCI bus id but have a UUID each: ranks on two slices may train (NCCL,
+    which tells GPUs apart by bus id, is told to allow it); two ranks on one UUID are refused."""
+    monkeypatch.delenv("NCCL_MULTI_RANK_GPU_ENABLE", raising=False)
+    assert _node_check(gpus, ["cuda:0", "cuda:1"]) == [None, None]
+    assert "NCCL_MULTI_RANK_GPU_ENABLE" not in os.environ  # two whole GPUs need nothing
+    monkeypatch.setattr(gpus, "PCI_BUS_IDS", ["0000:41:00.0", "0000:41:00.0"])
+    assert _node_check(gpus, ["cuda:0", "cuda:1"]) == [None, None]
+    assert os.environ["NCCL_MULTI_RANK_GPU_ENABLE"] == "1"
+    for outcome in _node_check(gpus, ["cuda:0", "cuda:0"]):
+        assert isinstance(outcome, DeviceError)
+        assert f"local ranks 0, 1 of this node would share the GPU GPU-{UUID(bytes=gpus.UUIDS[0])}" in str(outcome)

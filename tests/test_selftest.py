@@ -99,6 +99,24 @@ def test_cuda_rows_under_the_emulated_cupy(emulated, capsys):  # noqa: F811
     assert all(cells[-1] == "ok" for cells in rows.values())
 
 
+def test_with_cupy_tf32_the_float32_cuda_rows_say_tf32_and_pass_within_its_tolerance(emulated, capsys,  # noqa: F811
+                                                                                       monkeypatch):
+    """CUPY_TF32=1 makes CuPy's float32 matmuls TF32 (10-bit mantissa; emulated too): selftest says so and
+    checks those rows within TF32's tolerance; float64 keeps its own. Without it, "TF32" is not mentioned."""
+    monkeypatch.setenv("CUPY_TF32", "1")
+    status, out, rows = selftest(capsys, "--backends", "cuda:0,numpy")
+    assert status == 0, out
+    assert all(cells[-1] == "ok" for cells in rows.values()), out
+    assert "TF32 on (CUPY_TF32=1): cuda:0 float32 checked within" in out, out
+    assert main(["info"]) == 0
+    assert "matmuls:   float32 GPU matmuls in TF32 (CUPY_TF32=1" in capsys.readouterr().out
+    monkeypatch.setenv("CUPY_TF32", "0")
+    status, out, _ = selftest(capsys, "--backends", "cuda:0")
+    assert status == 0 and "TF32" not in out, out
+    assert main(["info"]) == 0
+    assert "matmuls:   float32 GPU matmuls in full float32" in capsys.readouterr().out
+
+
 def test_a_planted_wrong_cuda_kernel_is_reported(emulated, capsys, monkeypatch):  # noqa: F811
     """The backward kernel's sigmoid′ = a(1 − a) replaced by a in backprop.cu: compiled, run, reported."""
     original = kernels.module_source

@@ -11,6 +11,7 @@ from typing import Any
 from .. import datasets
 from ..backend import (cuda_unavailable_reason, describe_cpu_backend, get_ops, gpu_names, parse_device,
                        visible_gpus)
+from ..backend.precision import describe_matmul_precision
 from .common import MISMATCH, say
 
 
@@ -108,6 +109,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"GPUBP_DATA={os.environ.get(datasets.DATA_ENV, '(unset)')}")
     say(f"kernels:   {kernel_check()}")
     say(f"graphs:    {graph_check()}")
+    say(f"matmuls:   {describe_matmul_precision()}")
     return 0
 
 

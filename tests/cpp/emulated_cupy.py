@@ -2,9 +2,10 @@
 and as strict as CuPy where gpubp could go wrong.
 
 Devices. Two emulated GPUs (``PHYSICAL_GPUS``), of which CUDA_VISIBLE_DEVICES selects and renumbers the
-visible ones, as the CUDA runtime does. Each host thread has a current device (``cupy.cuda.Device(i)`` as a
-context or ``.use()``); arrays live in host memory but belong to the device that was current when they were
-made (``a.device.id``). As in CuPy's _kernel.pyx / _reduction.pyx, an elementwise operation, reduction,
+visible ones, as the CUDA runtime does; each has a PCI bus id and a UUID (``PCI_BUS_IDS``, ``UUIDS``: a
+test gives two GPUs one bus id to make them two MIG slices of one GPU). Each host thread has a current
+device (``cupy.cuda.Device(i)`` as a context or ``.use()``); arrays live in host memory but belong to the
+device that was current when they were made (``a.device.id``). As in CuPy's _kernel.pyx / _reduction.pyx, an elementwise operation, reduction,
 matmul, fill, astype, indexed read or assignment on an array of another device than the current one raises
 ValueError ("... Peer access is unavailable between these devices."), and a kernel launched with an
 argument from another device, or while another device is current than the one its module was loaded on,
@@ -25,7 +26,11 @@ queued there and run only when an event recorded after them is waited on, or the
 synchronised: a missing ``wait_event`` leaves the sum undone, as a race would on a GPU. ``cuda.nccl`` has
 CuPy 14's API (``get_unique_id() -> bytes``, ``NcclCommunicator(int ndev, bytes commId, int rank,
 config=None)``, ``allReduce``/``broadcast`` on device pointers and a stream handle) and sums between
-processes over MPI (mpi4py), so several ranks under ``mpiexec`` train on "their" GPUs.
+processes over MPI (mpi4py), so several ranks under ``mpiexec`` train on "their" GPUs. As NCCL, it refuses
+two ranks on one bus id (MIG slices included) unless NCCL_MULTI_RANK_GPU_ENABLE=1.
+
+Matmuls. As cuBLAS under CuPy: with CUPY_TF32 > 0 a float32 matmul reads its operands as TF32 (10-bit
+mantissa), then sums in float32.
 
 Stream capture (CUDA graphs), as strict as CUDA. ``Stream.begin_capture()`` / ``end_capture() -> Graph`` and
 ``graph.launch(stream=None)`` as in CuPy 14 (``cupy.cuda.graph.Graph``); the default stream cannot capture.
@@ -70,6 +75,10 @@ import numpy as np
 
 EMULATOR = Path(__file__).parent / "cuda_emulator.h"
 PHYSICAL_GPUS = 2
+#: per physical GPU: its PCI bus id and its 16-byte UUID (``getDeviceProperties(i)["uuid"]``). A test may give
+#: two GPUs one bus id (two MIG slices of one GPU: one bus, two UUIDs)
+PCI_BUS_IDS = [f"0000:{gpu + 1:02X}:00.0" for gpu in range(PHYSICAL_GPUS)]
+UUIDS = [bytes([0xE7, gpu]) + bytes(14) for gpu in range(PHYSICAL_GPUS)]
 SM_COUNT = 1
 #: where the emulated kernel libraries are built (set by the test, or env GPUBP_EMULATED_CUPY_BUILD)
 BUILD_DIR: Path | None = None
@@ -81,6 +90,8 @@ HEADERS_MISSING_MESSAGE = ("Failed to find CUDA headers. Please install the CUDA
 CUBLAS_MISSING_MESSAGE = ("CuPy failed to load libcublas.so.13: OSError: libcublas.so.13: cannot open shared "
                           "object file: No such file or directory")
 ENV_BUILD, ENV_MISSING = "GPUBP_EMULATED_CUPY_BUILD", "GPUBP_EMULATED_CUPY_MISSING"
+#: in a subprocess: the physical GPUs' PCI bus ids, comma-separated (for PCI_BUS_IDS)
+ENV_BUS_IDS = "GPUBP_EMULATED_CUPY_PCI_BUS_IDS"
 #: the memory of each emulated GPU, and the bytes the emulated memory pool holds unused (tests may set them)
 GPU_MEMORY = 16 * 10**9
 POOL_FREE_BYTES = 0
@@ -185,7 +196,7 @@ class Device:
 
     @property
     def pci_bus_id(self) -> str:
-        return f"0000:{_visible()[self.id] + 1:02X}:00.0"
+        return PCI_BUS_IDS[_visible()[self.id]]
 
     @property
     def compute_capability(self) -> str:
@@ -206,7 +217,9 @@ def _device_attribute(attr: int, device: int) -> int:
 
 def _device_properties(device: int) -> dict:
     _check_ordinal(device)
-    return {"name": f"Emulated GPU {_visible()[device]}".encode(), "major": 9, "minor": 0}
+    gpu = _visible()[device]
+    return {"name": f"Emulated GPU {gpu}".encode(), "major": 9, "minor": 0, "uuid": UUIDS[gpu],
+            "pciBusID": int(PCI_BUS_IDS[gpu].split(":")[1], 16)}
 
 
 def _set_device(device: int) -> None:
@@ -311,14 +324,15 @@ class ndarray(np.ndarray):
         operands = [*inputs, *outs]
         _refuse_host(operands, f"cupy.{ufunc.__name__}")
         _peer_check(operands, f"cupy.{ufunc.__name__}")
+        read = _tf32 if ufunc is np.matmul and _tf32_matmuls() else _plain
         if outs or method == "at":  # in place: device work on the current stream
             kwargs["out"] = tuple(_plain(o) for o in outs)
             if method == "at":
                 del kwargs["out"]
-            _submit(lambda: getattr(ufunc, method)(*(_plain(x) for x in inputs), **kwargs))
+            _submit(lambda: getattr(ufunc, method)(*(read(x) for x in inputs), **kwargs))
             return outs[0] if len(outs) == 1 else (outs or None)
         _refuse_in_capture(f"cupy.{ufunc.__name__} allocates its result")
-        result = getattr(ufunc, method)(*(_plain(x) for x in inputs), **kwargs)
+        result = getattr(ufunc, method)(*(read(x) for x in inputs), **kwargs)
         if isinstance(result, tuple):
             return tuple(_wrap(np.asarray(r)) for r in result)
         return _wrap(np.asarray(result)) if isinstance(result, (np.ndarray, np.generic)) else result
@@ -403,6 +417,23 @@ class ndarray(np.ndarray):
             raise TypeError(f"{arr.dtype} array cannot be set to {self.dtype} array")
         _refuse_in_capture("copying from the host")
         np.copyto(self.view(np.ndarray), arr.reshape(self.shape))
+
+
+def _tf32_matmuls() -> bool:
+    """CuPy's rule (_routines_linalg.get_compute_type): float32 matmuls use TF32 where int(CUPY_TF32) > 0.
+    CuPy reads it at its first float32 matmul; the emulation at every one."""
+    return int(os.environ.get("CUPY_TF32", "0")) > 0
+
+
+def _tf32(x):
+    """A matmul operand as TF32 tensor cores read it: a float32's mantissa rounded to its 10 leading bits
+    (to nearest, ties to even); other dtypes as they are."""
+    x = _plain(x)
+    if getattr(x, "dtype", None) != np.float32:
+        return x
+    bits = np.ascontiguousarray(x).view(np.uint32)
+    bits = (bits + np.uint32(0xFFF) + ((bits >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000)
+    return bits.view(np.float32)
 
 
 def _wrap(x):
@@ -864,9 +895,11 @@ class NcclCommunicator:
             raise NcclError("NCCL_ERROR_INVALID_USAGE: the ranks passed different ids or sizes")
         if sorted(p[2] for p in peers) != list(range(ndev)):
             raise NcclError(f"NCCL_ERROR_INVALID_ARGUMENT: ranks {[p[2] for p in peers]} are not 0…{ndev - 1}")
-        buses = [p[3] for p in peers]
-        if len(set(buses)) != len(buses):
-            raise NcclError(f"NCCL_ERROR_INVALID_USAGE: Duplicate GPU detected (PCI bus ids {buses})")
+        buses = [p[3] for p in peers]  # NCCL tells GPUs apart by bus id: MIG slices of one GPU look alike
+        if len(set(buses)) != len(buses) and os.environ.get("NCCL_MULTI_RANK_GPU_ENABLE") != "1":
+            raise NcclError(f"NCCL_ERROR_INVALID_USAGE: Duplicate GPU detected (PCI bus ids {buses}); "
+                            "Multiple Ranks are using the same GPU/Partition. Set NCCL_MULTI_RANK_GPU_ENABLE=1 "
+                            "to enable this.")
         self._mpi = MPI.COMM_WORLD.Split(0, int(rank))
         self._rank, self._size = int(rank), int(ndev)
 
@@ -956,7 +989,9 @@ def install(monkeypatch, build_dir: Path) -> types.ModuleType:
 
 def install_from_environment() -> None:
     """In a subprocess: be ``cupy`` when env GPUBP_EMULATED_CUPY_BUILD names a build folder."""
-    global MISSING
+    global MISSING, PCI_BUS_IDS
     if os.environ.get(ENV_BUILD):
         MISSING = os.environ.get(ENV_MISSING) or None
+        if os.environ.get(ENV_BUS_IDS):
+            PCI_BUS_IDS = os.environ[ENV_BUS_IDS].split(",")
         sys.modules.update(modules())
