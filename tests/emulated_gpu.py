@@ -72,3 +72,20 @@ def environment(build_dir: Path, missing: str | None = None) -> dict[str, str]:
     if missing:
         env[fake.ENV_MISSING] = missing
     return env
+
+
+def plant_in_kernel(monkeypatch, file: str, old: str, new: str) -> None:
+    """A bug planted in kernel source ``file`` (``old`` replaced by ``new``), the loaded kernels forgotten so
+    that the next launch compiles the planted source: for tests that a check reports a wrong kernel."""
+    original = kernels.module_source
+
+    def planted(name: str) -> str:
+        source = original(name)
+        if name == file:
+            assert old in source, f"{old!r} is not in {file}"
+            source = source.replace(old, new)
+        return source
+
+    monkeypatch.setattr(kernels, "module_source", planted)
+    monkeypatch.setattr(kernels, "_modules", {})
+    monkeypatch.setattr(kernels, "_functions", {})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from emulated_gpu import plant_in_kernel
 
 import gpubp
 from gpubp import cli
@@ -249,22 +250,12 @@ def test_selftest_compares_graphs_with_eager_steps_and_reports_a_difference(gpus
     """The ``compiled`` check gives 0 (equal), and a difference once the graphs' SGD step reads its two
     scalars swapped (a planted bug in the _indirect kernel only). The whole row: test_emulated_gpu.py."""
     from gpubp import selftest
-    from gpubp.backend import get_ops, kernels
+    from gpubp.backend import get_ops
 
     ops = get_ops("cuda:0")
     assert selftest.check_compiled(ops, "float64") == 0.0
-    original = kernels.module_source
-
-    def planted(file: str) -> str:
-        source = original(file)
-        if file == "optim.cu":
-            source = source.replace("n_weights, scalars[0], scalars[1]);", "n_weights, scalars[1], scalars[0]);")
-            assert "scalars[1], scalars[0]" in source
-        return source
-
-    monkeypatch.setattr(kernels, "module_source", planted)
-    monkeypatch.setattr(kernels, "_modules", {})
-    monkeypatch.setattr(kernels, "_functions", {})
+    plant_in_kernel(monkeypatch, "optim.cu", "n_weights, scalars[0], scalars[1]);",
+                    "n_weights, scalars[1], scalars[0]);")
     assert selftest.check_compiled(ops, "float64") > selftest.TOLERANCE["float64"]
     assert selftest.check_training(ops, "float64") <= selftest.TOLERANCE["float64"]  # the eager steps are right
 

@@ -7,9 +7,10 @@ import os
 
 import numpy as np
 import pytest
+from emulated_gpu import plant_in_kernel
 from test_kernels_host import emulated, host_program  # noqa: F401  (fixtures: the emulated CuPy)
 
-from gpubp.backend import device, kernels
+from gpubp.backend import device
 from gpubp.cli import main
 from gpubp.selftest import CHECKS
 
@@ -119,18 +120,7 @@ def test_with_cupy_tf32_the_float32_cuda_rows_say_tf32_and_pass_within_its_toler
 
 def test_a_planted_wrong_cuda_kernel_is_reported(emulated, capsys, monkeypatch):  # noqa: F811
     """The backward kernel's sigmoid′ = a(1 − a) replaced by a in backprop.cu: compiled, run, reported."""
-    original = kernels.module_source
-
-    def planted(file: str) -> str:
-        source = original(file)
-        if file == "backprop.cu":
-            source = source.replace("return (T(1) - a) * a;", "return a;")
-            assert "return a;" in source
-        return source
-
-    monkeypatch.setattr(kernels, "module_source", planted)
-    monkeypatch.setattr(kernels, "_modules", {})
-    monkeypatch.setattr(kernels, "_functions", {})
+    plant_in_kernel(monkeypatch, "backprop.cu", "return (T(1) - a) * a;", "return a;")
     status, out, rows = selftest(capsys, "--backends", "cuda:0")
     assert status == 1
     assert "cuda:0 float64 σ′⊙g: worst error" in out and "cuda:0 float64 BP1–BP4: worst error" in out

@@ -12,7 +12,6 @@ runs the NumPy reference of ``Ops`` instead, so the backend accepts everything `
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 from typing import TYPE_CHECKING, Iterator
 
@@ -22,6 +21,8 @@ from ..activations import Activation
 from . import cpu_kernels
 from .cpu_kernels import ActivationKernels
 from .kernels import LOG_EPS
+from .numba_program import FLOATS as _FLOATS
+from .numba_program import NUMBA_BLAS as _NUMBA_BLAS  # without SciPy the layer methods compose NumPy's matmul
 from .numba_program import NumbaProgram, plan_kernel
 from .ops import Array, Ops, cost_id, is_stable
 
@@ -29,11 +30,7 @@ if TYPE_CHECKING:
     from ..costs import Cost
     from .programs import ProgramPlan
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _INT64 = np.dtype(np.int64)
-#: Numba's np.dot calls BLAS through SciPy: without SciPy the layer methods run Ops' composition of
-#: NumPy's matmul and the elementwise kernels instead
-_NUMBA_BLAS = importlib.util.find_spec("scipy") is not None
 _KERNELS = cpu_kernels.KERNELS
 _IDENTITY = _KERNELS["identity"]
 

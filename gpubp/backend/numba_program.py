@@ -20,9 +20,10 @@ from .kernels import LOG_EPS
 from .ops import cost_id, is_stable
 from .programs import Array, ProgramPlan
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+#: the dtypes the compiled kernels take
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 #: Numba's np.dot calls BLAS through SciPy
-_NUMBA_BLAS = importlib.util.find_spec("scipy") is not None
+NUMBA_BLAS = importlib.util.find_spec("scipy") is not None
 #: a step whose largest matmul has at most this many multiply-adds runs BLAS on one thread: on 2 cores the
 #: second thread made scikit-learn's config (2.5M) 10 % slower on a quiet machine and 4× slower beside
 #: another busy process (bench/README.md); larger matmuls (configs M, L) keep BLAS's threads
@@ -48,9 +49,9 @@ def one_blas_thread() -> contextlib.AbstractContextManager:
 def plan_kernel(plan: ProgramPlan) -> tuple[tuple | None, str]:
     """(the chunk kernel's compile-time constants, "") for a plan the kernel covers, else (None, why not)."""
     hidden, output = plan.activations[0], plan.activations[-1]
-    if not _NUMBA_BLAS:
+    if not NUMBA_BLAS:
         return None, "SciPy is not installed (Numba calls BLAS through it): pip install scipy"
-    if plan.dtype not in _FLOATS:
+    if plan.dtype not in FLOATS:
         return None, f"dtype {plan.dtype} (the compiled steps take float32 and float64)"
     if not all(a.elementwise and a.name in cpu_kernels.KERNELS for a in plan.activations[:-1]):
         return None, f"the hidden activation {hidden.name!r} is not a built-in one"
