@@ -272,7 +272,7 @@ def _finite_differences(net: Any, X: Any, Y: Any, shown: list[np.ndarray], terms
     """(C(θ + eps·eᵢ) − C(θ − eps·eᵢ)) / (2 eps) for every parameter θᵢ, on a float64 CPU copy of
     ``net``; in networks of more than ``CHECK_ALL`` parameters only for the weights and biases written out, NaN
     elsewhere."""
-    twin = _copy(net, replace(net.state(), dtype="float64", optimizer=None), device="cpu")
+    twin = _copy(net, replace(net.state(), dtype="float64", matmul_precision="fp32", optimizer=None), device="cpu")
     every = twin.parameters().size <= CHECK_ALL
     numeric_w = [np.full(W.shape, np.nan) for W in twin.weights]
     numeric_b = [np.full(b.shape, np.nan) for b in twin.biases]

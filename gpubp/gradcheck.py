@@ -20,7 +20,8 @@ def gradcheck(net: Any, X: Any, Y: Any = None, eps: float = 1e-6, max_params: in
     """
     if not (isinstance(eps, (float, int)) and 0 < eps < 1):
         raise ValueError(f"eps must be a small positive number; got {eps!r}")
-    twin = type(net).from_state(replace(net.state(), dtype="float64", optimizer=None), device="cpu")
+    twin = type(net).from_state(replace(net.state(), dtype="float64", matmul_precision="fp32", optimizer=None),
+                                device="cpu")
     nabla_w, nabla_b = twin.backprop(X, Y)
     analytic = np.concatenate([g.ravel() for g in nabla_w + nabla_b])
     size = twin.parameters().size

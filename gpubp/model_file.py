@@ -6,7 +6,9 @@ Version 1 holds the model description (``sizes``, ``activation``, ``output``, ``
 (``shuffle_rng``) and the ``metadata``, both as JSON text. Version 3 adds the optimizer's hyper-parameters
 (``optimizer_settings``, a JSON object) and the ``history``, one float64 vector ``history.<key>`` per key
 (NaN and infinite losses kept exactly). Older files still read: version 2's optimizer with its default
-settings, no history.
+settings, no history. Any version may hold ``matmul_precision`` ("fp32" or "tf32", gpubp.backend.precision;
+a file without it, such as an older one, holds an "fp32" model). A gpubp that does not know the field skips
+it and runs the model in fp32.
 
 Reading checks a file whole before anything is built from it: its zip and .npy structure (``gpubp.npzfile``,
 every read bounded by what the file declares), the parameter count against the layer sizes, the optimizer
@@ -25,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import npzfile
+from .backend.precision import FP32, check_matmul_precision
 from .files import write_atomically
 from .initializers import parameter_count
 from .metadata import check_metadata
@@ -34,7 +37,7 @@ from .optimizers import OPTIMIZERS, optimizer_name
 FORMAT = "gpubp-network"
 FORMAT_VERSION = 3
 REQUIRED = ("format", "format_version", "sizes", "activation", "output", "cost", "dtype", "params")
-OPTIONAL = ("builtin_cost", "metadata", "shuffle_rng", "optimizer", "optimizer_settings")
+OPTIONAL = ("builtin_cost", "metadata", "shuffle_rng", "optimizer", "optimizer_settings", "matmul_precision")
 OPTIMIZER_PREFIX = "optimizer."
 HISTORY_PREFIX = "history."
 #: the optimizer's state buffers, the history, and what a checkpoint adds (``gpubp.checkpoint``)
@@ -51,6 +54,7 @@ def state_arrays(state: ModelState) -> dict[str, np.ndarray]:
         "sizes": np.array(state.sizes, dtype=np.int64), "activation": np.array(state.activation),
         "output": np.array(state.output), "cost": np.array(state.cost if builtin else state.cost.name),
         "builtin_cost": np.array(builtin), "dtype": np.array(state.dtype), "params": np.asarray(state.params),
+        "matmul_precision": np.array(state.matmul_precision),
         "metadata": np.array(_json_text(state.metadata, "metadata")),
         "shuffle_rng": np.array("" if state.shuffle is None else _json_text(state.shuffle, "shuffle_rng")),
     }
@@ -132,7 +136,8 @@ def model_state(fields: dict[str, np.ndarray], name: str, cost: Any = None) -> M
             raise ValueError(f"{name} is damaged: field 'shuffle_rng' is {exc}") from exc
     return ModelState(sizes=sizes, **description, params=fields["params"],
                       optimizer=_optimizer_state(fields, name), shuffle=shuffle,
-                      metadata=_metadata(fields, name, sizes[0]), history=history_of(fields, HISTORY_PREFIX, name))
+                      metadata=_metadata(fields, name, sizes[0]), history=history_of(fields, HISTORY_PREFIX, name),
+                      matmul_precision=_matmul_precision(fields, name))
 
 
 def user_defined_cost(fields: dict[str, np.ndarray]) -> bool:
@@ -191,6 +196,18 @@ def history_of(fields: dict[str, np.ndarray], prefix: str, name: str) -> dict[st
             raise ValueError(f"{name} is damaged: field {key!r} is not a vector of float64 values")
         history[key[len(prefix):]] = values.tolist()
     return history
+
+
+def _matmul_precision(fields: dict[str, np.ndarray], name: str) -> str:
+    """The model's matmul precision ("fp32" where the file does not say); ValueError naming the file when it
+    is not one for the model's dtype."""
+    if "matmul_precision" not in fields:
+        return FP32
+    try:
+        return check_matmul_precision(text_field(fields, "matmul_precision", name),
+                                      np.dtype(text_field(fields, "dtype", name)))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} is damaged: field 'matmul_precision': {exc}") from exc
 
 
 def _metadata(fields: dict[str, np.ndarray], name: str, width: int) -> dict[str, Any]:

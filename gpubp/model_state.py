@@ -34,7 +34,8 @@ class ModelState:
     metadata and history. Its arrays make ``==`` ambiguous: states are compared part by part.
 
     ``cost`` is the cost's name, or the Cost object itself for a user-defined cost (a file stores only its
-    name: loading such a file needs the object again)."""
+    name: loading such a file needs the object again). ``matmul_precision`` is "fp32" or "tf32"
+    (``gpubp.backend.precision``)."""
 
     sizes: list[int]
     activation: str
@@ -46,13 +47,14 @@ class ModelState:
     shuffle: dict[str, Any] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     history: dict[str, list] = field(default_factory=dict)
+    matmul_precision: str = "fp32"
 
     def description(self) -> dict[str, Any]:
-        """sizes, activation, output, cost and dtype, each by name: what two models must share for one's
-        state to go into the other (``Network.description()`` gives the same for a network)."""
+        """sizes, activation, output, cost, dtype and matmul_precision, each by name: what two models must
+        share for one's state to go into the other (``Network.description()`` gives the same for a network)."""
         cost = self.cost if isinstance(self.cost, str) else self.cost.name
         return {"sizes": list(self.sizes), "activation": self.activation, "output": self.output, "cost": cost,
-                "dtype": self.dtype}
+                "dtype": self.dtype, "matmul_precision": self.matmul_precision}
 
 
 def shuffle_generator(state: Any) -> np.random.Generator:

@@ -25,6 +25,7 @@ from .activations import get_activation
 from .backend import Ops, get_ops
 from .backend.arrays import array_module
 from .backend.ops import host_available_memory
+from .backend.precision import check_matmul_precision
 from .costs import COSTS, Cost, CrossEntropy, LogLikelihood, get_cost
 from .initializers import init_parameters, parameter_count
 from .metrics import METRICS, accuracy, regression_metrics
@@ -75,7 +76,7 @@ class Network:
 
     def __init__(self, sizes: Sequence[int], activation: str = "sigmoid", output: str | None = None,
                  cost: str | Cost | Any = "quadratic", device: str | Ops | None = "auto",
-                 dtype: str = "float32", seed: int | None = None) -> None:
+                 dtype: str = "float32", seed: int | None = None, matmul_precision: str = "fp32") -> None:
         self.sizes = _check_sizes(sizes)
         self.activation = get_activation(activation)
         self.output = get_activation(output if output is not None else activation, output=True)
@@ -89,9 +90,12 @@ class Network:
             raise ValueError("the cross_entropy cost needs outputs in (0, 1): use output='sigmoid' or "
                              f"'softmax'; got output={self.output.name!r}")
         self.dtype = _check_dtype(dtype)
+        #: "fp32" or "tf32": how a GPU computes the matmuls of zˡ, BP2 and BP4 (gpubp.backend.precision;
+        #: the CPU backends compute float32 products in float32 either way)
+        self.matmul_precision = check_matmul_precision(matmul_precision, self.dtype)
         self.seed = inputs.seed(seed)
         #: the backend: ``device`` may name it ("auto", "cpu", "cuda:N"; None: env GPUBP_DEVICE) or be one
-        self.ops = device if isinstance(device, Ops) else get_ops(device)
+        self.ops = self._backend(device)
         self.history: dict[str, list] = {}
         #: what an application of the model needs besides its parameters (JSON values; saved with it)
         self.metadata: dict[str, Any] = {}
@@ -148,10 +152,14 @@ class Network:
         """The flat gradient buffer, laid out as ``parameters()``: Σₓ ∂Cₓ/∂θ of the last ``backprop_sum``."""
         return self._grad
 
+    def _backend(self, device: str | Ops | None) -> Ops:
+        """The backend of ``device`` (a name or a backend) that computes matmuls in ``matmul_precision``."""
+        return (device if isinstance(device, Ops) else get_ops(device)).with_matmul_precision(self.matmul_precision)
+
     def to(self, device: str | Ops) -> "Network":
         """Move the network, its whole ``state()`` (optimizer included), to ``device`` (a name, or a backend
-        such as ``get_ops("cpu", cpu_backend="numpy")``) in place; returns it."""
-        ops = device if isinstance(device, Ops) else get_ops(device)
+        such as ``get_ops("cpu", cpu_backend="numpy")``) in place, its ``matmul_precision`` kept; returns it."""
+        ops = self._backend(device)
         state = self.state()
         self.ops = ops
         self._load_parameters(state.params)
@@ -160,9 +168,10 @@ class Network:
 
     # ---- state ------------------------------------------------------------------------------------
     def description(self) -> dict[str, Any]:
-        """sizes, activation, output, cost and dtype, each by name (as ``ModelState.description()``)."""
+        """sizes, activation, output, cost, dtype and matmul_precision, each by name (as
+        ``ModelState.description()``)."""
         return {"sizes": list(self.sizes), "activation": self.activation.name, "output": self.output.name,
-                "cost": self.cost.name, "dtype": self.dtype.name}
+                "cost": self.cost.name, "dtype": self.dtype.name, "matmul_precision": self.matmul_precision}
 
     def state(self) -> ModelState:
         """A snapshot of the whole model as host copies: its description, parameters, the optimizer of the
@@ -187,7 +196,7 @@ class Network:
         GPUBP_DEVICE, else "auto")."""
         _check_state(state)
         net = cls(state.sizes, activation=state.activation, output=state.output, cost=state.cost,
-                  device=device, dtype=state.dtype)
+                  device=device, dtype=state.dtype, matmul_precision=state.matmul_precision)
         net.load_state(state)
         return net
 
@@ -544,7 +553,7 @@ class Network:
     def __repr__(self) -> str:
         return (f"Network(sizes={self.sizes}, activation={self.activation.name!r}, "
                 f"output={self.output.name!r}, cost={self.cost.name!r}, device={self.device!r}, "
-                f"dtype={self.dtype.name!r})")
+                f"dtype={self.dtype.name!r}, matmul_precision={self.matmul_precision!r})")
 
 
 def _check_state(state: Any) -> None:

@@ -233,7 +233,8 @@ class Trainer:
                              f"world size {comm.size}: every rank needs at least one sample of each batch")
         settings = np.array([n, self.batch_size, self.epochs, self.shuffle], dtype=np.int64)
         comm.check_same(settings, "data size and fit arguments")
-        config = f"{net.sizes} {net.activation.name} {net.output.name} {net.cost.name} {net.dtype.name}"
+        config = f"{net.sizes} {net.activation.name} {net.output.name} {net.cost.name} {net.dtype.name} " \
+            f"{net.matmul_precision}"
         comm.check_same(np.frombuffer(config.encode(), np.uint8), "model configuration")
         schedule = json.dumps(self._schedule_run(), sort_keys=True)  # every rank takes rank 0's decisions
         comm.check_same(np.frombuffer(schedule.encode(), np.uint8), "schedule and stopping rule")

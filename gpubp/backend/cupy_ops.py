@@ -1,6 +1,7 @@
 """The CUDA backend: ``Ops`` on CuPy arrays, with the fused kernels of ``kernels/`` for every elementwise step.
 
-Matmuls stay ``cupy.matmul`` (cuBLAS). Forward bias + σ, backward σ′ ⊙ g, the output delta with its loss and
+Matmuls are cuBLAS's, called with the compute type of the backend's ``matmul_precision`` ("fp32" or "tf32",
+``cublas_gemm``; one instance per GPU and precision). Forward bias + σ, backward σ′ ⊙ g, the output delta with its loss and
 the optimizer updates are one kernel launch each, on the current stream, with no host sync and no
 allocation. Kernels take C-contiguous float32 or float64 arrays of one dtype (views of the flat parameter
 buffer qualify); integer labels are int64. A user-defined cost falls back to the NumPy-style code of ``Ops``
@@ -17,6 +18,7 @@ import numpy as np
 
 from ..activations import Activation
 from . import kernels
+from .cublas_gemm import gemm
 from .ops import Array, Ops, cost_id, is_stable
 
 if TYPE_CHECKING:
@@ -33,20 +35,31 @@ _UNKNOWN = object()
 
 
 class CupyOps(Ops):
-    """Every step on CUDA device ``device_index``: cuBLAS matmuls and gpubp's fused kernels."""
+    """Every step on CUDA device ``device_index``: cuBLAS matmuls in ``matmul_precision`` and gpubp's fused
+    kernels."""
 
     name = "cupy"
     xp = cupy
     on_host = False
 
-    def __init__(self, device_index: int) -> None:
+    def __init__(self, device_index: int, matmul_precision: str = "fp32") -> None:
         super().__init__()
         self.index = int(device_index)
         self.device = f"cuda:{self.index}"
+        self.matmul_precision = matmul_precision
         sms = cupy.cuda.runtime.deviceGetAttribute(cupy.cuda.runtime.cudaDevAttrMultiProcessorCount,
                                                    self.index)
         self._max_blocks = sms * BLOCKS_PER_SM
         self._graph_reason: Any = _UNKNOWN
+
+    def with_matmul_precision(self, precision: str) -> Ops:
+        """The backend of this GPU whose matmuls run in ``precision`` (one shared instance per GPU and
+        precision, as ``get_ops`` gives)."""
+        if precision == self.matmul_precision:
+            return self
+        from .device import cupy_ops
+
+        return cupy_ops(self.index, precision)
 
     # ---- device and memory --------------------------------------------------------------------------
     def activate(self) -> contextlib.AbstractContextManager:
@@ -98,8 +111,9 @@ class CupyOps(Ops):
 
     # ---- linear algebra (cuBLAS on this device) -----------------------------------------------------
     def gemm(self, a: Array, b: Array, out: Array) -> Array:
+        """out = a @ b by cuBLAS in this backend's ``matmul_precision``, whatever CUPY_TF32 says."""
         with self._on_device():
-            return cupy.matmul(a, b, out=out)
+            return gemm(a, b, out, self.matmul_precision)
 
     def sum_rows(self, x: Array, out: Array) -> Array:
         with self._on_device():

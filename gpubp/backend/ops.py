@@ -66,6 +66,8 @@ class Ops:
     device = "cpu"
     #: whether this backend's arrays live in host memory (the CPU backends) rather than on a GPU
     on_host = True
+    #: how the matmuls compute (gpubp.backend.precision): the CPU backends' float32 products are float32's
+    matmul_precision = "fp32"
 
     def __init__(self) -> None:
         self._scratch: dict[tuple, Array] = {}
@@ -115,6 +117,11 @@ class Ops:
     def activate(self) -> contextlib.AbstractContextManager:
         """A context in which new arrays land on this backend's device."""
         return contextlib.nullcontext()
+
+    def with_matmul_precision(self, precision: str) -> "Ops":
+        """This device's backend for a network whose ``matmul_precision`` is ``precision``: the CPU backends
+        compute float32 products in float32 whatever the choice, so they serve every network as they are."""
+        return self
 
     # ---- compiled training (gpubp.backend.programs) -------------------------------------------------
     def training_program(self, plan: ProgramPlan) -> tuple[TrainingProgram | None, str]:
