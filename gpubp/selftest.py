@@ -19,13 +19,16 @@ GPU) and each dtype (float32, float64), the checks are:
   which is what checks the NumPy reference itself.
 
 Every other check but ``compiled`` compares with NumPy ``Ops`` on the same inputs at the same dtype; the error of a check is
-the worst max |got − ref| / (1 + |ref|) over its cases, and it passes within ``TOLERANCE`` of its dtype
-(``TF32_TOLERANCE`` for float32 on a GPU whose matmuls run in TF32, env CUPY_TF32, which the report says).
+the worst max |got − ref| / (1 + |ref|) over its cases, and it passes within ``TOLERANCE`` of its dtype.
+
+Matmuls are checked in one ``matmul_precision`` (gpubp.backend.precision; the report names it): "fp32" (the
+default) on every row, whatever CUPY_TF32 says (it changes only CuPy's own matmuls); or "tf32", which a GPU's
+float32 rows then run and are checked in within ``TF32_TOLERANCE`` (float64 rows and the CPUs compute in full
+precision either way).
 """
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -36,14 +39,14 @@ import numpy as np
 from .activations import ACTIVATIONS, SOFTMAX
 from .backend import Ops, cuda_unavailable_reason, get_ops, numba_unavailable_reason, visible_gpus
 from .backend.numpy_ops import NumpyOps
-from .backend.precision import TF32_ENV, tf32_matmuls
+from .backend.precision import FP32, TF32, describe_cupy_matmuls, tf32_matmuls
 from .costs import COSTS
 
 DTYPES = ("float32", "float64")
 #: worst |got − ref| / (1 + |ref|) allowed per dtype: float32 steps differ from NumPy by a few ulp, which
 #: sums of a few hundred terms (BP4's matmuls) and three training steps grow to ~1e-6
 TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
-#: float32 on a GPU whose matmuls run in TF32 (CUPY_TF32): each operand keeps a 10-bit mantissa, relative
+#: float32 on a GPU whose matmuls run in TF32 ("tf32"): each operand keeps a 10-bit mantissa, relative
 #: error ≤ 2⁻¹¹ rounded (2⁻¹⁰ where the hardware truncates), so a product is off by ≤ 2⁻⁹ ≈ 2e-3 and these
 #: checks' sums of ≤ 33 such products by ~√33 · 2e-3 ≈ 1e-2 with random signs (4e-3 measured under the
 #: emulation, which rounds); 2e-2 admits that, while a wrong kernel still gives O(1)
@@ -82,11 +85,12 @@ class Result:
 
 @dataclass
 class Row:
-    """One backend at one dtype."""
+    """One backend at one dtype, its matmuls in ``precision`` ("fp32" or "tf32")."""
 
     backend: str
     dtype: str
     results: dict[str, Result] = field(default_factory=dict)
+    precision: str = FP32
 
     @property
     def ok(self) -> bool:
@@ -112,9 +116,10 @@ def usable_backends() -> tuple[dict[str, Callable[[], Ops]], dict[str, str]]:
     return usable, missing
 
 
-def run_selftest(backends: Sequence[str] | None = None,
-                 log: Callable[[str], None] | None = None) -> tuple[list[Row], dict[str, str]]:
-    """Rows of results for ``backends`` (default: every usable one) and {backend: why it was not tested}.
+def run_selftest(backends: Sequence[str] | None = None, log: Callable[[str], None] | None = None,
+                 matmul_precision: str = FP32) -> tuple[list[Row], dict[str, str]]:
+    """Rows of results for ``backends`` (default: every usable one) and {backend: why it was not tested}, the
+    float32 rows' matmuls in ``matmul_precision`` ("fp32" or "tf32": see the module docstring).
 
     A backend named in ``backends`` that is not usable here raises ValueError saying why."""
     usable, missing = usable_backends()
@@ -130,16 +135,18 @@ def run_selftest(backends: Sequence[str] | None = None,
         for dtype in DTYPES:
             if log:
                 log(f"checking {name} {dtype} ...")
-            rows.append(check_backend(name, factory, dtype))
+            rows.append(check_backend(name, factory, dtype, matmul_precision if dtype == "float32" else FP32))
     return rows, missing
 
 
-def check_backend(name: str, factory: Callable[[], Ops], dtype: str) -> Row:
-    """Every check of one backend at one dtype; an exception fails its check and is reported."""
+def check_backend(name: str, factory: Callable[[], Ops], dtype: str, matmul_precision: str = FP32) -> Row:
+    """Every check of one backend at one dtype, its matmuls in ``matmul_precision`` where the backend has
+    that choice; an exception fails its check and is reported."""
     row = Row(name, dtype)
     try:
         start = time.perf_counter()
-        ops = factory()
+        ops = factory().with_matmul_precision(matmul_precision)
+        row.precision = ops.matmul_precision
         with ops.activate():  # the checks' own arrays (copies, scratch) on the backend's device
             warm_up(ops, dtype)
         row.results["load"] = Result(time.perf_counter() - start)
@@ -156,7 +163,7 @@ def check_backend(name: str, factory: Callable[[], Ops], dtype: str) -> Row:
     if dtype == "float64":
         checks["finite diff."] = check_finite_differences
     for check, run in checks.items():
-        tolerance = FINITE_DIFF_TOLERANCE if check == "finite diff." else tolerance_of(name, dtype)
+        tolerance = FINITE_DIFF_TOLERANCE if check == "finite diff." else tolerance_of(row)
         try:
             with np.errstate(all="ignore"), ops.activate():
                 error = run(ops, dtype)
@@ -169,15 +176,9 @@ def check_backend(name: str, factory: Callable[[], Ops], dtype: str) -> Row:
     return row
 
 
-def tolerance_of(backend: str, dtype: str) -> float:
-    """The tolerance of ``backend``'s checks at ``dtype``: TF32's for float32 on a GPU when CUPY_TF32 is on."""
-    if _tf32_row(backend, dtype):
-        return TF32_TOLERANCE
-    return TOLERANCE[dtype]
-
-
-def _tf32_row(backend: str, dtype: str) -> bool:
-    return backend.startswith("cuda") and dtype == "float32" and tf32_matmuls()
+def tolerance_of(row: Row) -> float:
+    """The tolerance of a row's checks: TF32's where its matmuls run in TF32, else its dtype's."""
+    return TF32_TOLERANCE if row.precision == TF32 else TOLERANCE[row.dtype]
 
 
 def _describe(exc: BaseException) -> str:
@@ -383,7 +384,8 @@ def _network(ops: Ops, config: tuple, dtype: str) -> Any:
     from .network import Network
 
     sizes, hidden, output, cost, _, _ = config
-    return Network(sizes, activation=hidden, output=output, cost=cost, device=ops, dtype=dtype, seed=0)
+    return Network(sizes, activation=hidden, output=output, cost=cost, device=ops, dtype=dtype, seed=0,
+                   matmul_precision=ops.matmul_precision)
 
 
 def _network_data(config: tuple, dtype: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -488,10 +490,7 @@ def format_report(rows: Sequence[Row], missing: dict[str, str] | None = None) ->
     for row in rows:
         out += [f"not run: {row.backend} {row.dtype} {check}: {result.note}"
                 for check, result in row.results.items() if result.ok and result.value is None]
-    tf32 = [f"{row.backend} {row.dtype}" for row in rows if _tf32_row(row.backend, row.dtype)]
-    if tf32:
-        out += ["", f"TF32 on ({TF32_ENV}={os.environ[TF32_ENV].strip()}): {', '.join(tf32)} checked within "
-                    f"{TF32_TOLERANCE:g} (matmuls keep a 10-bit mantissa); unset {TF32_ENV} for full float32"]
+    out += ["", _precision_line(rows)]
     failures = [f"  {row.backend} {row.dtype} {check}: {result.note}" for row in rows
                 for check, result in row.results.items() if not result.ok]
     if failures:
@@ -499,6 +498,15 @@ def format_report(rows: Sequence[Row], missing: dict[str, str] | None = None) ->
     else:
         out += ["", f"all {len(rows)} backend/dtype rows passed"]
     return "\n".join(out)
+
+
+def _precision_line(rows: Sequence[Row]) -> str:
+    """Which matmul precision the rows were checked in (and what CUPY_TF32 did not change)."""
+    tf32 = [f"{row.backend} {row.dtype}" for row in rows if row.precision == TF32]
+    checked = "matmul_precision='fp32' on every row" if not tf32 else \
+        f"matmul_precision='tf32' on {', '.join(tf32)}, checked within {TF32_TOLERANCE:g} (TF32 keeps a 10-bit " \
+        "mantissa); 'fp32' on the other rows (float64, and the CPUs: float32 products in float32)"
+    return f"matmuls: {checked}" + (f"; {describe_cupy_matmuls()}" if tf32_matmuls() else "")
 
 
 def _fmt_error(value: float) -> str:

@@ -50,7 +50,8 @@ def emulated_gpus(build_dir: Path, missing: str | None = None) -> Iterator:
         for name, value in (("contexts", set()), ("HELD_ELSEWHERE", set()), ("LOAD_ERROR", None),
                             ("DRIVER_VERSION", fake.RUNTIME_VERSION)):
             mp.setattr(fake, name, value)
-        mp.delitem(sys.modules, "gpubp.backend.cupy_ops", raising=False)  # re-imported on the emulation
+        for module in ("gpubp.backend.cupy_ops", "gpubp.backend.cublas_gemm"):  # re-imported on the emulation
+            mp.delitem(sys.modules, module, raising=False)
         mp.setattr(kernels, "_modules", {})
         mp.setattr(kernels, "_functions", {})
         fake.runtime.setDevice(0)

@@ -11,7 +11,7 @@ from typing import Any
 from .. import datasets
 from ..backend import (cuda_unavailable_reason, describe_cpu_backend, get_ops, gpu_names, parse_device,
                        visible_gpus)
-from ..backend.precision import describe_matmul_precision
+from ..backend.precision import MATMUL_PRECISIONS, describe_cupy_matmuls, describe_gpu_matmuls
 from .common import MISMATCH, say
 
 
@@ -34,6 +34,9 @@ def add_commands(commands: Any) -> None:
     selftest.add_argument("--backends", default=None, metavar="LIST",
                           help="comma-separated backends among numpy, numba, cuda:N (default: every one "
                                "usable here)")
+    selftest.add_argument("--matmul-precision", choices=MATMUL_PRECISIONS, default="fp32",
+                          help="the float32 rows' matmul precision on a GPU: fp32 (default) or tf32, checked "
+                               "within TF32's tolerance")
     selftest.set_defaults(run=cmd_selftest)
 
 
@@ -91,6 +94,19 @@ def graph_check() -> str:
     return "; ".join(cells) if cells else "no GPU"
 
 
+def matmul_check() -> str:
+    """What "fp32" and "tf32" networks' matmuls get on each usable GPU here, and what CUPY_TF32 changes."""
+    cells = []
+    for index in range(visible_gpus()):
+        if cuda_unavailable_reason(index) is None:
+            import cupy
+
+            capability = int(cupy.cuda.Device(index).compute_capability)
+            cells.append(describe_gpu_matmuls(f"cuda:{index}", capability))
+    gpus = "; ".join(cells) if cells else "no usable GPU: the CPU computes fp32 and tf32 networks in float32"
+    return f"{gpus}; {describe_cupy_matmuls()}"
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .. import __version__
 
@@ -109,7 +125,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"GPUBP_DATA={os.environ.get(datasets.DATA_ENV, '(unset)')}")
     say(f"kernels:   {kernel_check()}")
     say(f"graphs:    {graph_check()}")
-    say(f"matmuls:   {describe_matmul_precision()}")
+    say(f"matmuls:   {matmul_check()}")
     return 0
 
 
@@ -118,7 +134,8 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     from ..selftest import format_report, run_selftest
 
     backends = None if args.backends is None else [b.strip().lower() for b in args.backends.split(",")]
-    rows, missing = run_selftest(backends, log=lambda line: say(line, err=True))
+    rows, missing = run_selftest(backends, log=lambda line: say(line, err=True),
+                                 matmul_precision=args.matmul_precision)
     say(format_report(rows, missing))
     return 0 if all(row.ok for row in rows) else MISMATCH
 

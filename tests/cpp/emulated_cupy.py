@@ -29,8 +29,16 @@ config=None)``, ``allReduce``/``broadcast`` on device pointers and a stream hand
 processes over MPI (mpi4py), so several ranks under ``mpiexec`` train on "their" GPUs. As NCCL, it refuses
 two ranks on one bus id (MIG slices included) unless NCCL_MULTI_RANK_GPU_ENABLE=1.
 
-Matmuls. As cuBLAS under CuPy: with CUPY_TF32 > 0 a float32 matmul reads its operands as TF32 (10-bit
-mantissa), then sums in float32.
+Matmuls. As cuBLAS under CuPy: with CUPY_TF32 > 0 CuPy's own float32 matmul (``cupy.matmul``, ``@``) reads
+its operands as TF32 (10-bit mantissa), then sums in float32. cuBLAS itself, as CuPy 14 wraps it
+(``cupy_backends.cuda.libs.cublas``: ``gemmEx``, ``getMathMode``/``setMathMode``; the handle from
+``cupy.cuda.device.get_cublas_handle()``), takes raw device pointers, column-major matrices with leading
+dimensions, host α and β, and an explicit compute type, checked as cuBLAS checks them: CUBLAS_COMPUTE_32F
+is float32 (TF32 only where the handle's math mode is CUBLAS_TF32_TENSOR_OP_MATH),
+CUBLAS_COMPUTE_32F_FAST_TF32 rounds both operands to TF32 and sums in float32, CUBLAS_COMPUTE_64F is
+float64; CUPY_TF32 does not reach it, env NVIDIA_TF32_OVERRIDE=0 turns its TF32 off. A matrix outside the
+current device's memory fails as an illegal address; the product is device work on the current stream
+(captured in a CUDA graph like a kernel launch).
 
 Stream capture (CUDA graphs), as strict as CUDA. ``Stream.begin_capture()`` / ``end_capture() -> Graph`` and
 ``graph.launch(stream=None)`` as in CuPy 14 (``cupy.cuda.graph.Graph``); the default stream cannot capture.
@@ -427,13 +435,14 @@ def _tf32_matmuls() -> bool:
 
 def _tf32(x):
     """A matmul operand as TF32 tensor cores read it: a float32's mantissa rounded to its 10 leading bits
-    (to nearest, ties to even); other dtypes as they are."""
+    (to nearest, ties to even; NaN stays NaN); other dtypes as they are."""
     x = _plain(x)
     if getattr(x, "dtype", None) != np.float32:
         return x
-    bits = np.ascontiguousarray(x).view(np.uint32)
+    x = np.ascontiguousarray(x)
+    bits = x.view(np.uint32)
     bits = (bits + np.uint32(0xFFF) + ((bits >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000)
-    return bits.view(np.float32)
+    return np.where(np.isnan(x), x, bits.view(np.float32))
 
 
 def _wrap(x):
@@ -959,6 +968,122 @@ class NcclCommunicator:
         self._stream(stream).enqueue(work)
 
 
+# ---- cuBLAS (cupy_backends.cuda.libs.cublas) -----------------------------------------------------------
+class CUBLASError(RuntimeError):
+    pass
+
+
+#: cudaDataType (library_types.h), cublasComputeType_t and cublasMath_t (cublas_api.h) as CuPy names them
+CUDA_R_32F, CUDA_R_64F = 0, 1
+_DATA_TYPES = {CUDA_R_32F: np.float32, CUDA_R_64F: np.float64}
+CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_COMPUTE_32F_FAST_TF32 = 68, 69, 77
+CUBLAS_COMPUTE_64F, CUBLAS_COMPUTE_64F_PEDANTIC = 70, 71
+#: the data type each emulated compute type multiplies (α and β are host scalars of it)
+_COMPUTE_DATA = {CUBLAS_COMPUTE_32F: CUDA_R_32F, CUBLAS_COMPUTE_32F_PEDANTIC: CUDA_R_32F,
+                 CUBLAS_COMPUTE_32F_FAST_TF32: CUDA_R_32F, CUBLAS_COMPUTE_64F: CUDA_R_64F,
+                 CUBLAS_COMPUTE_64F_PEDANTIC: CUDA_R_64F}
+CUBLAS_DEFAULT_MATH, CUBLAS_TENSOR_OP_MATH, TF32_TENSOR_OP_MATH = 0, 1, 3
+CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
+CUBLAS_GEMM_DEFAULT, CUBLAS_GEMM_DEFAULT_TENSOR_OP = -1, 99
+#: each cuBLAS handle's math mode (a new handle's is CUBLAS_DEFAULT_MATH)
+_math_modes: dict[int, int] = {}
+
+
+def _cublas_device(handle: int) -> int:
+    """The device whose context made ``handle`` (``Device.cublas_handle``); it must be the current one."""
+    device = handle - 0x1000
+    if device not in contexts:
+        raise CUBLASError("CUBLAS_STATUS_NOT_INITIALIZED: not a cuBLAS handle of this process")
+    if device != _current():
+        raise CUBLASError(f"CUBLAS_STATUS_EXECUTION_FAILED: a handle of device {device} used while device "
+                          f"{_current()} is current")
+    return device
+
+
+def _get_math_mode(handle: int) -> int:
+    _cublas_device(handle)
+    return _math_modes.get(handle, CUBLAS_DEFAULT_MATH)
+
+
+def _set_math_mode(handle: int, mode: int) -> None:
+    _cublas_device(handle)
+    _math_modes[handle] = int(mode)
+
+
+def _matrix(ptr: int, data_type: int, rows: int, cols: int, ld: int, device: int) -> np.ndarray:
+    """The column-major (rows, cols) matrix at device address ``ptr`` with leading dimension ``ld``."""
+    dtype = np.dtype(_DATA_TYPES[data_type])
+    nbytes = ((cols - 1) * ld + rows) * dtype.itemsize
+    try:
+        where = _device_of_pointer(ptr, nbytes)
+    except CUDARuntimeError:
+        where = None
+    if where != device:
+        raise CUDARuntimeError(f"cudaErrorIllegalAddress: cuBLAS read {nbytes} bytes at {ptr:#x}, which is not "
+                               f"memory of device {device}")
+    raw = np.frombuffer((ctypes.c_char * nbytes).from_address(ptr), dtype=dtype)
+    return np.lib.stride_tricks.as_strided(raw, (rows, cols), (dtype.itemsize, ld * dtype.itemsize))
+
+
+def _host_scalar(ptr: int, data_type: int) -> float:
+    dtype = np.dtype(_DATA_TYPES[data_type])
+    return np.frombuffer((ctypes.c_char * dtype.itemsize).from_address(ptr), dtype=dtype)[0]
+
+
+def _gemm_ex(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C, Ctype, ldc,
+             computeType, algo) -> None:
+    """cublasGemmEx (CUDA 11's, with a cublasComputeType_t): C = α op(A) op(B) + β C, column-major, on the
+    current stream; β = 0 leaves C unread."""
+    device = _cublas_device(handle)
+    if not Atype == Btype == Ctype == _COMPUTE_DATA.get(computeType, -1) or \
+            algo not in (CUBLAS_GEMM_DEFAULT, CUBLAS_GEMM_DEFAULT_TENSOR_OP):
+        raise CUBLASError(f"CUBLAS_STATUS_NOT_SUPPORTED: data types {Atype}, {Btype}, {Ctype}, compute type "
+                          f"{computeType}, algo {algo} (emulated: one of CUDA_R_32F, CUDA_R_64F with its "
+                          "compute types)")
+    a_shape = (m, k) if transa == CUBLAS_OP_N else (k, m)
+    b_shape = (k, n) if transb == CUBLAS_OP_N else (n, k)
+    if transa not in (CUBLAS_OP_N, CUBLAS_OP_T) or transb not in (CUBLAS_OP_N, CUBLAS_OP_T) or \
+            min(m, n, k) < 0 or lda < max(1, a_shape[0]) or ldb < max(1, b_shape[0]) or ldc < max(1, m):
+        raise CUBLASError("CUBLAS_STATUS_INVALID_VALUE")
+    if m == 0 or n == 0:
+        return
+    c = _matrix(C, Ctype, m, n, ldc, device)
+    a = _matrix(A, Atype, *a_shape, lda, device) if k else np.zeros(a_shape, c.dtype)
+    b = _matrix(B, Btype, *b_shape, ldb, device) if k else np.zeros(b_shape, c.dtype)
+    a, b = (a if transa == CUBLAS_OP_N else a.T), (b if transb == CUBLAS_OP_N else b.T)
+    alpha, beta = _host_scalar(alpha, Ctype), _host_scalar(beta, Ctype)  # read now, as cuBLAS does
+    mode = _math_modes.get(handle, CUBLAS_DEFAULT_MATH) & 0xF
+    tf32 = os.environ.get("NVIDIA_TF32_OVERRIDE", "").strip() != "0" and (
+        computeType == CUBLAS_COMPUTE_32F_FAST_TF32
+        or (computeType == CUBLAS_COMPUTE_32F and mode == TF32_TENSOR_OP_MATH))
+    read = _tf32 if tf32 else np.asarray
+
+    def work() -> None:
+        product = np.matmul(read(a), read(b))  # float32 sums for float32 (BLAS sgemm), float64 for float64
+        c[...] = alpha * product + beta * c if beta else (product if alpha == 1 else alpha * product)
+
+    _submit(work)
+
+
+_cublas = types.ModuleType("cupy_backends.cuda.libs.cublas")
+_cublas.__dict__.update(
+    CUBLASError=CUBLASError, gemmEx=_gemm_ex, getMathMode=_get_math_mode, setMathMode=_set_math_mode,
+    CUBLAS_OP_N=CUBLAS_OP_N, CUBLAS_OP_T=CUBLAS_OP_T, CUBLAS_DEFAULT_MATH=CUBLAS_DEFAULT_MATH,
+    CUBLAS_TENSOR_OP_MATH=CUBLAS_TENSOR_OP_MATH, CUBLAS_GEMM_DEFAULT=CUBLAS_GEMM_DEFAULT,
+    CUBLAS_GEMM_DEFAULT_TENSOR_OP=CUBLAS_GEMM_DEFAULT_TENSOR_OP, CUBLAS_COMPUTE_32F=CUBLAS_COMPUTE_32F,
+    CUBLAS_COMPUTE_32F_PEDANTIC=CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_COMPUTE_32F_FAST_TF32=CUBLAS_COMPUTE_32F_FAST_TF32,
+    CUBLAS_COMPUTE_64F=CUBLAS_COMPUTE_64F, CUBLAS_COMPUTE_64F_PEDANTIC=CUBLAS_COMPUTE_64F_PEDANTIC)
+runtime.CUDA_R_32F, runtime.CUDA_R_64F = CUDA_R_32F, CUDA_R_64F
+_backends = {name: types.ModuleType(name) for name in ("cupy_backends", "cupy_backends.cuda",
+                                                        "cupy_backends.cuda.libs")}
+_backends["cupy_backends"].cuda = _backends["cupy_backends.cuda"]
+_backends["cupy_backends.cuda"].libs = _backends["cupy_backends.cuda.libs"]
+_backends["cupy_backends.cuda.libs"].cublas = _cublas
+_backends["cupy_backends.cuda.libs.cublas"] = _cublas
+_device_module = types.ModuleType("cupy.cuda.device")
+_device_module.get_cublas_handle = lambda: Device(_current()).cublas_handle
+
+
 nccl = types.ModuleType("cupy.cuda.nccl")
 nccl.__dict__.update(available=True, NcclError=NcclError, NcclCommunicator=NcclCommunicator,
                      get_unique_id=_get_unique_id, get_version=lambda: 22707, NCCL_SUM=0,
@@ -968,14 +1093,15 @@ graph = types.ModuleType("cupy.cuda.graph")
 graph.Graph = Graph
 
 cuda = types.ModuleType("cupy.cuda")
-cuda.__dict__.update(Device=Device, runtime=runtime, Stream=Stream, Event=Event, graph=graph,
+cuda.__dict__.update(Device=Device, device=_device_module, runtime=runtime, Stream=Stream, Event=Event, graph=graph,
                      get_current_stream=get_current_stream, nccl=nccl, CUDARuntimeError=CUDARuntimeError,
                      compiler=types.SimpleNamespace(CompileException=CompileException))
 
 
 def modules() -> dict[str, types.ModuleType]:
     """What to put in ``sys.modules`` for ``import cupy`` and ``from cupy.cuda import nccl`` to find this."""
-    return {"cupy": sys.modules[__name__], "cupy.cuda": cuda, "cupy.cuda.nccl": nccl, "cupy.cuda.graph": graph}
+    return {"cupy": sys.modules[__name__], "cupy.cuda": cuda, "cupy.cuda.nccl": nccl, "cupy.cuda.graph": graph,
+            "cupy.cuda.device": _device_module, **_backends}
 
 
 def install(monkeypatch, build_dir: Path) -> types.ModuleType:
