@@ -12,7 +12,7 @@ from test_kernels_host import emulated, host_program  # noqa: F401  (fixtures: t
 
 from gpubp.backend import device
 from gpubp.cli import main
-from gpubp.selftest import CHECKS
+from gpubp.selftest import CHECKS, TF32_TOLERANCE, TOLERANCE
 
 needs_numba = pytest.mark.skipif(device.numba_unavailable_reason() is not None,
                                  reason=f"the fused CPU backend: {device.numba_unavailable_reason()}")
@@ -100,22 +100,25 @@ def test_cuda_rows_under_the_emulated_cupy(emulated, capsys):  # noqa: F811
     assert all(cells[-1] == "ok" for cells in rows.values())
 
 
-def test_with_cupy_tf32_the_float32_cuda_rows_say_tf32_and_pass_within_its_tolerance(emulated, capsys,  # noqa: F811
-                                                                                       monkeypatch):
-    """CUPY_TF32=1 makes CuPy's float32 matmuls TF32 (10-bit mantissa; emulated too): selftest says so and
-    checks those rows within TF32's tolerance; float64 keeps its own. Without it, "TF32" is not mentioned."""
+def test_the_cuda_rows_run_the_matmul_precision_asked_for(emulated, capsys, monkeypatch):  # noqa: F811
+    """By default every row is checked in fp32, within float32's tolerance even under CUPY_TF32=1 (it changes
+    only CuPy's own matmuls: the report says so). ``--matmul-precision tf32`` runs the GPU's float32 row in
+    TF32 (emulated: operands rounded as tensor cores do), whose errors exceed float32's tolerance and pass
+    within TF32's; float64 and the CPU stay fp32."""
     monkeypatch.setenv("CUPY_TF32", "1")
     status, out, rows = selftest(capsys, "--backends", "cuda:0,numpy")
-    assert status == 0, out
-    assert all(cells[-1] == "ok" for cells in rows.values()), out
-    assert "TF32 on (CUPY_TF32=1): cuda:0 float32 checked within" in out, out
-    assert main(["info"]) == 0
-    assert "matmuls:   float32 GPU matmuls in TF32 (CUPY_TF32=1" in capsys.readouterr().out
-    monkeypatch.setenv("CUPY_TF32", "0")
-    status, out, _ = selftest(capsys, "--backends", "cuda:0")
-    assert status == 0 and "TF32" not in out, out
-    assert main(["info"]) == 0
-    assert "matmuls:   float32 GPU matmuls in full float32" in capsys.readouterr().out
+    assert status == 0 and all(cells[-1] == "ok" for cells in rows.values()), out
+    assert "matmuls: matmul_precision='fp32' on every row; CUPY_TF32=1: CuPy's own float32 matmuls in TF32; " \
+           "gpubp's follow each network's matmul_precision" in out, out
+    layers = CHECKS.index("layers") + 1  # its cell, after the two of "load" ("0.12 s")
+    assert float(rows["cuda:0", "float32"][layers]) <= TOLERANCE["float32"]
+    monkeypatch.delenv("CUPY_TF32")
+    status, out, rows = selftest(capsys, "--backends", "cuda:0,numpy", "--matmul-precision", "tf32")
+    assert status == 0 and all(cells[-1] == "ok" for cells in rows.values()), out
+    assert f"matmuls: matmul_precision='tf32' on cuda:0 float32, checked within {TF32_TOLERANCE:g}" in out, out
+    assert "CUPY_TF32" not in out
+    assert TOLERANCE["float32"] < float(rows["cuda:0", "float32"][layers]) <= TF32_TOLERANCE
+    assert float(rows["cuda:0", "float64"][layers]) <= TOLERANCE["float64"]
 
 
 def test_a_planted_wrong_cuda_kernel_is_reported(emulated, capsys, monkeypatch):  # noqa: F811
