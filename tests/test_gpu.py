@@ -7,6 +7,8 @@ activation and cost, float32 and float64, sizes 0, 1, odd, 16-byte-unaligned (of
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from kernel_checks import apply_update, assert_delta_close
@@ -344,3 +346,45 @@ def test_cuda_device_selection(cupy, rng):
         net.fit(X, rng.random((5, 2)), epochs=1, batch_size=2, lr=0.1, progress=False)
         assert net.parameters().device.id == last
         assert cupy.cuda.runtime.getDevice() == 0
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", np.float32), ("tf32", np.float32), ("fp32", np.float64)],
+                         ids=["fp32-float32", "tf32-float32", "fp32-float64"])
+def test_cublas_gemm_for_every_operand_layout(cupy, rng, precision, dtype):
+    """gpubp's cuBLAS call (gemmEx, explicit compute type) is a·b for row-major operands, transposed views and
+    a strided one, single rows and columns; fp32 to float32's rounding whatever CUPY_TF32 says, tf32 to TF32's."""
+    from gpubp.backend.cublas_gemm import gemm
+
+    for (m, k, n), a_t, b_t in itertools.product([(37, 33, 5), (1, 64, 9), (65, 17, 1), (3, 1, 2), (513, 129, 65)],
+                                                 (False, True), (False, True)):
+        A, B = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+        a = cupy.asarray(np.ascontiguousarray(A.T)).T if a_t else cupy.asarray(A)
+        b = cupy.asarray(np.ascontiguousarray(B.T)).T if b_t else cupy.asarray(B)
+        out = cupy.full((m, n), np.nan, dtype=dtype)
+        gemm(a, b, out, precision)
+        # TF32: each product off by ≤ 2⁻¹⁰ relative, k of them summed with random signs (a layout bug: O(1))
+        tol = BACKPROP_TOL[dtype] if precision == "fp32" else dict(rtol=1e-2, atol=1e-2 * np.sqrt(k))
+        np.testing.assert_allclose(out.get(), A.astype(np.float64) @ B, err_msg=f"{(m, k, n)} {a_t} {b_t}", **tol)
+    strided = cupy.asarray(rng.standard_normal((4, 10)).astype(dtype))[:, ::2]
+    out = cupy.empty((4, 4), dtype=dtype)
+    gemm(strided, cupy.asarray(np.eye(5, 4, dtype=dtype)), out, precision)
+    tol = BACKPROP_TOL[dtype] if precision == "fp32" else dict(rtol=1e-3)  # one TF32 rounding: ≤ 2⁻¹⁰
+    np.testing.assert_allclose(out.get(), strided.get()[:, :4], **tol)
+
+
+def test_matmul_precision_on_the_gpu(rng):
+    """An fp32 network computes float32 (CUBLAS_COMPUTE_32F, whatever CUPY_TF32 made of CuPy's own matmuls);
+    a tf32 one stays within TF32's rounding of it and trains, eagerly and as CUDA graphs."""
+    X = rng.standard_normal((256, 64)).astype(np.float32)
+    y = (X[:, :5].sum(axis=1) > 0).astype(np.int64)
+    nets = {p: gpubp.Network([64, 128, 2], output="softmax", cost="log_likelihood", device="cuda:0", seed=4,
+                             matmul_precision=p) for p in ("fp32", "tf32")}
+    cpu = gpubp.Network([64, 128, 2], output="softmax", cost="log_likelihood", device="cpu", seed=4)
+    fp32, tf32 = (gpubp.to_numpy(nets[p].forward(X)) for p in ("fp32", "tf32"))
+    np.testing.assert_allclose(fp32, cpu.forward(X), **BACKPROP_TOL[np.float32])
+    assert np.abs(tf32 - fp32).max() < 1e-2
+    for compiled in (None, False):
+        net = gpubp.Network([64, 128, 2], output="softmax", cost="log_likelihood", device="cuda:0", seed=4,
+                            matmul_precision="tf32")
+        losses = net.fit(X, y, epochs=5, batch_size=32, lr=0.5, progress=False, compiled=compiled)["loss"]
+        assert losses[-1] < 0.5 * losses[0], (compiled, losses)
