@@ -105,6 +105,7 @@ class _BaseMLP(BaseEstimator):
         "max_fun": [Interval(numbers.Integral, 1, None, closed="left")],
         "device": [str, None],
         "dtype": "no_validation",  # checked by gpubp.Network: float32, float64 or their NumPy dtypes
+        "matmul_precision": "no_validation",  # checked by gpubp.Network: "fp32" or "tf32"
     }
 
     # ---- fitting ----------------------------------------------------------------------------------
@@ -144,7 +145,7 @@ class _BaseMLP(BaseEstimator):
         self.n_layers_ = len(sizes)
         activation = SKLEARN_ACTIVATIONS.get(self.activation, self.activation)
         net = Network(sizes, activation=activation, output=self._network_output(), cost=self._cost(),
-                      device=self.device, dtype=self.dtype)
+                      device=self.device, dtype=self.dtype, matmul_precision=self.matmul_precision)
         factor = 2.0 if activation == "sigmoid" else 6.0
         for l, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             bound = np.sqrt(factor / (fan_in + fan_out))
@@ -403,8 +404,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier on gpubp: scikit-learn's ``MLPClassifier`` on any device.
 
     Parameters, defaults and fitted attributes are scikit-learn 1.9's (see its documentation), plus
-    ``device`` ("auto": a GPU when usable, else "cpu"; "cpu", "cuda", "cuda:N") and ``dtype`` ("float32" or
-    "float64": the arithmetic's precision). ``network_`` is the trained ``gpubp.Network``. ``activation``
+    ``device`` ("auto": a GPU when usable, else "cpu"; "cpu", "cuda", "cuda:N"), ``dtype`` ("float32" or
+    "float64": the arithmetic's precision) and ``matmul_precision`` ("fp32" or "tf32": how a GPU computes
+    the matmuls, as in ``gpubp.Network``). ``network_`` is the trained ``gpubp.Network``. ``activation``
     also takes gpubp's names (sigmoid, leaky_relu, softplus, swish, gelu, mish, elu, selu). ``solver`` is
     "adam" or "sgd"; ``max_fun`` (an L-BFGS setting) is accepted and unused. Binary targets train one sigmoid output
     with cross-entropy, multiclass targets (any label type) softmax with log-likelihood, multilabel
@@ -417,7 +419,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 device="auto", dtype="float32"):
+                 device="auto", dtype="float32", matmul_precision="fp32"):
         _store_parameters(self, locals())
 
     # ---- the parts that make it a classifier --------------------------------------------------------
@@ -534,9 +536,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 class MLPRegressor(RegressorMixin, _BaseMLP):
     """Multi-layer perceptron regressor on gpubp: scikit-learn's ``MLPRegressor`` on any device.
 
-    Parameters, defaults and fitted attributes are scikit-learn 1.9's, plus ``device`` and ``dtype`` (see
-    ``MLPClassifier``). ``loss="squared_error"`` trains an identity output with the quadratic cost
-    (``loss_`` is scikit-learn's ½ mean((y − ŷ)²) over samples and outputs); ``loss="poisson"`` a log-link
+    Parameters, defaults and fitted attributes are scikit-learn 1.9's, plus ``device``, ``dtype`` and
+    ``matmul_precision`` (see ``MLPClassifier``). ``loss="squared_error"`` trains an identity output with the
+    quadratic cost (``loss_`` is scikit-learn's ½ mean((y − ŷ)²) over samples and outputs); ``loss="poisson"`` a log-link
     output (predictions eᶻ, y ≥ 0) with half the Poisson deviance. Single and multi-output targets.
     """
 
@@ -548,7 +550,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True, random_state=None,
                  tol=1e-4, verbose=False, warm_start=False, momentum=0.9, nesterovs_momentum=True,
                  early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-                 n_iter_no_change=10, max_fun=15000, device="auto", dtype="float32"):
+                 n_iter_no_change=10, max_fun=15000, device="auto", dtype="float32", matmul_precision="fp32"):
         _store_parameters(self, locals())
 
     # ---- the parts that make it a regressor ---------------------------------------------------------

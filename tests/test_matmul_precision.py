@@ -248,3 +248,22 @@ def test_the_cpu_backends_compute_tf32_networks_in_float32(cpu_backend):
         net.fit(X, y, epochs=2, batch_size=8, lr=0.5, seed=0, progress=False)
     np.testing.assert_array_equal(nets[0].parameters(), nets[1].parameters())
     assert nets[0].matmul_precision == "tf32" and nets[0].ops is nets[1].ops
+
+
+def test_the_sklearn_estimators_pass_it_on(gpus):
+    """``matmul_precision`` is an estimator parameter (get_params, clone, pickling) given to its network."""
+    import pickle
+
+    from sklearn.base import clone
+
+    from gpubp.sklearn import MLPClassifier
+
+    X, y = data()
+    clf = MLPClassifier(hidden_layer_sizes=(5,), max_iter=3, device="cuda:0", matmul_precision="tf32")
+    assert clone(clf).get_params()["matmul_precision"] == "tf32"
+    with pytest.warns(Warning):  # ConvergenceWarning: 3 iterations
+        clf.fit(X, y)
+    assert clf.network_.matmul_precision == "tf32" and clf.network_.ops.matmul_precision == "tf32"
+    assert pickle.loads(pickle.dumps(clf)).network_.ops is clf.network_.ops
+    with pytest.raises(ValueError, match="applies to float32 networks only"):
+        MLPClassifier(max_iter=1, device="cpu", dtype="float64", matmul_precision="tf32").fit(X, y)
