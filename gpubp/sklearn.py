@@ -538,8 +538,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     Parameters, defaults and fitted attributes are scikit-learn 1.9's, plus ``device``, ``dtype`` and
     ``matmul_precision`` (see ``MLPClassifier``). ``loss="squared_error"`` trains an identity output with the
-    quadratic cost (``loss_`` is scikit-learn's ½ mean((y − ŷ)²) over samples and outputs); ``loss="poisson"`` a log-link
-    output (predictions eᶻ, y ≥ 0) with half the Poisson deviance. Single and multi-output targets.
+    quadratic cost (``loss_`` is scikit-learn's ½ mean((y − ŷ)²) over samples and outputs); ``loss="poisson"``
+    a log-link output (predictions eᶻ, y ≥ 0) with half the Poisson deviance. Single and multi-output targets.
     """
 
     _parameter_constraints: dict = {**_BaseMLP._parameter_constraints,

@@ -2,8 +2,8 @@
 
 Matmuls are cuBLAS's, called with the compute type of the backend's ``matmul_precision`` ("fp32" or "tf32",
 ``cublas_gemm``; one instance per GPU and precision). Forward bias + σ, backward σ′ ⊙ g, the output delta
-with its loss and the optimizer updates are one kernel launch each, on the current stream, with no host sync and no
-allocation. Kernels take C-contiguous float32 or float64 arrays of one dtype (views of the flat parameter
+with its loss and the optimizer updates are one kernel launch each, on the current stream, with no host sync
+and no allocation. Kernels take C-contiguous float32 or float64 arrays of one dtype (views of the flat parameter
 buffer qualify); integer labels are int64. A user-defined cost falls back to the NumPy-style code of ``Ops``
 run by CuPy.
 """
