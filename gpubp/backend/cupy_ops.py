@@ -42,24 +42,24 @@ class CupyOps(Ops):
     xp = cupy
     on_host = False
 
-    def __init__(self, device_index: int, matmul_precision: str = "fp32") -> None:
+    def __init__(self, device_index: int, matmul_precision: str = "fp32",
+                 siblings: dict[str, "CupyOps"] | None = None) -> None:
         super().__init__()
         self.index = int(device_index)
         self.device = f"cuda:{self.index}"
         self.matmul_precision = matmul_precision
+        #: this GPU's backends by matmul precision, shared by them (``with_matmul_precision``)
+        self._siblings = {} if siblings is None else siblings
+        self._siblings[matmul_precision] = self
         sms = cupy.cuda.runtime.deviceGetAttribute(cupy.cuda.runtime.cudaDevAttrMultiProcessorCount,
                                                    self.index)
         self._max_blocks = sms * BLOCKS_PER_SM
         self._graph_reason: Any = _UNKNOWN
 
     def with_matmul_precision(self, precision: str) -> Ops:
-        """The backend of this GPU whose matmuls run in ``precision`` (one shared instance per GPU and
-        precision, as ``get_ops`` gives)."""
-        if precision == self.matmul_precision:
-            return self
-        from .device import cupy_ops
-
-        return cupy_ops(self.index, precision)
+        """This GPU's backend whose matmuls run in ``precision``: made once, then shared by every network."""
+        sibling = self._siblings.get(precision)
+        return sibling if sibling is not None else CupyOps(self.index, precision, self._siblings)
 
     # ---- device and memory --------------------------------------------------------------------------
     def activate(self) -> contextlib.AbstractContextManager:

@@ -205,7 +205,7 @@ def get_ops(device: str | None = None, cpu_backend: str | None = None) -> Ops:
         import cupy
 
         index = cupy.cuda.runtime.getDevice()
-    return cupy_ops(index)
+    return _cupy_ops(index)
 
 
 @functools.lru_cache(maxsize=None)
@@ -275,13 +275,8 @@ def _cpu_ops(backend: str) -> Ops:
     return NumpyOps()
 
 
-def cupy_ops(index: int, matmul_precision: str = "fp32") -> Ops:
-    """The shared backend of GPU ``index`` whose matmuls run in ``matmul_precision`` ("fp32" or "tf32")."""
-    return _cupy_ops(index, matmul_precision)
-
-
 @functools.lru_cache(maxsize=None)
-def _cupy_ops(index: int, matmul_precision: str) -> Ops:
+def _cupy_ops(index: int) -> Ops:
     from .cupy_ops import CupyOps
 
-    return CupyOps(index, matmul_precision)
+    return CupyOps(index)
