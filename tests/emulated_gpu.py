@@ -2,7 +2,8 @@
 
 ``emulated_gpus(build_dir)`` makes ``import cupy`` (and ``from cupy.cuda import nccl``) give the emulation,
 with two emulated GPUs, cuda:0 current, and gpubp's caches of the real CuPy (its CupyOps module and
-instances, loaded kernels, the per-device usability probes) emptied; no device has a context yet, none is
+instances, loaded kernels, the per-device usability probes) emptied; no device has a context (nor a cuBLAS
+handle with a math mode set) yet, none is
 held by another process, modules load and the driver matches the runtime on the way in and out; a stream capture
 left open by a failed test is dropped on the way out.
 ``environment(build_dir)`` is the same for a subprocess (an MPI rank runs ``install_from_environment``).
@@ -48,7 +49,7 @@ def emulated_gpus(build_dir: Path, missing: str | None = None) -> Iterator:
         fake.install(mp, build_dir)
         mp.setattr(fake, "MISSING", missing)
         for name, value in (("contexts", set()), ("HELD_ELSEWHERE", set()), ("LOAD_ERROR", None),
-                            ("DRIVER_VERSION", fake.RUNTIME_VERSION)):
+                            ("DRIVER_VERSION", fake.RUNTIME_VERSION), ("_math_modes", {})):
             mp.setattr(fake, name, value)
         for module in ("gpubp.backend.cupy_ops", "gpubp.backend.cublas_gemm"):  # re-imported on the emulation
             mp.delitem(sys.modules, module, raising=False)
