@@ -267,3 +267,13 @@ def test_the_sklearn_estimators_pass_it_on(gpus):
     assert pickle.loads(pickle.dumps(clf)).network_.ops is clf.network_.ops
     with pytest.raises(ValueError, match="applies to float32 networks only"):
         MLPClassifier(max_iter=1, device="cpu", dtype="float64", matmul_precision="tf32").fit(X, y)
+
+
+def test_gpubp_train_takes_it(tmp_path, capsys):
+    """``gpubp train --matmul-precision tf32`` trains such a model (shown in its repr line) and saves it so."""
+    rows = [f"{x:.3f},{x * x:.3f},{int(x > 0)}" for x in np.linspace(-1, 1, 30)]
+    (tmp_path / "data.csv").write_text("a,b,label\n" + "\n".join(rows) + "\n")
+    assert main(["train", "--data", str(tmp_path / "data.csv"), "--epochs", "1", "--no-progress", "--device", "cpu",
+                 "--matmul-precision", "tf32", "--save", str(tmp_path / "m.npz")]) == 0
+    assert "matmul_precision='tf32'" in capsys.readouterr().out
+    assert gpubp.load(tmp_path / "m.npz", device="cpu").matmul_precision == "tf32"

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend.precision import MATMUL_PRECISIONS
 from ..files import refuse_same_files
 from ..schedules import SCHEDULES
 from .common import INTERRUPTED, CliError, check_writable, say
@@ -70,6 +71,8 @@ def add_command(commands: Any) -> None:
     train.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: env "
                                                       "GPUBP_DEVICE, else auto)")
     train.add_argument("--dtype", default="float32", help="float32 or float64 (default float32)")
+    train.add_argument("--matmul-precision", default="fp32", choices=MATMUL_PRECISIONS,
+                       help="a GPU's matmuls: fp32 (default) or tf32 (TF32 tensor cores, float32 networks)")
     train.add_argument("--seed", type=_seed, default=0, help="initialisation and shuffling seed, an integer "
                                                              ">= 0 (default 0)")
     train.add_argument("--save", default=None, metavar="PATH", help="write the trained model (.npz)")
@@ -228,7 +231,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                        f"{data.n_features},...,{data.n_outputs}")
     output, cost, lr, task_note = task_defaults(args, data.task)
     net = Network(sizes, activation=args.activation, output=output, cost=cost,
-                  device=device, dtype=args.dtype, seed=args.seed)
+                  device=device, dtype=args.dtype, seed=args.seed, matmul_precision=args.matmul_precision)
     net.metadata.update(data.model_metadata())
     X, y = data.train
     weight_decay = args.weight_decay if args.l2 is None else args.l2 / len(X)
