@@ -35,6 +35,7 @@ import numpy as np
 
 from .activations import ACTIVATIONS, SOFTMAX
 from .backend import Ops, cuda_unavailable_reason, get_ops, numba_unavailable_reason, visible_gpus
+from .backend.errors import cuda_error_cause
 from .backend.numpy_ops import NumpyOps
 from .backend.precision import TF32_ENV, tf32_matmuls
 from .costs import COSTS
@@ -103,12 +104,15 @@ def usable_backends() -> tuple[dict[str, Callable[[], Ops]], dict[str, str]]:
         usable["numba"] = lambda: get_ops("cpu", cpu_backend="numba")
     else:
         missing["numba"] = reason
-    reason = cuda_unavailable_reason()
-    if reason is None:
-        for index in range(visible_gpus()):
+    count = visible_gpus()
+    if count == 0:
+        missing["cuda"] = cuda_unavailable_reason()
+    for index in range(count):  # each GPU on its own: one that failed (a kernel fault) leaves the others
+        reason = cuda_unavailable_reason(index)
+        if reason is None:
             usable[f"cuda:{index}"] = lambda device=f"cuda:{index}": get_ops(device)
-    else:
-        missing["cuda"] = reason
+        else:
+            missing[f"cuda:{index}"] = reason
     return usable, missing
 
 
@@ -121,7 +125,7 @@ def run_selftest(backends: Sequence[str] | None = None,
     if backends is not None:
         for name in backends:
             if name not in usable:
-                why = missing.get(name.split(":")[0], "no such backend")
+                why = missing.get(name) or missing.get(name.split(":")[0], "no such backend")
                 raise ValueError(f"backend {name!r} is not usable here ({why}); usable: {', '.join(usable)}")
         usable = {name: usable[name] for name in backends}
         missing = {}
@@ -144,7 +148,7 @@ def check_backend(name: str, factory: Callable[[], Ops], dtype: str) -> Row:
             warm_up(ops, dtype)
         row.results["load"] = Result(time.perf_counter() - start)
     except Exception as exc:  # the kernels do not compile or load: nothing else can run
-        row.results["load"] = Result(None, False, _describe(exc))
+        row.results["load"] = Result(None, False, _describe(exc, name))
         return row
     checks: dict[str, Callable[[Ops, str], float]] = {
         "bias+σ": check_bias_activation, "σ′⊙g": check_backprop_activation,
@@ -165,7 +169,7 @@ def check_backend(name: str, factory: Callable[[], Ops], dtype: str) -> Row:
         except NotApplicable as exc:
             row.results[check] = Result(None, True, str(exc))
         except Exception as exc:
-            row.results[check] = Result(None, False, _describe(exc))
+            row.results[check] = Result(None, False, _describe(exc, name))
     return row
 
 
@@ -180,10 +184,12 @@ def _tf32_row(backend: str, dtype: str) -> bool:
     return backend.startswith("cuda") and dtype == "float32" and tf32_matmuls()
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, backend: str) -> str:
+    """What went wrong, with where; a CUDA error on GPU ``backend`` also says what it means."""
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     at = f" ({where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
-    return f"{type(exc).__name__}: {exc}{at}"
+    cause = cuda_error_cause(exc, backend) if backend.startswith("cuda") else None
+    return f"{cause or f'{type(exc).__name__}: {exc}'}{at}"
 
 
 def warm_up(ops: Ops, dtype: str) -> None:
