@@ -50,7 +50,8 @@ def emulated_gpus(build_dir: Path, missing: str | None = None) -> Iterator:
         mp.setattr(fake, "MISSING", missing)
         for name, value in (("contexts", set()), ("HELD_ELSEWHERE", set()), ("LOAD_ERROR", None),
                             ("DRIVER_VERSION", fake.RUNTIME_VERSION), ("PEER_ACCESS", False), ("faults", {}),
-                            ("_reported", set()), ("ran_on", collections.Counter()), ("_streams", {}),
+                            ("_reported", set()), ("ran_on", collections.Counter()),
+                            ("peer_reads", collections.Counter()), ("_streams", {}),
                             ("_null_streams", {})):
             mp.setattr(fake, name, value)
         mp.delitem(sys.modules, "gpubp.backend.cupy_ops", raising=False)  # re-imported on the emulation

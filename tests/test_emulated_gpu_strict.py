@@ -121,6 +121,7 @@ def test_with_peer_access_another_gpus_array_is_read_on_the_current_gpu(gpus):
     with pytest.warns(gpus.PerformanceWarning, match="Peer access has been activated"):
         np.testing.assert_array_equal((a + 1).get(), [1.0, 2.0, 3.0, 4.0])
     assert gpus.ran_on["cupy.add", 0] == 1 and gpus.ran_on["cupy.add", 1] == 0
+    assert gpus.peer_reads == {("cupy.add", 1, 0): 1}
     function = kernels.get_function(0, "gpubp_gather_rows_f64")
     out, order, base = gpus.zeros(2), gpus.arange(4), gpus.zeros(1, dtype=np.int64)
     function((1,), (32,), (a, order, base, np.uint64(1), out, np.uint64(2), np.uint64(1)))
@@ -161,6 +162,7 @@ def test_every_operation_runs_on_the_networks_gpu_whichever_is_current(gpus, rng
     assert gpus.ran_on["graph", 1] > 0 and gpus.graph_calls["launches"] > 0
     wrong = {what for (what, gpu), count in gpus.ran_on.items() if gpu != 1 and count}
     assert not wrong, f"ran on cuda:0: {sorted(wrong)}"
+    assert not gpus.peer_reads
 
 
 # ---- stream ordering -------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ device than the current one raises ValueError ("... Peer access is unavailable b
 a kernel given another device's memory faults (see Contexts and failures). With ``PEER_ACCESS`` (NVLink
 machines, where CuPy enables peer access) both run on the current device instead, reading across (CuPy warns
 with a PerformanceWarning). A kernel launched while another device is current than the one its module was
-loaded on fails as the CUDA driver would. ``ran_on`` counts every operation by the device it ran on. Copies
+loaded on fails as the CUDA driver would. ``ran_on`` counts every operation by the device it ran on,
+``peer_reads`` those that read another device's memory. Copies
 (``cupy.asarray``, ``.copy()``: synchronous between devices) and ``get``/``asnumpy`` work across devices, as
 in CuPy. As CuPy's kernels (``_scalar.CScalar``), operations take CuPy arrays, Python and NumPy scalars, and
 refuse a NumPy array of any shape, 0-d included (TypeError); assigning one (``a[...] = host``, ``fill``)
@@ -131,6 +132,8 @@ ENV_PEER_ACCESS = "GPUBP_EMULATED_CUPY_PEER_ACCESS"
 #: every device operation by the device it ran on: (what, device) -> count ("alloc", "cupy.add", a kernel's
 #: name, "graph", "set", "get", …)
 ran_on: collections.Counter = collections.Counter()
+#: operations that read another device's memory through peer access: (what, array's device, current) -> count
+peer_reads: collections.Counter = collections.Counter()
 #: devices whose context a kernel fault destroyed, with the CUDA error: raised by the next synchronising call
 #: on that device, then (sticky) by every CUDA call on it
 faults: dict[int, str] = {}
@@ -332,6 +335,7 @@ def _device_op(arrays, what: str) -> None:
             if not PEER_ACCESS:
                 raise ValueError(f"{message} Peer access is unavailable between these devices.")
             warnings.warn(f"{message} Peer access has been activated automatically.", PerformanceWarning)
+            peer_reads[what, x._device_id, current] += 1
     ran_on[what, current] += 1
 
 
@@ -968,7 +972,9 @@ class Function:
                     continue
                 if not isinstance(arg, ndarray):
                     raise TypeError(f"{self.name}: {pname} ({ctype}) needs a device array, got {type(arg)}")
-                if arg._device_id != self.device_id and not PEER_ACCESS:
+                if arg._device_id != self.device_id and PEER_ACCESS:
+                    peer_reads[self.name, arg._device_id, self.device_id] += 1
+                elif arg._device_id != self.device_id:
                     fault = (f"{ILLEGAL_ADDRESS} ({self.name} ran on device {self.device_id} but {pname} "
                              f"is on device {arg._device_id}, with no peer access)")
                 if arg.dtype != _POINTEES[pointee]:
