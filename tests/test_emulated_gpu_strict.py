@@ -188,3 +188,31 @@ def test_work_on_two_streams_is_ordered_only_by_events(gpus):
     a.get()
     side.synchronize()
     assert late.get().tolist() == [-11.0] * 4
+
+
+def test_the_compiled_programs_graphs_launched_unordered_on_its_own_stream_give_wrong_results(gpus, monkeypatch,
+                                                                                             rng):
+    """The program launches its graphs on the caller's current stream, in order with the trainer's work. A
+    planted bug, launching them on the program's capture stream with no event ordering that stream, shows
+    as a wrong loss: the trainer reads it before the graphs have run (unseen while side-stream work ran at
+    once)."""
+    from gpubp.backend import cuda_program
+
+    X, y = rng.standard_normal((40, 5)), rng.integers(0, 3, 40)
+
+    def trained() -> list[float]:
+        net = gpubp.Network([5, 6, 3], output="softmax", cost="log_likelihood", device="cuda:0", seed=2)
+        loss = net.fit(X, y, epochs=2, batch_size=8, lr=0.1, progress=False, shuffle=False)["loss"]
+        assert net.training_path == "compiled"
+        return loss
+
+    right = trained()
+    run = cuda_program.CudaGraphProgram.run
+
+    def on_its_own_stream(self, *args) -> None:
+        with self._stream:
+            run(self, *args)
+
+    monkeypatch.setattr(cuda_program.CudaGraphProgram, "run", on_its_own_stream)
+    wrong = trained()
+    assert not np.allclose(wrong, right, equal_nan=True), (wrong, right)
