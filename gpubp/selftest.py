@@ -38,6 +38,7 @@ import numpy as np
 
 from .activations import ACTIVATIONS, SOFTMAX
 from .backend import Ops, cuda_unavailable_reason, get_ops, numba_unavailable_reason, visible_gpus
+from .backend.errors import cuda_error_cause
 from .backend.numpy_ops import NumpyOps
 from .backend.precision import FP32, TF32, describe_cupy_matmuls, tf32_matmuls
 from .costs import COSTS
@@ -107,12 +108,15 @@ def usable_backends() -> tuple[dict[str, Callable[[], Ops]], dict[str, str]]:
         usable["numba"] = lambda: get_ops("cpu", cpu_backend="numba")
     else:
         missing["numba"] = reason
-    reason = cuda_unavailable_reason()
-    if reason is None:
-        for index in range(visible_gpus()):
+    count = visible_gpus()
+    if count == 0:
+        missing["cuda"] = cuda_unavailable_reason()
+    for index in range(count):  # each GPU on its own: one that failed (a kernel fault) leaves the others
+        reason = cuda_unavailable_reason(index)
+        if reason is None:
             usable[f"cuda:{index}"] = lambda device=f"cuda:{index}": get_ops(device)
-    else:
-        missing["cuda"] = reason
+        else:
+            missing[f"cuda:{index}"] = reason
     return usable, missing
 
 
@@ -126,7 +130,7 @@ def run_selftest(backends: Sequence[str] | None = None, log: Callable[[str], Non
     if backends is not None:
         for name in backends:
             if name not in usable:
-                why = missing.get(name.split(":")[0], "no such backend")
+                why = missing.get(name) or missing.get(name.split(":")[0], "no such backend")
                 raise ValueError(f"backend {name!r} is not usable here ({why}); usable: {', '.join(usable)}")
         usable = {name: usable[name] for name in backends}
         missing = {}
@@ -151,7 +155,7 @@ def check_backend(name: str, factory: Callable[[], Ops], dtype: str, matmul_prec
             warm_up(ops, dtype)
         row.results["load"] = Result(time.perf_counter() - start)
     except Exception as exc:  # the kernels do not compile or load: nothing else can run
-        row.results["load"] = Result(None, False, _describe(exc))
+        row.results["load"] = Result(None, False, _describe(exc, name))
         return row
     checks: dict[str, Callable[[Ops, str], float]] = {
         "bias+σ": check_bias_activation, "σ′⊙g": check_backprop_activation,
@@ -172,7 +176,7 @@ def check_backend(name: str, factory: Callable[[], Ops], dtype: str, matmul_prec
         except NotApplicable as exc:
             row.results[check] = Result(None, True, str(exc))
         except Exception as exc:
-            row.results[check] = Result(None, False, _describe(exc))
+            row.results[check] = Result(None, False, _describe(exc, name))
     return row
 
 
@@ -181,10 +185,12 @@ def tolerance_of(row: Row) -> float:
     return TF32_TOLERANCE if row.precision == TF32 else TOLERANCE[row.dtype]
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, backend: str) -> str:
+    """What went wrong, with where; a CUDA error on GPU ``backend`` also says what it means."""
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     at = f" ({where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
-    return f"{type(exc).__name__}: {exc}{at}"
+    cause = cuda_error_cause(exc, backend) if backend.startswith("cuda") else None
+    return f"{cause or f'{type(exc).__name__}: {exc}'}{at}"
 
 
 def warm_up(ops: Ops, dtype: str) -> None:

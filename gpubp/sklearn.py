@@ -45,7 +45,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from .activations import ALIASES, ACTIVATIONS
 from .backend import DeviceError
-from .backend.arrays import array_module, is_device_array, to_host
+from .backend.arrays import array_module, is_device_array, on_device_of, to_host
 from .costs import Cost
 from .inputs import finite_checked
 from .model_state import ModelState
@@ -238,7 +238,13 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size "
                              "of your dataset.")
         ops = self.network_.ops
-        take = (lambda a, i: a[ops.asarray(i)]) if is_device_array(X) else (lambda a, i: a[i])
+
+        def take(a, i):
+            if not is_device_array(a):
+                return a[i]
+            with ops.activate():  # the rows taken on the network's device (the caller's may be another)
+                return ops.asarray(a)[ops.asarray(i)]
+
         sw = (None, None) if sample_weight is None else (sample_weight[train], sample_weight[val])
         X_val = ops.asarray(take(X, val), dtype=self.network_.dtype)
         return take(X, train), y[train], sw[0], (X_val, self._scoring_targets(y[val]), sw[1])
@@ -253,7 +259,8 @@ class _BaseMLP(BaseEstimator):
             a = self.network_.forward(X)
         out_dtype = X.dtype if X.dtype.kind == "f" else np.float64
         if is_device_array(X):
-            return a.astype(out_dtype, copy=False)
+            with self.network_.ops.activate():  # a is on the network's device
+                return a.astype(out_dtype, copy=False)
         return self.network_.ops.to_numpy(a).astype(out_dtype, copy=False)
 
     def _validation_score(self, validation: tuple) -> float:
@@ -652,7 +659,9 @@ def _check_device_X(estimator: _BaseMLP, X: Any, reset: bool) -> Any:
     if X.shape[0] < 1 or X.shape[1] < 1:
         raise ValueError(f"Found array with {X.shape[0]} sample(s) and {X.shape[1]} feature(s) (shape="
                          f"{X.shape}) while a minimum of 1 is required by {name}.")
-    if X.dtype.kind == "f" and not bool(array_module(X).isfinite(X).all()):
+    with on_device_of(X):
+        finite = X.dtype.kind != "f" or bool(array_module(X).isfinite(X).all())
+    if not finite:
         raise ValueError(f"Input X contains NaN or infinity. {name} does not accept missing values encoded "
                          "as NaN natively.")
     if reset:

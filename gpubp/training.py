@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from . import inputs
-from .backend import parse_device
+from .backend import DeviceError, parse_device
+from .backend.errors import cuda_error_cause
 from .backend.programs import ProgramPlan, TrainingProgram
 from .checkpoint import Checkpointer, say
 from .metrics import METRICS
@@ -173,8 +174,11 @@ class Trainer:
                 try:
                     self._epochs(x, target, weights, validation, optimizer, rng, history, interrupt,
                                  first=1 if resumed is None else resumed.epoch + 1)
-                except BaseException:
+                except BaseException as exc:
                     self._checkpoint_restart_point()
+                    cause = cuda_error_cause(exc, net.device) if isinstance(exc, RuntimeError) else None
+                    if cause is not None:  # a CUDA error: what it means for the GPU, and what to do
+                        raise DeviceError(f"training stopped: {cause}") from exc
                     raise
         return history
 

@@ -77,10 +77,16 @@ def train(name: str, comm: distributed.Communicator, out_dir: str, device: str |
         comm.overlaps_compute = True
     net.to(device or comm.device)
     print(f"rank {comm.rank}: early buckets {sorted(GradientBuckets(net, comm).early)}", flush=True)
+    emulated = sys.modules.get("emulated_cupy")
+    if emulated is not None:
+        emulated.ran_on.clear()
+        emulated.peer_reads.clear()
     history = net.fit(X, Y, **fit, distributed=comm)
     assert net.device == comm.device, (net.device, comm.device)
-    if "emulated_cupy" in sys.modules:
-        print(f"rank {comm.rank}: NCCL calls {sys.modules['emulated_cupy'].nccl_calls}", flush=True)
+    if emulated is not None:
+        print(f"rank {comm.rank}: NCCL calls {emulated.nccl_calls}", flush=True)
+        print(f"rank {comm.rank}: fit ran on GPUs {sorted({gpu for _, gpu in emulated.ran_on})}, read across "
+              f"{sum(emulated.peer_reads.values())} times", flush=True)
     if distributed.is_main_process():
         np.savez(os.path.join(out_dir, "result.npz"), params=gpubp.to_numpy(net.parameters()),
                  **{f"history_{k}": np.asarray(v) for k, v in history.items()})

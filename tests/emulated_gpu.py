@@ -11,6 +11,7 @@ left open by a failed test is dropped on the way out.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import sys
@@ -49,18 +50,21 @@ def emulated_gpus(build_dir: Path, missing: str | None = None) -> Iterator:
         fake.install(mp, build_dir)
         mp.setattr(fake, "MISSING", missing)
         for name, value in (("contexts", set()), ("HELD_ELSEWHERE", set()), ("LOAD_ERROR", None),
-                            ("DRIVER_VERSION", fake.RUNTIME_VERSION), ("_math_modes", {})):
+                            ("DRIVER_VERSION", fake.RUNTIME_VERSION), ("PEER_ACCESS", False), ("faults", {}),
+                            ("_reported", set()), ("ran_on", collections.Counter()),
+                            ("peer_reads", collections.Counter()), ("_streams", {}),
+                            ("_null_streams", {}), ("_math_modes", {})):
             mp.setattr(fake, name, value)
         for module in ("gpubp.backend.cupy_ops", "gpubp.backend.cublas_gemm"):  # re-imported on the emulation
             mp.delitem(sys.modules, module, raising=False)
         mp.setattr(kernels, "_modules", {})
         mp.setattr(kernels, "_functions", {})
-        fake.runtime.setDevice(0)
+        fake._thread.device = 0  # whatever devices the test made visible
         _forget_cuda_state()
         try:
             yield fake
         finally:
-            fake.runtime.setDevice(0)
+            fake._thread.device = 0  # whatever devices the test made visible
             for stream in list(fake._capturing.values()):  # a capture a failed test left open
                 stream._capture = None
             fake._capturing.clear()

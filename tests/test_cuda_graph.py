@@ -57,6 +57,7 @@ def test_a_replay_reruns_the_recorded_work_on_the_same_memory(gpus):
 def test_what_cuda_refuses_in_a_capture_raises_and_invalidates_it(gpus, what, operation):
     a = gpus.arange(4.0)
     stream = gpus.cuda.Stream(non_blocking=True)
+    stream.wait_event(gpus.cuda.get_current_stream().record())  # after ``a`` is written
     with stream:
         stream.begin_capture()
         with pytest.raises(gpus.CUDARuntimeError, match=f"cudaErrorStreamCaptureUnsupported: .*{what}"):
@@ -67,7 +68,8 @@ def test_what_cuda_refuses_in_a_capture_raises_and_invalidates_it(gpus, what, op
             stream.end_capture()
         stream.begin_capture()  # the stream can capture again
         a *= 2.0
-        stream.end_capture().launch()
+        stream.end_capture().launch()  # on the capturing stream, which the default stream does not wait for
+        stream.synchronize()
     np.testing.assert_array_equal(a.get(), [0.0, 2.0, 4.0, 6.0])
 
 

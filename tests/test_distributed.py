@@ -246,6 +246,8 @@ def test_two_ranks_on_two_emulated_gpus_train_like_one_process(emulation, tmp_pa
     # batches), plus one loss sum per epoch; the parameters and optimizer state broadcast from rank 0
     sums = {"gpu": 2 * 4 + 2, "buckets": 2 * 2 * 3 + 2}[problem]
     assert re.search(rf"rank 1: NCCL calls {{'allReduce': {sums}, 'broadcast': [1-9]\d*}}", output), output
+    for rank in range(2):  # a rank's fit runs on its own GPU only (the one it sees as cuda:0 with one visible)
+        assert f"rank {rank}: fit ran on GPUs [{devices[rank][-1]}], read across 0 times" in output, output
     net, X, Y, fit = worker.problem(problem)
     with emulated_gpus(build):
         history = net.to("cuda:0").fit(X, Y, **fit)
@@ -254,6 +256,18 @@ def test_two_ranks_on_two_emulated_gpus_train_like_one_process(emulation, tmp_pa
     np.testing.assert_allclose(result["params"], net.parameters(), rtol=1e-10, atol=1e-12)
     for key, values in history.items():
         np.testing.assert_allclose(result[f"history_{key}"], values, rtol=1e-10)
+
+
+@needs_mpi
+def test_with_peer_access_every_rank_still_trains_on_its_own_gpu(emulation, tmp_path):
+    """With peer access (NVLink), an operation on another GPU's array runs unseen, reading across: the
+    networks built on cuda:0, rank 1's moved by fit, each rank's fit runs on its own GPU and reads only its
+    memory."""
+    build, env = emulation
+    rc, output, _ = launch("gpu-moved", tmp_path, env={**env, load_emulated_cupy().ENV_PEER_ACCESS: "1"})
+    assert rc == 0, output
+    for rank in range(2):
+        assert f"rank {rank}: fit ran on GPUs [{rank}], read across 0 times" in output, output
 
 
 @needs_mpi

@@ -6,6 +6,7 @@ host data that NumPy reads.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,13 @@ def array_module(x: Any) -> Any:
 
         return cupy
     return np
+
+
+def on_device_of(x: Any) -> contextlib.AbstractContextManager:
+    """The device ``x`` lives on as the current one, for work on ``x`` itself (CuPy runs an operation on the
+    current device, whatever device its arrays are on); nothing for host data."""
+    device = getattr(x, "device", None) if is_device_array(x) else None
+    return device if isinstance(device, contextlib.AbstractContextManager) else contextlib.nullcontext()
 
 
 def to_host(x: Any) -> np.ndarray:

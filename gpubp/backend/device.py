@@ -64,6 +64,8 @@ def cuda_unavailable_reason(index: int | None = None) -> str | None:
     except Exception as exc:  # CUDARuntimeError, driver missing, …
         if "cudaErrorInsufficientDriver" in str(exc):
             return _old_driver_reason(cupy, exc)
+        if "cudaErrorNoDevice" in str(exc):
+            return _no_device_reason(exc)
         return f"CuPy cannot reach a CUDA driver or GPU: {exc}"
     if count == 0:
         return "no CUDA GPU is visible (cupy.cuda.runtime.getDeviceCount() == 0)"
@@ -79,6 +81,16 @@ def _old_driver_reason(cupy, exc: Exception) -> str:
         return f"CuPy cannot reach a CUDA driver: no NVIDIA driver is installed or loadable ({exc})"
     return (f"the NVIDIA driver supports CUDA {driver // 1000}.{driver % 1000 // 10}, older than the CUDA "
             f"{runtime // 1000} the installed CuPy needs ({exc}); {driver_install_advice(driver, runtime)}")
+
+
+def _no_device_reason(exc: Exception) -> str:
+    """CUDA sees no GPU: where CUDA_VISIBLE_DEVICES hides them all (empty, or naming none that exists), say so."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return f"no CUDA GPU is detected ({exc})"
+    return (f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU (it is empty or names no GPU that exists; the "
+            f"CUDA runtime stops at the first invalid entry) ({exc}); unset it or name the GPUs to use, e.g. "
+            "CUDA_VISIBLE_DEVICES=0")
 
 
 def launcher_local_rank() -> int | None:
@@ -149,7 +161,12 @@ def forget_gpu_probes() -> None:
 def _gpu_unusable_reason(index: int) -> str | None:
     """``_probe_gpu(index)``, kept when the GPU passed and for PROBE_RETRY_SECONDS when it failed."""
     if index in _usable:
-        return None
+        lost = _context_lost_reason(index)
+        if lost is None:
+            return None
+        _usable.discard(index)
+        _failed[index] = (time.monotonic(), lost)
+        return lost
     failed = _failed.get(index)
     if failed is not None and time.monotonic() - failed[0] < PROBE_RETRY_SECONDS:
         return failed[1]
@@ -160,6 +177,19 @@ def _gpu_unusable_reason(index: int) -> str | None:
     else:
         _failed[index] = (time.monotonic(), reason)
     return reason
+
+
+def _context_lost_reason(index: int) -> str | None:
+    """Why a GPU that passed its probe is no longer usable (a kernel fault since: every CUDA call on it then
+    raises the fault's error), or None; one cheap call (cudaMemGetInfo), no synchronisation."""
+    import cupy
+
+    try:
+        with cupy.cuda.Device(index):
+            cupy.cuda.runtime.memGetInfo()
+    except RuntimeError as exc:
+        return cuda_error_cause(exc, f"cuda:{index}") or f"cuda:{index} fails ({type(exc).__name__}: {exc})"
+    return None
 
 
 def _probe_gpu(index: int) -> str | None:

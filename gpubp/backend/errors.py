@@ -33,6 +33,10 @@ _CUDA_CAUSES = (
     (("CUDA_ERROR_UNSUPPORTED_PTX_VERSION", "cudaErrorUnsupportedPtxVersion"),
      "has a driver older than the NVRTC that compiled the kernel (its PTX version is unsupported)",
      "upgrade the NVIDIA driver, or install 'gpubp[cuda12]' to compile with a CUDA 12 NVRTC"),
+    (("cudaErrorIllegalAddress", "CUDA_ERROR_ILLEGAL_ADDRESS", "cudaErrorLaunchFailure", "CUDA_ERROR_LAUNCH_FAILED"),
+     "had a kernel fault (an illegal memory access, reported at the first synchronisation after it); its "
+     "CUDA context is lost for the rest of this process",
+     "restart the process; where it recurs, run 'gpubp selftest' and report it (a kernel bug or a faulty GPU)"),
     (("cudaErrorDevicesUnavailable", "CUDA_ERROR_DEVICE_UNAVAILABLE"),
      "is busy or unavailable (exclusive-process compute mode with another process on it, or disabled)",
      "use another GPU (each MPI rank takes cuda:<local rank>), or ask for the default compute mode"),

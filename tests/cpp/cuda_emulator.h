@@ -5,8 +5,11 @@
 // loops over them, meeting at a barrier between blocks). __syncthreads is a block barrier, warp shuffles
 // exchange through per-warp slots between two warp barriers, atomicAdd takes a lock. A barrier that waits
 // for more than a few seconds (a thread skipped it) marks the launch failed instead of hanging.
+// emu_illegal_address() stands for an access the GPU's memory unit traps (a test plants a call where a kernel
+// would go out of bounds): the launch faults, which the host sees as cudaErrorIllegalAddress.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -33,6 +36,9 @@ inline thread_local EmuDim3 blockIdx{0, 0, 0};
 inline EmuDim3 blockDim{1, 1, 1};
 inline EmuDim3 gridDim{1, 1, 1};
 inline bool emu_failed = false;
+inline std::atomic<bool> emu_faulted{false};
+
+inline void emu_illegal_address() { emu_faulted = true; }
 
 class EmuBarrier {
   public:
@@ -131,6 +137,7 @@ extern "C" void emu_configure(unsigned grid, unsigned block) {
     emu_block_barrier.resize(block);
     for (unsigned w = 0; w < 32; ++w) emu_warp_barrier[w].resize(32);
     emu_failed = false;
+    emu_faulted = false;
 }
 extern "C" void emu_set_thread(unsigned block, unsigned thread) {
     blockIdx = {block, 0, 0};
@@ -138,3 +145,4 @@ extern "C" void emu_set_thread(unsigned block, unsigned thread) {
 }
 extern "C" void emu_block_end() { emu_block_barrier.wait(); }
 extern "C" int emu_launch_failed() { return emu_failed ? 1 : 0; }
+extern "C" int emu_launch_faulted() { return emu_faulted ? 1 : 0; }

@@ -5,12 +5,18 @@ Devices. Two emulated GPUs (``PHYSICAL_GPUS``), of which CUDA_VISIBLE_DEVICES se
 visible ones, as the CUDA runtime does; each has a PCI bus id and a UUID (``PCI_BUS_IDS``, ``UUIDS``: a
 test gives two GPUs one bus id to make them two MIG slices of one GPU). Each host thread has a current
 device (``cupy.cuda.Device(i)`` as a context or ``.use()``); arrays live in host memory but belong to the
-device that was current when they were made (``a.device.id``). As in CuPy's _kernel.pyx / _reduction.pyx, an elementwise operation, reduction,
-matmul, fill, astype, indexed read or assignment on an array of another device than the current one raises
-ValueError ("... Peer access is unavailable between these devices."), and a kernel launched with an
-argument from another device, or while another device is current than the one its module was loaded on,
-fails as the CUDA driver would. Copies (``cupy.asarray``, ``.copy()``) and ``get``/``asnumpy`` work across
-devices, as in CuPy. Each device has ``GPU_MEMORY`` bytes, of which ``cuda.runtime.memGetInfo()`` reports
+device that was current when they were made (``a.device.id``). As in CuPy's _kernel.pyx / _reduction.pyx, an
+elementwise operation, reduction, matmul, fill, astype, indexed read or assignment on an array of another
+device than the current one raises ValueError ("... Peer access is unavailable between these devices."), and
+a kernel given another device's memory faults (see Contexts and failures). With ``PEER_ACCESS`` (NVLink
+machines, where CuPy enables peer access) both run on the current device instead, reading across (CuPy warns
+with a PerformanceWarning). A kernel launched while another device is current than the one its module was
+loaded on fails as the CUDA driver would. ``ran_on`` counts every operation by the device it ran on,
+``peer_reads`` those that read another device's memory. Copies
+(``cupy.asarray``, ``.copy()``: synchronous between devices) and ``get``/``asnumpy`` work across devices, as
+in CuPy. As CuPy's kernels (``_scalar.CScalar``), operations take CuPy arrays, Python and NumPy scalars, and
+refuse a NumPy array of any shape, 0-d included (TypeError); assigning one (``a[...] = host``, ``fill``)
+takes a 0-d one's value and refuses any other (ValueError), as ``ndarray.fill`` does. Each device has ``GPU_MEMORY`` bytes, of which ``cuda.runtime.memGetInfo()`` reports
 those its live arrays leave free; ``get_default_memory_pool().free_bytes()`` is ``POOL_FREE_BYTES``.
 
 Kernels. ``RawModule(code=..., options=...)`` compiles the source it is given (as NVRTC would get it;
@@ -21,9 +27,15 @@ pointers get arrays of the pointee type (or a null), ``int`` an ``np.int32``, ``
 ``float``/``double`` an ``np.float32``/``np.float64``. ``MISSING = "headers"`` makes every compile raise
 the RuntimeError CuPy raises without the CUDA headers; ``MISSING = "cublas"`` makes cuBLAS fail to load.
 
-Streams and NCCL. Work on the default (null) stream runs at once. NCCL collectives on another stream are
-queued there and run only when an event recorded after them is waited on, or the stream or its device is
-synchronised: a missing ``wait_event`` leaves the sum undone, as a race would on a GPU. ``cuda.nccl`` has
+Streams and NCCL. Every stream, the default (null) one included, queues its work (kernels, in-place
+operations, copies, NCCL collectives, graph launches) and runs it in order, but only when something needs
+it: a synchronisation, an event synchronised or waited on (``wait_event`` runs the other stream up to the
+event), a copy to or from the host, or an operation that the emulation computes at once because it
+allocates its result (it runs its own stream's queue first, then publishes its result through that queue:
+the new array holds NaN until then). So work on two streams is ordered only where an event orders it: a
+stream reading what another has not written yet gets stale data or NaN, and one reading late sees what the
+other wrote after, as races would on a GPU. The null stream and blocking streams wait for each other, as
+CUDA's legacy default stream does. ``cuda.nccl`` has
 CuPy 14's API (``get_unique_id() -> bytes``, ``NcclCommunicator(int ndev, bytes commId, int rank,
 config=None)``, ``allReduce``/``broadcast`` on device pointers and a stream handle) and sums between
 processes over MPI (mpi4py), so several ranks under ``mpiexec`` train on "their" GPUs. As NCCL, it refuses
@@ -57,6 +69,12 @@ compute mode with another process (another rank) holding its context: creating o
 ``getDeviceCount()`` raise ``cudaErrorInsufficientDriver`` (``driverGetVersion()`` still answers, as in
 CUDA). ``LOAD_ERROR`` (a ``CUDA_ERROR_…`` message) makes loading a module fail with CUDADriverError, as
 ``cuModuleLoadData`` does for an out-of-memory, NO_BINARY_FOR_GPU or UNSUPPORTED_PTX_VERSION.
+CUDA_VISIBLE_DEVICES empty, or naming no existing GPU, makes ``getDeviceCount()`` (and every device call)
+raise ``cudaErrorNoDevice``. A kernel fault (a call to the emulator's ``emu_illegal_address()``, which a test
+plants where a kernel would access out of bounds, or another device's memory without peer access) is
+asynchronous as on a GPU: the launch reports nothing, the device's later work does not run, the next
+synchronising call (a synchronisation, a host copy) raises CUDARuntimeError ``cudaErrorIllegalAddress``, and
+from then on every call on that device does (``faults``: the context is lost).
 
 A test calls :func:`install` (monkeypatch, in one process) or sets the environment of
 :func:`install_from_environment` (a subprocess, e.g. an MPI rank).
@@ -64,6 +82,7 @@ A test calls :func:`install` (monkeypatch, in one process) or sets the environme
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import hashlib
 import json
@@ -76,6 +95,7 @@ import sys
 import tempfile
 import threading
 import types
+import warnings
 import weakref
 from pathlib import Path
 
@@ -112,6 +132,22 @@ contexts: set[int] = set()
 HELD_ELSEWHERE: set[int] = set()
 #: a CUDA_ERROR_… message that loading any module raises (None: modules load)
 LOAD_ERROR: str | None = None
+#: whether the GPUs have peer-to-peer access (NVLink): then an operation given another device's array runs on
+#: the current device, reading across the link, as CuPy enables peer access; without, it fails (env
+#: GPUBP_EMULATED_CUPY_PEER_ACCESS=1 in a subprocess)
+PEER_ACCESS = False
+ENV_PEER_ACCESS = "GPUBP_EMULATED_CUPY_PEER_ACCESS"
+#: every device operation by the device it ran on: (what, device) -> count ("alloc", "cupy.add", a kernel's
+#: name, "graph", "set", "get", …)
+ran_on: collections.Counter = collections.Counter()
+#: operations that read another device's memory through peer access: (what, array's device, current) -> count
+peer_reads: collections.Counter = collections.Counter()
+#: devices whose context a kernel fault destroyed, with the CUDA error: raised by the next synchronising call
+#: on that device, then (sticky) by every CUDA call on it
+faults: dict[int, str] = {}
+_reported: set[int] = set()
+ILLEGAL_ADDRESS = "cudaErrorIllegalAddress: an illegal memory access was encountered"
+NO_DEVICE = "cudaErrorNoDevice: no CUDA-capable device is detected"
 
 
 class CUDARuntimeError(RuntimeError):
@@ -126,8 +162,17 @@ class CompileException(Exception):
     pass
 
 
+def _fault(device: int, synchronising: bool = False) -> None:
+    """A kernel fault on ``device`` surfaces at a synchronising call, and after that at every call (sticky)."""
+    error = faults.get(device)
+    if error is not None and (synchronising or device in _reported):
+        _reported.add(device)
+        raise CUDARuntimeError(error)
+
+
 def _context(device: int) -> None:
     """This process's context on (visible) ``device``, created on first use as CUDA does."""
+    _fault(device)
     if device in contexts:
         return
     if _visible()[device] in HELD_ELSEWHERE:
@@ -139,6 +184,8 @@ def _device_count() -> int:
     if DRIVER_VERSION < RUNTIME_VERSION:
         raise CUDARuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA "
                                "runtime version")
+    if not _visible():  # CUDA_VISIBLE_DEVICES="" or naming no existing GPU
+        raise CUDARuntimeError(NO_DEVICE)
     return len(_visible())
 
 
@@ -164,6 +211,8 @@ def _current() -> int:
 
 
 def _check_ordinal(index: int) -> int:
+    if not _visible():  # no visible device: every call raises cudaErrorNoDevice
+        raise CUDARuntimeError(NO_DEVICE)
     if not isinstance(index, numbers.Integral) or not 0 <= index < len(_visible()):
         raise CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
     return int(index)
@@ -198,9 +247,10 @@ class Device:
 
     def synchronize(self) -> None:
         _refuse_in_capture("synchronising the device")
-        for stream in list(_streams.values()):
+        for stream in [*_null_streams.values(), *_streams.values()]:
             if stream.device_id == self.id:
-                stream.synchronize()
+                stream._run_until(stream._issued)
+        _fault(self.id, synchronising=True)
 
     @property
     def pci_bus_id(self) -> str:
@@ -236,6 +286,7 @@ def _set_device(device: int) -> None:
 
 def _mem_get_info() -> tuple[int, int]:
     """cudaMemGetInfo: (free, total) bytes of the current device, its live arrays taken from GPU_MEMORY."""
+    _fault(_current())
     used = sum(size for size, device in list(_allocations.values()) if device == _current())
     return GPU_MEMORY - used, GPU_MEMORY
 
@@ -258,6 +309,7 @@ def _register(root: np.ndarray, device: int) -> None:
     if root.nbytes and start not in _allocations:
         _refuse_in_capture(f"allocating {root.nbytes} bytes")
         _context(device)
+        ran_on["alloc", device] += 1
         _allocations[start] = (root.nbytes, device)
         weakref.finalize(root, _allocations.pop, start, None)
 
@@ -274,22 +326,35 @@ class MemoryPointer:
         self.ptr, self.device_id = ptr, device_id
 
 
-def _peer_check(arrays, what: str) -> None:
-    """CuPy's check of every operand against the current device (emulated GPUs have no peer access)."""
+class PerformanceWarning(RuntimeWarning):
+    """cupy._util.PerformanceWarning: CuPy warns so when it enables peer access for an operation."""
+
+
+def _device_op(arrays, what: str) -> None:
+    """An operation ``what`` on the current device: CuPy's check of every operand against it (_kernel.pyx's
+    _check_peer_access: ValueError without peer access, a warning where CuPy enables it), and a record of
+    where it ran."""
     current = _current()
+    _fault(current)
     for x in arrays:
         if isinstance(x, ndarray) and x._device_id != current:
-            raise ValueError(f"{what}: the device where the array resides ({x._device_id}) is different "
-                             f"from the current device ({current}). Peer access is unavailable between "
-                             "these devices.")
+            message = (f"{what}: the device where the array resides ({x._device_id}) is different from the "
+                       f"current device ({current}).")
+            if not PEER_ACCESS:
+                raise ValueError(f"{message} Peer access is unavailable between these devices.")
+            warnings.warn(f"{message} Peer access has been activated automatically.", PerformanceWarning)
+            peer_reads[what, x._device_id, current] += 1
+    ran_on[what, current] += 1
 
 
 def _refuse_host(arrays, what: str) -> None:
-    """CuPy's functions refuse NumPy arrays (host memory); so does the emulation."""
+    """CuPy's kernels take CuPy arrays, Python scalars and NumPy scalars; a NumPy array of any shape, 0-d
+    included, is refused (_kernel.pyx: _preprocess_arg wraps a non-CuPy argument in _scalar.CScalar, which
+    takes only Python and NumPy scalars)."""
     for x in arrays:
-        if isinstance(x, np.ndarray) and not isinstance(x, ndarray) and x.ndim > 0:
-            raise TypeError(f"{what}: Unsupported type <class 'numpy.ndarray'> (a host array where CuPy "
-                            "needs a device array)")
+        if isinstance(x, np.ndarray) and not isinstance(x, ndarray):
+            raise TypeError(f"{what}: Unsupported type <class 'numpy.ndarray'> (a host array of shape "
+                            f"{x.shape} where CuPy needs a device array or a scalar)")
 
 
 def _flat(items):
@@ -331,7 +396,7 @@ class ndarray(np.ndarray):
         outs = kwargs.get("out") or ()
         operands = [*inputs, *outs]
         _refuse_host(operands, f"cupy.{ufunc.__name__}")
-        _peer_check(operands, f"cupy.{ufunc.__name__}")
+        _device_op(operands, f"cupy.{ufunc.__name__}")
         read = _tf32 if ufunc is np.matmul and _tf32_matmuls() else _plain
         if outs or method == "at":  # in place: device work on the current stream
             kwargs["out"] = tuple(_plain(o) for o in outs)
@@ -340,6 +405,7 @@ class ndarray(np.ndarray):
             _submit(lambda: getattr(ufunc, method)(*(read(x) for x in inputs), **kwargs))
             return outs[0] if len(outs) == 1 else (outs or None)
         _refuse_in_capture(f"cupy.{ufunc.__name__} allocates its result")
+        _issue_now()
         result = getattr(ufunc, method)(*(read(x) for x in inputs), **kwargs)
         if isinstance(result, tuple):
             return tuple(_wrap(np.asarray(r)) for r in result)
@@ -349,74 +415,93 @@ class ndarray(np.ndarray):
         if not func.__name__.endswith("_like"):
             operands = list(_flat([*args, *kwargs.values()]))
             _refuse_host(operands, f"cupy.{func.__name__}")
-            _peer_check(operands, f"cupy.{func.__name__}")
+            _device_op(operands, f"cupy.{func.__name__}")
         if func is np.copyto:  # device work on the current stream
             _submit(lambda: super(ndarray, self).__array_function__(func, types_, args, kwargs))
             return None
+        _issue_now()
         result = super().__array_function__(func, types_, args, kwargs)
         if isinstance(result, np.ndarray):
             return _wrap(result)  # a new array refuses to be allocated during a capture
         if result is not None:
-            _refuse_in_capture(f"cupy.{func.__name__} returns a host value")
+            _to_host(self, f"cupy.{func.__name__} returns a host value")
         return result
 
     # methods NumPy runs in C (no ufunc): the kernels CuPy launches for them check the device too
     def __setitem__(self, key, value) -> None:
-        _peer_check([self, value, *_flat([key])], "cupy.ndarray.__setitem__")
+        _device_op([self, value, *_flat([key])], "cupy.ndarray.__setitem__")
         if isinstance(value, np.ndarray) and not isinstance(value, ndarray):
-            _refuse_in_capture("copying from the host")
+            value = _fill_value(value)
         _submit(lambda: super(ndarray, self).__setitem__(key, value))
 
     def __getitem__(self, key):
         if any(isinstance(k, (np.ndarray, list)) for k in _flat([key])):  # advanced indexing: a kernel
-            _peer_check([self, *_flat([key])], "cupy.ndarray.__getitem__")
+            _device_op([self, *_flat([key])], "cupy.ndarray.__getitem__")
+            _issue_now()
+            return _wrap(np.asarray(self.view(np.ndarray)[tuple(_plain(k) for k in _flat([key]))]
+                                    if isinstance(key, tuple) else self.view(np.ndarray)[_plain(key)]))
         result = super().__getitem__(key)
         if not isinstance(result, np.ndarray):
-            _refuse_in_capture("copying an element to the host")
+            _to_host(self, "copying an element to the host")
+            result = super().__getitem__(key)
         return result
 
     def __float__(self) -> float:
-        _refuse_in_capture("copying an element to the host")
+        _to_host(self, "copying an element to the host")
         return super().__float__()
 
     def __int__(self) -> int:
-        _refuse_in_capture("copying an element to the host")
+        _to_host(self, "copying an element to the host")
         return super().__int__()
 
     def __bool__(self) -> bool:
-        _refuse_in_capture("copying an element to the host")
+        _to_host(self, "copying an element to the host")
         return super().__bool__()
 
     def item(self, *args):
-        _refuse_in_capture("copying an element to the host")
+        _to_host(self, "copying an element to the host")
         return super().item(*args)
 
     def fill(self, value) -> None:
-        _peer_check([self], "cupy.ndarray.fill")
+        _device_op([self], "cupy.ndarray.fill")
+        if isinstance(value, np.ndarray):
+            value = _fill_value(value)
         _submit(lambda: super(ndarray, self).fill(value))
 
     def astype(self, dtype, *args, **kwargs):
-        _peer_check([self], "cupy.ndarray.astype")
-        return super().astype(dtype, *args, **kwargs)
+        _device_op([self], "cupy.ndarray.astype")
+        _issue_now()
+        return _wrap(self.view(np.ndarray).astype(dtype, *args, **kwargs))
 
     def argmax(self, *args, **kwargs):
-        _peer_check([self], "cupy.ndarray.argmax")
-        return _wrap(np.asarray(super().argmax(*args, **kwargs)))
+        _device_op([self], "cupy.ndarray.argmax")
+        _issue_now()
+        return _wrap(np.asarray(self.view(np.ndarray).argmax(*args, **kwargs)))
 
     def argmin(self, *args, **kwargs):
-        _peer_check([self], "cupy.ndarray.argmin")
-        return _wrap(np.asarray(super().argmin(*args, **kwargs)))
+        _device_op([self], "cupy.ndarray.argmin")
+        _issue_now()
+        return _wrap(np.asarray(self.view(np.ndarray).argmin(*args, **kwargs)))
 
     def copy(self, order="C"):
-        """A copy on the current device, from any device (CuPy copies between devices)."""
-        return _wrap(np.array(self.view(np.ndarray), order=order, copy=True))
+        """A copy on the current device, from any device: from another one as CuPy copies between devices
+        (a synchronous cudaMemcpy, after the work queued on both devices)."""
+        ran_on["copy", _current()] += 1
+        _issue_now()
+        if self._device_id == _current():
+            return _wrap(np.array(self.view(np.ndarray), order=order, copy=True))
+        _to_host(self, "copying between devices")
+        copied = np.array(self.view(np.ndarray), order=order, copy=True)
+        _register(copied, _current())
+        return copied.view(ndarray)
 
     def get(self, stream=None) -> np.ndarray:
-        _refuse_in_capture("copying to the host")
+        _to_host(self, "copying to the host")
         return np.array(self, copy=True).view(np.ndarray)
 
     def set(self, arr, stream=None) -> None:
-        """A copy from host memory, checked as CuPy checks it (a NumPy array of this size and dtype)."""
+        """A copy from host memory, checked as CuPy checks it (a NumPy array of this size and dtype): on
+        ``stream``, the host data staged at the call as for pageable memory; without one, synchronously."""
         if not isinstance(arr, np.ndarray) or isinstance(arr, ndarray):
             raise TypeError(f"Only numpy.ndarray can be set to cupy.ndarray; got {type(arr)}")
         if arr.size != self.size:
@@ -424,7 +509,22 @@ class ndarray(np.ndarray):
         if arr.dtype != self.dtype:
             raise TypeError(f"{arr.dtype} array cannot be set to {self.dtype} array")
         _refuse_in_capture("copying from the host")
-        np.copyto(self.view(np.ndarray), arr.reshape(self.shape))
+        staged, target = arr.reshape(self.shape).copy(), self.view(np.ndarray)
+        with Device(self._device_id):
+            ran_on["set", self._device_id] += 1
+            if stream is None:
+                _to_host(self, "copying from the host")
+                np.copyto(target, staged)
+            else:
+                _submit(lambda: np.copyto(target, staged), stream)
+
+
+def _fill_value(value: np.ndarray):
+    """A host array assigned to a device array: CuPy fills with a 0-d one's value and refuses any other
+    (core.pyx, ndarray.fill, where ``a[...] = value`` goes for anything but a CuPy array)."""
+    if value.shape != ():
+        raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
+    return value.item()
 
 
 def _tf32_matmuls() -> bool:
@@ -446,22 +546,33 @@ def _tf32(x):
 
 
 def _wrap(x):
-    """A NumPy result as an emulated array on the current device (emulated arrays pass through)."""
+    """A NumPy result as an emulated array on the current device (emulated arrays pass through). A view of
+    a device array stays a view; anything else is a new allocation whose values the current stream writes
+    in its turn: until then it holds NaN (zeros for integers), which another stream reading it unordered
+    gets, as it would get stale memory on a GPU."""
     if not isinstance(x, np.ndarray) or isinstance(x, ndarray):
         return x
     root = x
     while isinstance(root.base, np.ndarray):
         root = root.base
-    _register(root, _current())
-    return x.view(ndarray)
+    start = root.__array_interface__["data"][0]
+    if root.nbytes and start in _allocations:  # a view of a device array
+        with Device(_allocations[start][1]):
+            return x.view(ndarray)
+    unwritten = np.full(x.shape, np.nan if x.dtype.kind in "fc" else 0, dtype=x.dtype)
+    _register(unwritten, _current())
+    _submit(lambda: np.copyto(unwritten, x))
+    return unwritten.view(ndarray)
 
 
 def asarray(x, dtype=None):
-    """On the current device: host data is uploaded; an array of another device is copied over."""
+    """On the current device: host data is uploaded (staged at the call, written in the current stream's
+    turn); an array of another device is copied over."""
     if isinstance(x, ndarray) and x._device_id != _current():
         x = x.copy()
     if isinstance(x, ndarray):
         return x if dtype is None or x.dtype == np.dtype(dtype) else x.astype(dtype)
+    ran_on["upload", _current()] += 1
     return _wrap(np.array(x, dtype=dtype, copy=True))
 
 
@@ -470,13 +581,17 @@ def array(x, dtype=None, copy=True):
 
 
 def asnumpy(x):
-    _refuse_in_capture("copying to the host")
+    if isinstance(x, ndarray):
+        _to_host(x, "copying to the host")
     return np.asarray(x).view(np.ndarray)
 
 
 def ascontiguousarray(x, dtype=None):
-    _peer_check([x], "cupy.ascontiguousarray")
-    return _wrap(np.ascontiguousarray(x, dtype=dtype))
+    _device_op([x], "cupy.ascontiguousarray")
+    if x.flags.c_contiguous and (dtype is None or x.dtype == np.dtype(dtype)):
+        return x
+    _issue_now()
+    return _wrap(np.ascontiguousarray(_plain(x), dtype=dtype))
 
 
 class _MemoryPool:
@@ -501,11 +616,12 @@ def take(a, indices, axis=None, out=None):
     """cupy.take: no ``mode`` argument (out-of-range indices wrap)."""
     operands = [a, indices] + ([] if out is None else [out])
     _refuse_host(operands, "cupy.take")
-    _peer_check(operands, "cupy.take")
+    _device_op(operands, "cupy.take")
     if out is not None:
         _submit(lambda: np.take(_plain(a), _plain(indices), axis=axis, out=_plain(out), mode="wrap"))
         return out
     _refuse_in_capture("cupy.take allocates its result")
+    _issue_now()
     return _wrap(np.take(_plain(a), _plain(indices), axis=axis, mode="wrap"))
 
 
@@ -519,7 +635,8 @@ def __getattr__(name):
     def call(*args, **kwargs):
         operands = list(_flat([*args, *kwargs.values()]))
         _refuse_host(operands, f"cupy.{name}")
-        _peer_check(operands, f"cupy.{name}")
+        _device_op(operands, f"cupy.{name}")
+        _issue_now()
         return _wrap(attr(*args, **kwargs))
 
     return call
@@ -566,15 +683,35 @@ def _refuse_in_capture(what: str) -> None:
 
 
 def _submit(work, stream: "Stream | None" = None) -> None:
-    """Device work on ``stream`` (the current one): run now, or recorded for the graph while it captures."""
-    capture = (stream or get_current_stream())._capture
+    """Device work on ``stream`` (the current one): queued there, or recorded for the graph while it
+    captures."""
+    stream = stream or get_current_stream()
+    _fault(stream.device_id)
+    capture = stream._capture
     if capture is None:
-        work()
+        stream.enqueue(work)
         return
     if capture.invalidated is not None:
         raise CUDARuntimeError(f"cudaErrorStreamCaptureInvalidated: the capture was invalidated by an "
                                f"earlier error ({capture.invalidated})")
     capture.work.append(work)
+
+
+def _issue_now() -> None:
+    """Before an operation the emulation computes at once (it allocates its result): the current stream's
+    queued work, which comes before it; other streams' work stays queued."""
+    stream = get_current_stream()
+    stream._run_until(stream._issued)
+
+
+def _to_host(x: "ndarray", what: str) -> None:
+    """A synchronous copy to or from the host of ``x``: on the current stream of its device, which it waits
+    for; it reports a kernel fault on that device."""
+    _refuse_in_capture(what)
+    with Device(x._device_id):
+        stream = get_current_stream()
+        stream._run_until(stream._issued)
+    _fault(x._device_id, synchronising=True)
 
 
 class Graph:
@@ -590,6 +727,7 @@ class Graph:
                                    f"launched on a stream of device {stream.device_id} with device "
                                    f"{_current()} current")
         graph_calls["launches"] += 1
+        ran_on["graph", self._device_id] += 1
 
         def replay() -> None:
             for work in self._work:
@@ -602,15 +740,22 @@ class Graph:
 
 
 class Stream:
-    """A queue of deferred work (NCCL collectives) on the device current at its creation; as a context,
-    the current stream of its device (``cupy.cuda.get_current_stream()``)."""
+    """A queue of work on the device current at its creation, run in order but only when something needs
+    it: a stream or device synchronisation, an event synchronised or waited on, a host copy on it, or an
+    operation the emulation computes at once issued on it. So work on two streams is ordered only where an
+    event orders it (``wait_event``): without, one stream reads what the other has not written yet, or
+    writes over what the other has not read yet. As in CUDA, the legacy default (null) stream and the
+    blocking streams (``non_blocking=False``) of a device wait for each other; non-blocking ones do not. As a
+    context, the current stream of its device (``cupy.cuda.get_current_stream()``)."""
 
     def __init__(self, null: bool = False, non_blocking: bool = False, ptds: bool = False) -> None:
         self.device_id = _current()
-        self._work: list = []
-        self._done = 0  # how many queued items have run
+        _fault(self.device_id)
+        self._work: collections.deque = collections.deque()
+        self._issued = self._done = 0  # how many items were queued, how many have run
         self._capture: _Capture | None = None
         self.ptr = 0 if null else id(self)
+        self.blocking = not (null or non_blocking)
         if not null:
             _streams[self.ptr] = self
 
@@ -648,32 +793,47 @@ class Stream:
         return self._capture is not None
 
     def enqueue(self, work) -> None:
+        """``work`` after this stream's queued work: after the null stream's too for a blocking stream, and
+        after every blocking stream's for the null stream (CUDA's legacy default stream)."""
+        for other in self._implicitly_after():
+            other._run_until(other._issued)
+        self._work.append(work)
+        self._issued += 1
+
+    def _implicitly_after(self) -> list["Stream"]:
         if self.ptr == 0:
-            work()
-        else:
-            self._work.append(work)
+            return [s for s in _streams.values() if s.blocking and s.device_id == self.device_id]
+        null = _null_streams.get(self.device_id)
+        return [null] if self.blocking and null is not None else []
 
     def _run_until(self, count: int) -> None:
+        """Run the queued work up to item ``count`` (none where a kernel fault has killed the context)."""
         while self._done < count:
-            work = self._work[self._done]
+            work = self._work.popleft()
             self._done += 1
-            work()
+            if self.device_id not in faults:
+                work()
 
     def record(self, event: "Event | None" = None) -> "Event":
         if self.device_id != _current():
             raise CUDARuntimeError("cudaErrorInvalidResourceHandle: an event recorded on a stream of device "
                                    f"{self.device_id} while device {_current()} is current")
+        _fault(self.device_id)
         event = event or Event()
-        event.stream, event.count = self, len(self._work)
+        event.stream, event.count = self, self._issued
         return event
 
     def wait_event(self, event: "Event") -> None:
+        """This stream's later work after ``event``: the work before it runs now (earlier than a GPU might,
+        which no correct program can tell)."""
+        _fault(self.device_id)
         if event.stream is not None:
             event.stream._run_until(event.count)
 
     def synchronize(self) -> None:
         _refuse_in_capture("synchronising a stream")
-        self._run_until(len(self._work))
+        self._run_until(self._issued)
+        _fault(self.device_id, synchronising=True)
 
 
 class Event:
@@ -684,7 +844,8 @@ class Event:
     def synchronize(self) -> None:
         _refuse_in_capture("synchronising an event")
         if self.stream is not None:
-            self.stream.wait_event(self)
+            self.stream._run_until(self.count)
+            _fault(self.stream.device_id, synchronising=True)
 
 
 def _stream_stack(device: int) -> list:
@@ -806,10 +967,12 @@ class Function:
         self.fn = getattr(lib, name)
         self.launches = 0
 
-    def _convert(self, args: tuple) -> list:
+    def _convert(self, args: tuple) -> tuple[list, str | None]:
+        """The C arguments, and what makes the launch fault where it runs (an array of another device
+        without peer access: an address the GPU cannot reach) or None."""
         if len(args) != len(self.signature):
             raise TypeError(f"{self.name} takes {len(self.signature)} arguments, got {len(args)}")
-        converted = []
+        converted, fault = [], None
         for (ctype, pname), arg in zip(self.signature, args):
             if ctype.endswith("*"):
                 pointee = ctype.replace("const", "").rstrip("*").strip()
@@ -818,9 +981,11 @@ class Function:
                     continue
                 if not isinstance(arg, ndarray):
                     raise TypeError(f"{self.name}: {pname} ({ctype}) needs a device array, got {type(arg)}")
-                if arg._device_id != self.device_id:
-                    raise CUDADriverError(f"CUDA_ERROR_ILLEGAL_ADDRESS: {self.name} runs on device "
-                                          f"{self.device_id} but {pname} is on device {arg._device_id}")
+                if arg._device_id != self.device_id and PEER_ACCESS:
+                    peer_reads[self.name, arg._device_id, self.device_id] += 1
+                elif arg._device_id != self.device_id:
+                    fault = (f"{ILLEGAL_ADDRESS} ({self.name} ran on device {self.device_id} but {pname} "
+                             f"is on device {arg._device_id}, with no peer access)")
                 if arg.dtype != _POINTEES[pointee]:
                     raise TypeError(f"{self.name}: {pname} is {ctype}, got an array of {arg.dtype}")
                 if not arg.flags.c_contiguous:
@@ -832,22 +997,29 @@ class Function:
                     raise TypeError(f"{self.name}: {pname} is {ctype} ({want}), got {arg!r} "
                                     f"({type(arg).__name__})")
                 converted.append(_CTYPES[want](arg))
-        return converted
+        return converted, fault
 
     def __call__(self, grid: tuple, block: tuple, args: tuple) -> None:
         if _current() != self.device_id:
             raise CUDADriverError(f"CUDA_ERROR_INVALID_HANDLE: {self.name} was loaded on device "
                                   f"{self.device_id} and launched while device {_current()} is current")
-        cargs = self._convert(args)
+        cargs, fault = self._convert(args)
         _context(self.device_id)
         blocks, threads = int(grid[0]), int(block[0])
         if blocks < 1 or threads < 1 or threads % 32 or threads > 1024:
             raise ValueError(f"bad launch configuration grid={grid} block={block}")
-        _submit(lambda: self._run(cargs, blocks, threads))
+        ran_on[self.name, self.device_id] += 1
+        # the closure holds the arrays, so that they live until the queued launch has run
+        _submit(lambda: self._run(cargs, blocks, threads, fault, keep_alive=args))
 
-    def _run(self, cargs: list, blocks: int, threads: int) -> None:
-        """The grid on CPU threads (at the launch, or at each launch of a graph that captured it)."""
+    def _run(self, cargs: list, blocks: int, threads: int, fault: str | None, keep_alive: tuple) -> None:
+        """The grid on CPU threads (when its stream runs it, or at each launch of a graph that captured it).
+        A fault (a foreign address, or a planted ``emu_illegal_address()``) kills the device's context; the
+        launch itself reports nothing, as a launch does not wait for its kernel."""
         self.launches += 1
+        if fault is not None:
+            faults.setdefault(self.device_id, fault)
+            return
         lib = self.lib
         lib.emu_configure(blocks, threads)
 
@@ -863,6 +1035,8 @@ class Function:
         pool.run(run)
         if lib.emu_launch_failed():
             raise RuntimeError(f"{self.name}: a thread missed a barrier (deadlock in the emulated launch)")
+        if lib.emu_launch_faulted():
+            faults.setdefault(self.device_id, f"{ILLEGAL_ADDRESS} (in {self.name})")
 
 
 # ---- NCCL (CuPy 14's cupy.cuda.nccl), summing over MPI --------------------------------------------------
@@ -953,7 +1127,7 @@ class NcclCommunicator:
         def work() -> None:
             self._mpi.Allreduce(MPI.IN_PLACE if sendbuf == recvbuf else send, recv, op=MPI.SUM)
 
-        self._stream(stream).enqueue(work)
+        _submit(work, self._stream(stream))
 
     def broadcast(self, sendbuf: int, recvbuf: int, count: int, datatype: int, root: int,
                   stream: int) -> None:
@@ -965,7 +1139,7 @@ class NcclCommunicator:
                 recv[...] = send
             self._mpi.Bcast(recv, root=root)
 
-        self._stream(stream).enqueue(work)
+        _submit(work, self._stream(stream))
 
 
 # ---- cuBLAS (cupy_backends.cuda.libs.cublas) -----------------------------------------------------------
@@ -1115,9 +1289,10 @@ def install(monkeypatch, build_dir: Path) -> types.ModuleType:
 
 def install_from_environment() -> None:
     """In a subprocess: be ``cupy`` when env GPUBP_EMULATED_CUPY_BUILD names a build folder."""
-    global MISSING, PCI_BUS_IDS
+    global MISSING, PCI_BUS_IDS, PEER_ACCESS
     if os.environ.get(ENV_BUILD):
         MISSING = os.environ.get(ENV_MISSING) or None
+        PEER_ACCESS = os.environ.get(ENV_PEER_ACCESS) == "1"
         if os.environ.get(ENV_BUS_IDS):
             PCI_BUS_IDS = os.environ[ENV_BUS_IDS].split(",")
         sys.modules.update(modules())
