@@ -147,7 +147,8 @@ def minimize(objective: Objective, theta0: np.ndarray, max_iter: int, max_fun: i
     except BaseException:
         objective.load(finite)
         raise
-    objective.load(result.x)
+    if not np.array_equal(result.x, objective.theta):  # scipy ends on its last evaluation, as a rule
+        objective.load(result.x)
     return Outcome(result, objective.theta)
 
 

@@ -9,6 +9,11 @@ bookkeeping of each iteration runs in its epoch callback):
                    without sample weights): ``weight_decay=alpha`` with ``Optimizer.decay_per_sample``
     solver="sgd"   v ← μv − η∇; w ← w + v, or with Nesterov w ← w + μv − η∇ (gpubp's "nesterov")
     solver="adam"  scikit-learn's form: w ← w − η √(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + ε)
+    solver="lbfgs" scipy's L-BFGS-B on the full-batch f = Σₓ wₓCₓ / Σₓ wₓ + α/(2 Σₓ wₓ) Σ‖W‖², with
+                   maxiter=max_iter, maxfun=max_fun, gtol=tol and scikit-learn's ConvergenceWarning
+                   (``gpubp.lbfgs``: f and ∇f by backprop on the device, only θ and ∇f cross to the host);
+                   ``n_iter_`` counts the fit's iterations, ``loss_`` is f at the end, ``t_`` stays as it was;
+                   ``loss_curve_`` and ``best_loss_`` (per iteration) are gpubp's additions
     schedules      invscaling η = η₀ / (t + 1)^power_t (t = samples seen), adaptive η /= 5 after
                    ``n_iter_no_change`` epochs without a ``tol`` improvement: ``fit``'s ``lr_schedule``
     stopping       ``tol`` / ``n_iter_no_change`` on the training loss (with its L2 term), or with
@@ -21,9 +26,12 @@ bookkeeping of each iteration runs in its epoch callback):
                    multilabel targets), squared error ½ mean((y − ŷ)²), Poisson (log link)
 
 Differences from scikit-learn: arithmetic in ``dtype`` (float32 by default; scikit-learn computes in the
-input's float dtype), the shuffling and initialisation draw the same distributions from other random streams
-(results match in distribution, not bitwise), ``loss_`` adds the L2 term with the weights at the end of the
-epoch, ``momentum`` must be < 1, and ``solver="lbfgs"`` (a full-batch host method) is not offered.
+input's float dtype); the initial weights are scikit-learn's (the same draws from ``random_state``), but the
+shuffling draws from other random streams (stochastic solvers match in distribution, not bitwise; L-BFGS in
+float64 follows scikit-learn's path to rounding); ``loss_`` of the stochastic solvers adds the L2 term with
+the weights at the end of the epoch; ``momentum`` must be < 1. For multi-output squared error scikit-learn's
+L-BFGS sees the loss averaged over outputs with the gradient of their sum; gpubp's objective is consistent
+(the sum over outputs), so the paths differ there; ``loss_`` is reported as scikit-learn's.
 """
 
 from __future__ import annotations
@@ -493,7 +501,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     ``device`` ("auto": a GPU when usable, else "cpu"; "cpu", "cuda", "cuda:N") and ``dtype`` ("float32" or
     "float64": the arithmetic's precision). ``network_`` is the trained ``gpubp.Network``. ``activation``
     also takes gpubp's names (sigmoid, leaky_relu, softplus, swish, gelu, mish, elu, selu). ``solver`` is
-    "adam" or "sgd"; ``max_fun`` (an L-BFGS setting) is accepted and unused. Binary targets train one sigmoid output
+    "adam", "sgd" or "lbfgs" (scipy's L-BFGS-B; ``partial_fit`` then does not exist). Binary targets train one sigmoid output
     with cross-entropy, multiclass targets (any label type) softmax with log-likelihood, multilabel
     indicator targets one sigmoid per label. Where the maths differs from scikit-learn's: see the module
     docstring (float32, initialisation and shuffling streams, ``loss_``'s L2 term, momentum < 1).
