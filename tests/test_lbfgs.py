@@ -20,13 +20,10 @@ from gpubp.lbfgs import NotConvergedWarning, Objective  # noqa: E402
 def _numpy_objective(params, sizes, X, y_onehot, sample_weight, decay):
     """f(θ) of gpubp.lbfgs written out independently: tanh hidden layers, softmax output, log-likelihood,
     weighted mean over samples, plus decay/2 Σ‖W‖²."""
-    weights, biases, offset = [], [], 0
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        weights.append(params[offset:offset + n_in * n_out].reshape(n_out, n_in))
-        offset += n_in * n_out
-    for n_out in sizes[1:]:
-        biases.append(params[offset:offset + n_out])
-        offset += n_out
+    shapes = list(zip(sizes[1:], sizes[:-1]))  # Wˡ (n_out, n_in) of every layer, then every bˡ
+    pieces = np.split(params, np.cumsum([o * i for o, i in shapes] + [o for o, _ in shapes])[:-1])
+    weights = [piece.reshape(shape) for piece, shape in zip(pieces, shapes)]
+    biases = pieces[len(shapes):]
     a = X
     for l, (W, b) in enumerate(zip(weights, biases)):
         z = a @ W.T + b
