@@ -521,6 +521,16 @@ class Network:
         ``on_divergence``: "raise" (the default) as above; "continue" trains on through NaN/inf as
         scikit-learn's MLP does, recording the epochs' NaN losses (the stopping rule and ``restore_best``
         never take a NaN epoch as the best one).
+
+        ``optimizer="lbfgs"`` (``gpubp.lbfgs``; needs scipy) runs scipy's L-BFGS-B on the full-batch mean cost
+        plus ``weight_decay``/2 Σ‖W‖² (with ``optimizer_options={"decay_per_sample": True}``, weight_decay /
+        Σ wₓ: scikit-learn's alpha), its value and gradient by ``backprop_sum`` on the device in row chunks of
+        ``batch_size``. ``epochs`` is its iteration limit, each iteration an epoch of the history, callbacks and
+        progress; ``tol`` is its gradient tolerance (scipy's gtol, default 1e-5); ``optimizer_options`` takes
+        ``max_fun`` (evaluations, default 15000). ``lr``, ``momentum``, ``shuffle``, ``seed``, ``power_t`` and
+        ``n_iter_no_change`` are not used; ``distributed``, ``checkpoint``, ``compiled=True``, a non-constant
+        ``lr_schedule``, ``monitor`` and ``restore_best`` are refused. Stopping short of convergence warns
+        ``gpubp.lbfgs.NotConvergedWarning``; ``self.optimizer`` is left as it was.
         """
         from .training import Trainer
 

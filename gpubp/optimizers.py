@@ -18,6 +18,7 @@ import numpy as np
 
 from . import inputs
 from .backend import Ops
+from .lbfgs import DEFAULT_GTOL
 from .schedules import Schedule
 
 Array = Any
@@ -37,13 +38,31 @@ def _fraction(value: Any, name: str) -> float:
     return inputs.positive_float(value, name, allow_zero=True, below=1.0)
 
 
-class Optimizer(Schedule):
-    """Holds the hyper-parameters, the schedule, the steps taken ``t`` and any state buffers shaped like the
-    parameters."""
+class Settings:
+    """What a registry entry (``OPTIMIZERS``) declares: its name, state buffers, settings with their defaults,
+    and the check of each setting."""
 
     name = ""
     #: names of the state buffers, each an array shaped like the flat parameters
     buffers: tuple[str, ...] = ()
+    defaults: dict[str, Setting] = {}
+    checks: dict[str, Callable[[Any, str], Setting]] = {}
+
+    @classmethod
+    def check_settings(cls, **settings: Any) -> dict[str, Setting]:
+        """``settings`` as they would be stored; ValueError naming a setting this optimizer does not have
+        (listing those it has) or a value that does not fit."""
+        unknown = [key for key in settings if key not in cls.defaults]
+        if unknown:
+            raise ValueError(f"the {cls.name} optimizer has no setting {', '.join(map(repr, unknown))}; "
+                             f"its settings: {', '.join(cls.defaults)}")
+        return {key: cls.checks[key](value, key) for key, value in settings.items()}
+
+
+class Optimizer(Settings, Schedule):
+    """Holds the hyper-parameters, the schedule, the steps taken ``t`` and any state buffers shaped like the
+    parameters."""
+
     #: the settings (attributes, each a bool, int, float or str) with their defaults: what ``settings()``
     #: gives, ``configure`` sets and a saved model keeps; the schedule's running state included
     defaults: dict[str, Setting] = {
@@ -65,16 +84,6 @@ class Optimizer(Schedule):
         self.t = 0
         for buffer in self.buffers:
             setattr(self, buffer, ops.zeros(params.shape, params.dtype))
-
-    @classmethod
-    def check_settings(cls, **settings: Any) -> dict[str, Setting]:
-        """``settings`` as they would be stored; ValueError naming a setting this optimizer does not have
-        (listing those it has) or a value that does not fit."""
-        unknown = [key for key in settings if key not in cls.defaults]
-        if unknown:
-            raise ValueError(f"the {cls.name} optimizer has no setting {', '.join(map(repr, unknown))}; "
-                             f"its settings: {', '.join(cls.defaults)}")
-        return {key: cls.checks[key](value, key) for key, value in settings.items()}
 
     def configure(self, **settings: Any) -> None:
         """Set settings by name (a continued ``fit`` may change them; the state is kept); ValueError, with
@@ -175,7 +184,23 @@ class Adam(Optimizer):
                              eps, self.t, grad_scale, self.decay(grad_scale), self.n_weights)
 
 
-OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "adam": Adam}
+class LBFGS(Settings):
+    """L-BFGS's registry entry: settings only. scipy's L-BFGS-B minimises the full-batch objective itself
+    (``gpubp.lbfgs``, run by ``Network.fit(optimizer="lbfgs")``): no step, no state kept between fits.
+
+        weight_decay, decay_per_sample   the L2 term, as for the other optimizers (see ``gpubp.lbfgs``)
+        tol       scipy's ``gtol``: converged when every component of the gradient is at most tol in size
+        max_fun   scipy's ``maxfun``: evaluations of f and ∇f after which it stops (at the iteration's end)
+    """
+
+    name = "lbfgs"
+    defaults = {"weight_decay": 0.0, "decay_per_sample": False, "tol": DEFAULT_GTOL, "max_fun": 15000}
+    checks = {"weight_decay": _non_negative, "decay_per_sample": inputs.boolean, "tol": _non_negative,
+              "max_fun": lambda value, name: inputs.positive_int(value, name)}
+
+
+OPTIMIZERS: dict[str, type[Settings]] = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "adam": Adam,
+                                         "lbfgs": LBFGS}
 
 
 def optimizer_name(name: str) -> str:
@@ -189,4 +214,8 @@ def optimizer_name(name: str) -> str:
 def make_optimizer(name: str, ops: Ops, params: Array, n_weights: int, **settings: Setting) -> Optimizer:
     """The optimizer called ``name`` over ``params``, with fresh (zero) state and ``settings`` (the rest at
     their defaults)."""
-    return OPTIMIZERS[optimizer_name(name)](ops, params, n_weights, **settings)
+    kind = OPTIMIZERS[optimizer_name(name)]
+    if not issubclass(kind, Optimizer):
+        raise ValueError(f"the {kind.name} optimizer takes no steps of its own: Network.fit(optimizer="
+                         f"{kind.name!r}) runs it over the whole data set")
+    return kind(ops, params, n_weights, **settings)

@@ -9,6 +9,11 @@ bookkeeping of each iteration runs in its epoch callback):
                    without sample weights): ``weight_decay=alpha`` with ``Optimizer.decay_per_sample``
     solver="sgd"   v ← μv − η∇; w ← w + v, or with Nesterov w ← w + μv − η∇ (gpubp's "nesterov")
     solver="adam"  scikit-learn's form: w ← w − η √(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + ε)
+    solver="lbfgs" scipy's L-BFGS-B on the full-batch f = Σₓ wₓCₓ / Σₓ wₓ + α/(2 Σₓ wₓ) Σ‖W‖², with
+                   maxiter=max_iter, maxfun=max_fun, gtol=tol and scikit-learn's ConvergenceWarning
+                   (``gpubp.lbfgs``: f and ∇f by backprop on the device, only θ and ∇f cross to the host);
+                   ``n_iter_`` counts the fit's iterations, ``loss_`` is f at the end, ``t_`` stays as it was;
+                   ``loss_curve_`` and ``best_loss_`` (per iteration) are gpubp's additions
     schedules      invscaling η = η₀ / (t + 1)^power_t (t = samples seen), adaptive η /= 5 after
                    ``n_iter_no_change`` epochs without a ``tol`` improvement: ``fit``'s ``lr_schedule``
     stopping       ``tol`` / ``n_iter_no_change`` on the training loss (with its L2 term), or with
@@ -21,9 +26,12 @@ bookkeeping of each iteration runs in its epoch callback):
                    multilabel targets), squared error ½ mean((y − ŷ)²), Poisson (log link)
 
 Differences from scikit-learn: arithmetic in ``dtype`` (float32 by default; scikit-learn computes in the
-input's float dtype), the shuffling and initialisation draw the same distributions from other random streams
-(results match in distribution, not bitwise), ``loss_`` adds the L2 term with the weights at the end of the
-epoch, ``momentum`` must be < 1, and ``solver="lbfgs"`` (a full-batch host method) is not offered.
+input's float dtype); the initial weights are scikit-learn's (the same draws from ``random_state``), but the
+shuffling draws from other random streams (stochastic solvers match in distribution, not bitwise; L-BFGS in
+float64 follows scikit-learn's path to rounding); ``loss_`` of the stochastic solvers adds the L2 term with
+the weights at the end of the epoch; ``momentum`` must be < 1. For multi-output squared error scikit-learn's
+L-BFGS sees the loss averaged over outputs with the gradient of their sum; gpubp's objective is consistent
+(the sum over outputs), so the paths differ there; ``loss_`` is reported as scikit-learn's.
 """
 
 from __future__ import annotations
@@ -39,23 +47,29 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state, column_or_1d
+from sklearn.utils._available_if import available_if
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
+from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from .activations import ALIASES, ACTIVATIONS
 from .backend import DeviceError
 from .backend.arrays import array_module, is_device_array, on_device_of, to_host
 from .costs import Cost
+from . import inputs
 from .inputs import finite_checked
+from .lbfgs import NotConvergedWarning, Objective
 from .model_state import ModelState
-from .network import Network
+from .network import EVAL_CHUNK, Network
 from .schedules import NOTHING_MONITORED
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
 #: scikit-learn's activation names that gpubp spells differently
 SKLEARN_ACTIVATIONS = {"logistic": "sigmoid"}
+#: the solvers that train in mini-batches (and so have partial_fit)
+STOCHASTIC_SOLVERS = ("sgd", "adam")
 #: more epochs than any run has: scikit-learn's n_iter_no_change=inf (count, never stop)
 NEVER = 2 ** 62
 
@@ -82,7 +96,7 @@ class _BaseMLP(BaseEstimator):
         "hidden_layer_sizes": ["array-like", Interval(numbers.Integral, 1, None, closed="left")],
         "activation": [StrOptions({"identity", "logistic", "tanh", "relu"}
                                   | set(ACTIVATIONS) | set(ALIASES))],
-        "solver": [StrOptions({"sgd", "adam"})],
+        "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
         "alpha": [Interval(numbers.Real, 0, None, closed="left")],
         "batch_size": [StrOptions({"auto"}), Interval(numbers.Integral, 1, None, closed="left")],
         "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
@@ -110,9 +124,6 @@ class _BaseMLP(BaseEstimator):
 
     # ---- fitting ----------------------------------------------------------------------------------
     def _fit(self, X: Any, y: Any, sample_weight: Any, incremental: bool) -> "_BaseMLP":
-        if self.solver == "lbfgs":
-            raise ValueError("solver='lbfgs' is not supported by gpubp.sklearn (it trains in mini-batches "
-                             "on the device); use solver='adam' or solver='sgd'")
         self._validate_params()
         hidden = self._hidden_layer_sizes()
         first_pass = not hasattr(self, "network_") or (not self.warm_start and not incremental)
@@ -126,8 +137,18 @@ class _BaseMLP(BaseEstimator):
         elif n_outputs != self.n_outputs_:
             raise ValueError(f"y has {n_outputs} outputs, but {type(self).__name__} was fitted with "
                              f"{self.n_outputs_}")
-        self._fit_stochastic(X, y, sample_weight, random_state, incremental)
+        if self.solver == "lbfgs":
+            self._fit_lbfgs(X, y, sample_weight)
+        else:
+            self._fit_stochastic(X, y, sample_weight, random_state, incremental)
         return self
+
+    def _check_solver(self) -> bool:
+        """``partial_fit`` exists for the stochastic solvers only, as in scikit-learn (``available_if``)."""
+        if self.solver not in STOCHASTIC_SOLVERS:
+            raise AttributeError(f"partial_fit is only available for stochastic optimizers. {self.solver} is "
+                                 "not stochastic.")
+        return True
 
     def _hidden_layer_sizes(self) -> list[int]:
         sizes = self.hidden_layer_sizes
@@ -204,6 +225,54 @@ class _BaseMLP(BaseEstimator):
         if not net.ops.all_finite(net.parameters()):
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain "
                              "large values and need to be preprocessed.")
+
+    def _fit_lbfgs(self, X: Any, y: np.ndarray, sample_weight: Any) -> None:
+        """scikit-learn's ``_fit_lbfgs`` as ``Network.fit(optimizer="lbfgs")``: the full-batch objective
+        mean cost + α/(2 Σ wₓ) Σ‖W‖² (``weight_decay=alpha`` with ``decay_per_sample``), scipy's L-BFGS-B with
+        maxiter=max_iter, maxfun=max_fun, gtol=tol; scikit-learn's ConvergenceWarning where it stops short.
+        ``n_iter_`` counts this fit's iterations; ``t_`` stays as it was."""
+        net = self.network_
+        record = _LBFGSIteration(self, X.shape[0] if sample_weight is None else float(np.sum(sample_weight)))
+        targets = self._network_targets(y)
+        with finite_checked(X), warnings.catch_warnings(record=True) as caught:  # X passed scikit-learn's check
+            warnings.simplefilter("always", NotConvergedWarning)
+            try:
+                net.fit(X, targets, epochs=self.max_iter, batch_size=min(X.shape[0], EVAL_CHUNK),
+                        lr=float(self.learning_rate_init), optimizer="lbfgs", weight_decay=self.alpha,
+                        tol=self.tol, sample_weight=sample_weight, progress=False, callbacks=[record],
+                        optimizer_options={"max_fun": self.max_fun, "decay_per_sample": True},
+                        on_divergence="continue")
+            except KeyboardInterrupt:
+                warnings.warn("Training interrupted by user.")
+        result = None
+        for caught_warning in caught:
+            if issubclass(caught_warning.category, NotConvergedWarning):
+                result = caught_warning.message.result
+            else:
+                warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename,
+                                       caught_warning.lineno)
+        self.n_iter_ = record.iterations
+        if result is not None:
+            self.n_iter_ = _check_optimize_result("lbfgs", result, self.max_iter)
+        if record.iterations == 0:  # converged where it started: scikit-learn's loss_ is f there
+            record.record(net, self._objective_mean_cost(X, targets, sample_weight))
+        self.loss_ = self.loss_curve_[-1]
+        if not net.ops.all_finite(net.parameters()):
+            raise ValueError("Solver produced non-finite parameter weights. The input data may contain "
+                             "large values and need to be preprocessed.")
+
+    def _objective_mean_cost(self, X: Any, targets: np.ndarray, sample_weight: Any) -> float:
+        """The weighted mean cost Σₓ wₓCₓ / Σₓ wₓ at the network's parameters (the L-BFGS objective's data
+        term)."""
+        net = self.network_
+        with net.ops.activate(), finite_checked(X):
+            x, _ = inputs.check_inputs(X, net.sizes[0], net.ops, net.dtype)
+            objective = Objective(net, x, net.check_targets(targets, len(x)),
+                                  inputs.check_sample_weight(sample_weight, len(x), net.ops, net.dtype),
+                                  0.0, False, EVAL_CHUNK)
+            with net.ops.errstate():
+                objective(net.ops.to_numpy(net.parameters()))
+        return objective.mean_cost
 
     def _optimizer_options(self) -> dict[str, Any]:
         """scikit-learn's optimizer settings besides ``fit``'s own, and where its schedule stands: η (that of
@@ -407,6 +476,32 @@ class _EpochEnd:
             print(message + " Stopping.")
 
 
+class _LBFGSIteration:
+    """The epoch callback of ``solver="lbfgs"``: per L-BFGS iteration, scikit-learn's loss (the mean cost
+    as scikit-learn scales it, plus α/(2 Σ wₓ) Σ‖W‖²) into ``loss_curve_`` and ``best_loss_``, and
+    scikit-learn's verbose line."""
+
+    def __init__(self, estimator: _BaseMLP, total_weight: float) -> None:
+        self.estimator, self.total_weight = estimator, total_weight
+        self.iterations = 0
+        estimator.loss_curve_ = []
+
+    def __call__(self, net: Network, epoch: int, logs: dict) -> None:
+        self.iterations += 1
+        loss = self.record(net, logs["loss"])
+        if self.estimator.verbose:
+            print("Iteration %d, loss = %.8f" % (self.iterations, loss))
+
+    def record(self, net: Network, mean_cost: float) -> float:
+        """scikit-learn's loss at the network's parameters, given the mean cost there."""
+        est = self.estimator
+        weights = net.parameters()[:net.n_weights]
+        loss = est._sklearn_loss(mean_cost) + 0.5 * est.alpha * net.ops.item(weights.dot(weights)) / self.total_weight
+        est.loss_curve_.append(loss)
+        est.best_loss_ = min(est.loss_curve_)
+        return loss
+
+
 class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier on gpubp: scikit-learn's ``MLPClassifier`` on any device.
 
@@ -415,7 +510,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     "float64": the arithmetic's precision) and ``matmul_precision`` ("fp32" or "tf32": how a GPU computes
     the matmuls, as in ``gpubp.Network``). ``network_`` is the trained ``gpubp.Network``. ``activation``
     also takes gpubp's names (sigmoid, leaky_relu, softplus, swish, gelu, mish, elu, selu). ``solver`` is
-    "adam" or "sgd"; ``max_fun`` (an L-BFGS setting) is accepted and unused. Binary targets train one sigmoid output
+    "adam", "sgd" or "lbfgs" (scipy's L-BFGS-B; ``partial_fit`` then does not exist). Binary targets train one sigmoid output
     with cross-entropy, multiclass targets (any label type) softmax with log-likelihood, multilabel
     indicator targets one sigmoid per label. Where the maths differs from scikit-learn's: see the module
     docstring (float32, initialisation and shuffling streams, ``loss_``'s L2 term, momentum < 1).
@@ -499,6 +594,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """Fit the model to X (n_samples, n_features) and class labels (or a label indicator matrix) y."""
         return self._fit(X, y, sample_weight=sample_weight, incremental=False)
 
+    @available_if(_BaseMLP._check_solver)
     def partial_fit(self, X, y, sample_weight=None, classes=None) -> "MLPClassifier":
         """One epoch over X, y, continuing the optimizer's state; ``classes`` is required on the first call."""
         if _check_partial_fit_first_call(self, classes):
@@ -605,6 +701,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         """Fit the model to X (n_samples, n_features) and targets y (n_samples,) or (n_samples, n_outputs)."""
         return self._fit(X, y, sample_weight=sample_weight, incremental=False)
 
+    @available_if(_BaseMLP._check_solver)
     def partial_fit(self, X, y, sample_weight=None) -> "MLPRegressor":
         """One epoch over X, y, continuing the optimizer's state."""
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)

@@ -15,18 +15,19 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import inputs
+from . import inputs, lbfgs
 from .backend import DeviceError, parse_device
 from .backend.errors import cuda_error_cause
 from .backend.programs import ProgramPlan, TrainingProgram
 from .checkpoint import Checkpointer, say
 from .metrics import METRICS
 from .model_state import ModelState
-from .optimizers import OPTIMIZERS, Optimizer, optimizer_name
+from .optimizers import LBFGS, OPTIMIZERS, Optimizer, optimizer_name
 
 #: under distributed training (NCCL), weight gradients at least this large are summed across ranks as soon
 #: as their layer's BP4 is done, overlapping the rest of the backward pass
@@ -60,6 +61,8 @@ class Trainer:
         self.momentum = inputs.positive_float(momentum, "momentum", allow_zero=True, below=1.0)
         self.weight_decay = inputs.positive_float(weight_decay, "weight_decay", allow_zero=True)
         self.optimizer_name = optimizer_name(optimizer)
+        if self.optimizer_name == LBFGS.name:
+            _check_lbfgs(comm, checkpoint, lr_schedule, monitor, restore_best, compiled)
         self.shuffle = bool(shuffle)
         self.seed = inputs.seed(seed)
         self.callbacks = list(callbacks or [])
@@ -88,8 +91,13 @@ class Trainer:
 
     def _check_schedule(self, lr_schedule: Any, power_t: Any, tol: Any, n_iter_no_change: Any, monitor: Any,
                         restore_best: Any) -> None:
-        """The schedule and stopping rule arguments, checked as the optimizer's settings of those names."""
+        """The schedule and stopping rule arguments, checked as the optimizer's settings of those names
+        (L-BFGS: ``tol`` is its gradient tolerance; ``_check_lbfgs`` refused the rest)."""
         rule = {} if tol is None else {"tol": tol}
+        if self.optimizer_name == LBFGS.name:
+            Optimizer.check_settings(power_t=power_t, n_iter_no_change=n_iter_no_change)
+            self.schedule, self.monitor, self.restore_best = LBFGS.check_settings(**rule), None, False
+            return
         self.schedule = OPTIMIZERS[self.optimizer_name].check_settings(
             lr_schedule=lr_schedule, power_t=power_t, n_iter_no_change=n_iter_no_change, **rule)
         if monitor is not None and not (isinstance(monitor, str) or callable(monitor)):
@@ -144,6 +152,8 @@ class Trainer:
                 raise ValueError("fit needs at least one training sample; X is empty")
             weights = inputs.check_sample_weight(sample_weight, len(x), ops, net.dtype)
             validation = self._validation(validation_data)
+            if self.optimizer_name == LBFGS.name:
+                return self._fit_lbfgs(x, target, weights, validation)
             if self.compiled:
                 self._require_compiled(x, target, weights)
             copied = sum(a.nbytes for a in (x, target, weights) if a is not None) if self.shuffle else 0
@@ -180,6 +190,54 @@ class Trainer:
                     if cause is not None:  # a CUDA error: what it means for the GPU, and what to do
                         raise DeviceError(f"training stopped: {cause}") from exc
                     raise
+        return history
+
+    def _fit_lbfgs(self, x: Any, target: Any, weights: Any, validation: Any) -> dict[str, list]:
+        """``optimizer="lbfgs"``: scipy's L-BFGS-B over the full batch (``gpubp.lbfgs``), each of its iterations
+        an epoch of the history, the callbacks and the progress output. ``net.optimizer`` is left as it was."""
+        net, ops = self.net, self.net.ops
+        net.check_fit_memory(self.optimizer_name, min(self.batch_size, len(x)))
+        settings = {**LBFGS.defaults, "weight_decay": self.weight_decay, **self.schedule, **self.options}
+        objective = lbfgs.Objective(net, x, target, weights, settings["weight_decay"],
+                                    settings["decay_per_sample"], self.batch_size)
+        net.training_path = "eager: L-BFGS evaluates the whole data set for scipy's L-BFGS-B, chunk by chunk"
+        history = net.history = {key: [] for key in self._history_keys(validation)}
+        if self.epochs == 0:
+            return history
+        start = ops.to_numpy(net.parameters()).astype(np.float64)
+        previous = start
+
+        def iteration(theta: np.ndarray, loss: float) -> bool:
+            nonlocal previous
+            epoch = len(history["loss"]) + 1
+            if self.on_divergence == "raise" and not np.isfinite(loss):  # lbfgs.minimize puts `previous` back
+                raise FloatingPointError(f"training diverged in L-BFGS iteration {epoch}: the loss became {loss}; "
+                                         f"the parameters are those of iteration {epoch - 1}")
+            previous = theta
+            logs = {"loss": loss}
+            if validation is not None:
+                logs.update({f"val_{name}": value for name, value in net.evaluate_checked(*validation).items()})
+            for key, value in logs.items():
+                history[key].append(value)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
+            else:
+                self._print_epoch(epoch, logs)
+            if interrupt["hit"]:
+                raise KeyboardInterrupt(f"training interrupted after L-BFGS iteration {epoch}")
+            return any(cb(net, epoch, dict(logs)) is False for cb in self.callbacks)
+
+        with ops.errstate(), ops.training_floats(), _deferred_interrupt() as interrupt, \
+                _progress_bar(self.progress, self.epochs, "L-BFGS", "iterations") as bar:
+            outcome = lbfgs.minimize(objective, start, self.epochs, settings["max_fun"], settings["tol"], iteration)
+            if self.on_divergence == "raise" and not ops.all_finite(net.parameters()):
+                objective.load(previous)
+                raise FloatingPointError("L-BFGS diverged: its final parameters are NaN or infinite; the "
+                                         "parameters are those of its last finite iteration")
+        warning = lbfgs.not_converged(outcome.result)
+        if warning is not None:
+            warnings.warn(warning, stacklevel=5)
         return history
 
     def _run(self, n: int, validation: Any, weighted: bool) -> dict[str, Any]:
@@ -313,7 +371,7 @@ class Trainer:
             totals = [stop - start for start, stop in batches] if wts is None else \
                 _batch_totals(ops.to_numpy(wts.cumsum(dtype=np.float64)), batches)
             loss_sum.fill(0)
-            with _progress_bar(self.progress, n, epoch, self.epochs) as bar:
+            with _progress_bar(self.progress, n, f"epoch {epoch}/{self.epochs}", "samples") as bar:
                 if program is None:
                     ran = self._eager_batches(xs, ts, wts, batches, totals, optimizer, loss_sum, bar, interrupt)
                 else:
@@ -552,6 +610,21 @@ class GradientBuckets:
         self.pending = []
 
 
+def _check_lbfgs(comm: Any, checkpoint: Any, lr_schedule: Any, monitor: Any, restore_best: Any,
+                 compiled: Any) -> None:
+    """ValueError for what ``optimizer="lbfgs"`` cannot be combined with (before anything changes)."""
+    refused = [(comm is not None, "distributed training (it sums mini-batch gradients across ranks)"),
+               (checkpoint is not None, "checkpoint (scipy's L-BFGS-B state cannot be saved and resumed)"),
+               (lr_schedule != "constant", f"lr_schedule={lr_schedule!r} (its line search sets every step)"),
+               (monitor is not None or restore_best is not False,
+                "monitor or restore_best (tol is its gradient tolerance, not a stopping rule on a metric)"),
+               (compiled is True, "compiled=True (scipy drives each evaluation from Python)")]
+    for refuse, what in refused:
+        if refuse:
+            raise ValueError(f"optimizer='lbfgs' cannot be combined with {what}")
+    lbfgs.require_scipy()
+
+
 def _next_chunk(chunk: int, seconds: float, granule: int) -> int:
     """The next chunk's batch count, aiming at CHUNK_SECONDS (growing at most 8× a chunk, as the first calls
     may include compiling), a multiple of ``granule``."""
@@ -573,8 +646,9 @@ def _shard(comm: Any, start: int, stop: int) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def _progress_bar(enabled: bool, total: int, epoch: int, epochs: int) -> Iterator[Any]:
-    """A tqdm bar over the epoch's samples (None when disabled or tqdm is not installed)."""
+def _progress_bar(enabled: bool, total: int, desc: str, unit: str) -> Iterator[Any]:
+    """A tqdm bar over ``total`` ``unit``: an epoch's samples, or L-BFGS's iterations (None when disabled or
+    tqdm is not installed)."""
     if not enabled:
         yield None
         return
@@ -583,7 +657,7 @@ def _progress_bar(enabled: bool, total: int, epoch: int, epochs: int) -> Iterato
     except ImportError:
         yield None
         return
-    with tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="samples", unit_scale=True,
+    with tqdm(total=total, desc=desc, unit=unit, unit_scale=True,
               leave=True, file=sys.stderr) as bar:
         yield bar
 

@@ -142,7 +142,7 @@ def test_sizes_that_do_not_fit_the_data(capsys):
     ("--activation", "sigmoidal", "unknown activation 'sigmoidal'"),
     ("--output", "argmax", "unknown activation 'argmax'"),
     ("--cost", "hinge", "unknown cost 'hinge'"),
-    ("--optimizer", "lbfgs", "lbfgs"),
+    ("--optimizer", "rprop", "unknown optimizer 'rprop'"),
     ("--lr", "-1", "lr"),
     ("--dtype", "float16", "float16"),
     ("--device", "tpu", "unknown device 'tpu'"),

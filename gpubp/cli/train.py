@@ -13,6 +13,7 @@ import numpy as np
 
 from ..backend.precision import MATMUL_PRECISIONS
 from ..files import refuse_same_files
+from ..network import EVAL_CHUNK
 from ..schedules import SCHEDULES
 from .common import INTERRUPTED, CliError, check_writable, say
 from .data import add_data_options, data_files, load_data, outputs_text
@@ -39,12 +40,18 @@ def add_command(commands: Any) -> None:
     train.add_argument("--cost", default=None,
                        help="quadratic, cross_entropy or log_likelihood (default: softmax output with "
                             "log_likelihood for classification, identity with quadratic for regression)")
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--batch-size", type=int, default=10)
+    train.add_argument("--epochs", type=int, default=30,
+                       help="epochs (default 30); with --optimizer lbfgs the most L-BFGS iterations")
+    train.add_argument("--batch-size", type=int, default=None,
+                       help="mini-batch size (default 10); with --optimizer lbfgs the rows per chunk of its "
+                            f"full-batch gradient (default {EVAL_CHUNK})")
     train.add_argument("--lr", type=float, default=None,
                        help="learning rate η (default: 3.0 for classification with the quadratic cost, 0.5 "
                             "with cross_entropy or log_likelihood, 0.01 for regression)")
-    train.add_argument("--optimizer", default="sgd", help="sgd, momentum or adam (default sgd)")
+    train.add_argument("--optimizer", default="sgd",
+                       help="sgd, momentum, nesterov, adam, or lbfgs: scipy's L-BFGS-B on the full-batch "
+                            "loss, which takes no --lr (its line search sets each step), reads --tol as its "
+                            "gradient tolerance and --optimizer-option max_fun=N (default sgd)")
     train.add_argument("--momentum", type=float, default=0.9, help="μ for --optimizer momentum")
     decay = train.add_mutually_exclusive_group()
     decay.add_argument("--weight-decay", type=float, default=0.0,
@@ -60,7 +67,7 @@ def add_command(commands: Any) -> None:
     train.add_argument("--tol", type=float, default=None,
                        help="stop after --n-iter-no-change epochs whose loss does not improve by TOL: the "
                             "validation loss where the data has a validation split, else the training loss "
-                            "(default: off)")
+                            "(default: off); lbfgs: stop once no gradient component exceeds TOL (default 1e-5)")
     train.add_argument("--n-iter-no-change", type=int, default=10, metavar="N",
                        help="epochs without an improvement before --tol's rule fires (default 10)")
     train.add_argument("--restore-best", action="store_true",
@@ -234,24 +241,28 @@ def cmd_train(args: argparse.Namespace) -> int:
                   device=device, dtype=args.dtype, seed=args.seed, matmul_precision=args.matmul_precision)
     net.metadata.update(data.model_metadata())
     X, y = data.train
+    lbfgs = isinstance(args.optimizer, str) and args.optimizer.lower() == "lbfgs"
+    batch_size = args.batch_size if args.batch_size is not None else EVAL_CHUNK if lbfgs else 10
     weight_decay = args.weight_decay if args.l2 is None else args.l2 / len(X)
     monitor, held_out = ("validation", data.validation) if data.validation is not None \
         else ("test", data.test)
     speed_data = (X[:SPEED_SAMPLES], y[:SPEED_SAMPLES]) if plot is not None and main_rank else None
     report = EpochReport(args.epochs, len(X), monitor, speed_data, verbose=main_rank)
     if main_rank:
-        say(f"{net!r}\n{data!r}\n{task_note}\ntraining {args.epochs} epochs, batch {args.batch_size}, lr {lr}, "
-            f"{args.optimizer}" + (f", weight decay {weight_decay:.3g}" if weight_decay else "")
+        steps = f"at most {args.epochs} L-BFGS iterations, chunks of {batch_size} rows" if lbfgs else \
+            f"{args.epochs} epochs, batch {batch_size}, lr {lr}, {args.optimizer}"
+        say(f"{net!r}\n{data!r}\n{task_note}\ntraining {steps}"
+            + (f", weight decay {weight_decay:.3g}" if weight_decay else "")
             + (f", {comm.size} ranks" if comm is not None else ""))
     status = 0
     try:
-        net.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, lr=lr, optimizer=args.optimizer,
+        net.fit(X, y, epochs=args.epochs, batch_size=batch_size, lr=lr, optimizer=args.optimizer,
                 momentum=args.momentum, weight_decay=weight_decay, validation_data=held_out,
                 progress=main_rank and _progress_wanted(args.progress), seed=args.seed,
                 callbacks=[report], distributed=comm, checkpoint=args.checkpoint,
                 checkpoint_every=args.checkpoint_every, lr_schedule=args.lr_schedule, power_t=args.power_t,
                 tol=args.tol, n_iter_no_change=args.n_iter_no_change,
-                monitor=None if args.tol is None else "val_loss" if monitor == "validation" else "loss",
+                monitor=None if args.tol is None or lbfgs else "val_loss" if monitor == "validation" else "loss",
                 restore_best=args.restore_best,
                 optimizer_options=dict(args.optimizer_option) or None)
     except KeyboardInterrupt as exc:
