@@ -39,13 +39,14 @@ def test_sklearn_conformance(estimator, check):
                                        MLPRegressor(max_iter=50, random_state=0)], ids=lambda e: type(e).__name__)
 def test_float32_default_passes_every_check_but_the_1e7_equivalence(estimator):
     """The float32 default passes the suite too, except fitting with integer weights vs repeated rows
-    compared at rtol 1e-7 (one float32 rounding is 6e-8); that equivalence holds to float32 precision in
-    test_sample_weight_equals_repetition_in_float32."""
+    (dense and sparse) compared at rtol 1e-7 (one float32 rounding is 6e-8); that equivalence holds to float32
+    precision in test_sample_weight_equals_repetition_in_float32."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         results = check_estimator(estimator, on_fail=None)
     failed = {r["check_name"] for r in results if r["status"] == "failed"}
-    assert failed <= {"check_sample_weight_equivalence_on_dense_data"}, failed
+    assert failed <= {"check_sample_weight_equivalence_on_dense_data",
+                      "check_sample_weight_equivalence_on_sparse_data"}, failed
 
 
 def test_sample_weight_equals_repetition_in_float32():
