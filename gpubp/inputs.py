@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .backend import Ops, array_module, is_device_array, to_host
+from .backend.arrays import is_sparse
 
 #: a NumPy array from a NumPy, CuPy or array-like input (copies device arrays to the host): gpubp.to_numpy
 to_numpy = to_host
@@ -63,7 +64,10 @@ def _host_or_device(x: Any, ops: Ops, what: str) -> Any:
 
 
 def check_inputs(X: Any, width: int, ops: Ops, dtype: np.dtype, what: str = "X") -> tuple[Any, bool]:
-    """X as a (batch, width) array of ``dtype`` on the device, and whether X was one 1-D sample."""
+    """X as a (batch, width) array of ``dtype`` on the device, and whether X was one 1-D sample. A sparse X
+    (SciPy's, any format, or cupyx's) becomes a CSR matrix on the device (``Ops.sparse_rows``), never dense."""
+    if is_sparse(X):
+        return _check_sparse(X, width, ops, dtype, what), False
     arr = _host_or_device(X, ops, what)
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"{what} must hold numbers; got dtype {arr.dtype}")
@@ -77,6 +81,19 @@ def check_inputs(X: Any, width: int, ops: Ops, dtype: np.dtype, what: str = "X")
     if arr.dtype.kind == "f" and not vouched and not _all_finite(arr, ops):
         raise ValueError(f"{what} contains NaN or infinite values")
     return ops.asarray(arr, dtype=dtype), single
+
+
+def _check_sparse(X: Any, width: int, ops: Ops, dtype: np.dtype, what: str) -> Any:
+    """A sparse X checked as a dense one is (numbers, (batch, width), finite: the stored values of the CSR
+    matrix in ``dtype``) and as that CSR matrix on the device."""
+    if X.dtype.kind not in "biuf":
+        raise ValueError(f"{what} must hold numbers; got dtype {X.dtype}")
+    if len(X.shape) != 2 or X.shape[1] != width:
+        raise ValueError(f"{what} must have shape (batch, {width}); got a sparse matrix of shape {X.shape}")
+    csr = ops.sparse_rows(X, dtype)
+    if id(X) not in getattr(_checked, "ids", ()) and not _all_finite(csr.data, ops):
+        raise ValueError(f"{what} contains NaN or infinite values")
+    return csr
 
 
 def to_shape(x: Any) -> tuple:

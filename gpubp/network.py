@@ -336,11 +336,11 @@ class Network:
         return out[0] if single else out
 
     def _forward_chunks(self, x: Array) -> Array:
-        out = self.ops.empty((len(x), self.sizes[-1]), self.dtype)
+        out = self.ops.empty((x.shape[0], self.sizes[-1]), self.dtype)
         with self.ops.errstate():
-            for start in range(0, len(x), EVAL_CHUNK):
+            for start in range(0, x.shape[0], EVAL_CHUNK):
                 chunk = x[start:start + EVAL_CHUNK]
-                out[start:start + len(chunk)] = self._feedforward(chunk, self._workspace(len(chunk)))
+                out[start:start + chunk.shape[0]] = self._feedforward(chunk, self._workspace(chunk.shape[0]))
         return out
 
     # ---- backward ---------------------------------------------------------------------------------
@@ -354,7 +354,7 @@ class Network:
         ``layer_done(l)`` is called as soon as layer l's gradients are complete (distributed training
         starts summing them across ranks there)."""
         ops, acts = self.ops, self.layer_activations
-        ws = self._workspace(len(x))
+        ws = self._workspace(x.shape[0])
         self._feedforward(x, ws)
         zs, activations, deltas = ws.zs, ws.activations, ws.deltas
         if weights is None:
@@ -381,12 +381,12 @@ class Network:
         """
         with self.ops.activate():
             x, single = inputs.check_inputs(X, self.sizes[0], self.ops, self.dtype)
-            target = self.check_targets(Y, len(x), single=single)
-            if len(x) == 0:
+            target = self.check_targets(Y, x.shape[0], single=single)
+            if x.shape[0] == 0:
                 raise ValueError("backprop needs at least one sample; X is empty")
             with self.ops.errstate():
                 deltas = self.backprop_sum(x, target)
-            scale = 1.0 / len(x)
+            scale = 1.0 / x.shape[0]
             nabla_w = [g * scale for g in self.nabla_w]
             nabla_b = [g * scale for g in self.nabla_b]
             if return_deltas:
@@ -415,7 +415,7 @@ class Network:
         """The mean cost C = (1/n) Σₓ Cₓ over X (no regularisation term)."""
         with self.ops.activate():
             x, single = inputs.check_inputs(X, self.sizes[0], self.ops, self.dtype)
-            return self._loss(self._forward_chunks(x), self.check_targets(Y, len(x), single=single))
+            return self._loss(self._forward_chunks(x), self.check_targets(Y, x.shape[0], single=single))
 
     def _loss(self, a: Array, target: Array) -> float:
         if len(a) == 0:
@@ -455,14 +455,14 @@ class Network:
         is the target's) for classification, or "mse", "mae" and "r2" for regression."""
         with self.ops.activate():
             x, single = inputs.check_inputs(X, self.sizes[0], self.ops, self.dtype)
-            return self.evaluate_checked(x, self.check_targets(Y, len(x), single=single))
+            return self.evaluate_checked(x, self.check_targets(Y, x.shape[0], single=single))
 
     def evaluate_checked(self, x: Array, target: Array) -> dict[str, float]:
         """``evaluate`` of inputs and targets already checked and on the device (``check_inputs``,
         ``check_targets``), as the trainer's validation data."""
         a = self._forward_chunks(x)
         loss = self._loss(a, target)
-        if target is None or len(x) == 0:
+        if target is None or x.shape[0] == 0:
             return {"loss": loss, **{name: float("nan") for name in METRICS[self.task]}}
         if self.task == "regression":
             return {"loss": loss, **regression_metrics(self.ops.to_numpy(a),

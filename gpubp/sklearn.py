@@ -25,6 +25,9 @@ bookkeeping of each iteration runs in its epoch callback):
     losses         log-loss (softmax + log-likelihood, or sigmoid + cross-entropy for binary and
                    multilabel targets), squared error ½ mean((y − ŷ)²), Poisson (log link)
 
+Sparse X (SciPy CSR or CSC; other formats are converted to CSR) stays sparse: the network multiplies its first
+layer by the CSR matrix and gathers each mini-batch's rows from it (see ``Network.fit``).
+
 Differences from scikit-learn: arithmetic in ``dtype`` (float32 by default; scikit-learn computes in the
 input's float dtype); the initial weights are scikit-learn's (the same draws from ``random_state``), but the
 shuffling draws from other random streams (stochastic solvers match in distribution, not bitwise; L-BFGS in
@@ -55,7 +58,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from .activations import ALIASES, ACTIVATIONS
 from .backend import DeviceError
-from .backend.arrays import array_module, is_device_array, on_device_of, to_host
+from .backend.arrays import array_module, is_device_array, is_sparse, on_device_of, to_host
 from .costs import Cost
 from . import inputs
 from .inputs import finite_checked
@@ -70,6 +73,8 @@ __all__ = ["MLPClassifier", "MLPRegressor"]
 SKLEARN_ACTIVATIONS = {"logistic": "sigmoid"}
 #: the solvers that train in mini-batches (and so have partial_fit)
 STOCHASTIC_SOLVERS = ("sgd", "adam")
+#: the sparse formats X may have, as scikit-learn's MLP (check_array converts any other to the first)
+SPARSE_FORMATS = ("csr", "csc")
 #: more epochs than any run has: scikit-learn's n_iter_no_change=inf (count, never stop)
 NEVER = 2 ** 62
 
@@ -315,7 +320,8 @@ class _BaseMLP(BaseEstimator):
                 return ops.asarray(a)[ops.asarray(i)]
 
         sw = (None, None) if sample_weight is None else (sample_weight[train], sample_weight[val])
-        X_val = ops.asarray(take(X, val), dtype=self.network_.dtype)
+        X_val, dtype = take(X, val), self.network_.dtype
+        X_val = ops.sparse_rows(X_val, dtype) if is_sparse(X_val) else ops.asarray(X_val, dtype=dtype)
         return take(X, train), y[train], sw[0], (X_val, self._scoring_targets(y[val]), sw[1])
 
     # ---- prediction ---------------------------------------------------------------------------------
@@ -343,7 +349,7 @@ class _BaseMLP(BaseEstimator):
     def _validate_X(self, X: Any, reset: bool = False) -> Any:
         if is_device_array(X):
             return _check_device_X(self, X, reset)
-        return validate_data(self, X, dtype=(np.float64, np.float32), reset=reset)
+        return validate_data(self, X, accept_sparse=SPARSE_FORMATS, dtype=(np.float64, np.float32), reset=reset)
 
     def _validate_Xy(self, X: Any, y: Any, reset: bool, **y_options) -> tuple[Any, np.ndarray]:
         """X and y checked as scikit-learn does; a CuPy X stays on its device (y comes to the host)."""
@@ -354,8 +360,8 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError(f"Found input variables with inconsistent numbers of samples: "
                                  f"[{X.shape[0]}, {len(y)}]")
             return X, y
-        return validate_data(self, X, y, multi_output=True, dtype=(np.float64, np.float32), reset=reset,
-                             **y_options)
+        return validate_data(self, X, y, accept_sparse=SPARSE_FORMATS, multi_output=True,
+                             dtype=(np.float64, np.float32), reset=reset, **y_options)
 
     # ---- pickling -----------------------------------------------------------------------------------
     def __getstate__(self) -> dict:
@@ -408,7 +414,7 @@ class _BaseMLP(BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = False  # sparse X raises TypeError naming X.toarray()
+        tags.input_tags.sparse = True
         return tags
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from . import inputs, lbfgs
 from .backend import DeviceError, parse_device
 from .backend.errors import cuda_error_cause
+from .backend.arrays import is_sparse
 from .backend.programs import ProgramPlan, TrainingProgram
 from .checkpoint import Checkpointer, say
 from .metrics import METRICS
@@ -147,19 +148,21 @@ class Trainer:
         net, ops = self.net, self.net.ops
         with ops.activate():
             x, _ = inputs.check_inputs(X, net.sizes[0], ops, net.dtype)
-            target = net.check_targets(Y, len(x))
-            if len(x) == 0:
+            target = net.check_targets(Y, x.shape[0])
+            if x.shape[0] == 0:
                 raise ValueError("fit needs at least one training sample; X is empty")
-            weights = inputs.check_sample_weight(sample_weight, len(x), ops, net.dtype)
+            weights = inputs.check_sample_weight(sample_weight, x.shape[0], ops, net.dtype)
             validation = self._validation(validation_data)
             if self.optimizer_name == LBFGS.name:
                 return self._fit_lbfgs(x, target, weights, validation)
             if self.compiled:
                 self._require_compiled(x, target, weights)
-            copied = sum(a.nbytes for a in (x, target, weights) if a is not None) if self.shuffle else 0
-            net.check_fit_memory(self.optimizer_name, min(self.batch_size, len(x)), copied)
+            # a sparse X is not copied: each mini-batch gathers its rows (_ShuffledRows)
+            copied = sum(a.nbytes for a in (x, target, weights) if a is not None and not is_sparse(a)) \
+                if self.shuffle else 0
+            net.check_fit_memory(self.optimizer_name, min(self.batch_size, x.shape[0]), copied)
             self.watch = Monitor(self.monitor, self._history_keys(validation)) if "tol" in self.schedule else None
-            self.identity, self._restart_point = self._run(len(x), validation, weights is not None), None
+            self.identity, self._restart_point = self._run(x.shape[0], validation, weights is not None), None
             history: dict[str, list] = {"loss": []}
             if validation is not None:
                 history.update({f"val_{name}": [] for name in ("loss", *METRICS[net.task])})
@@ -175,7 +178,7 @@ class Trainer:
             net.history = history
             rng = net.shuffle_rng = net.shuffle_rng if resumed is not None else self._shuffle_rng()
             if self.comm is not None:
-                self._agree_across_ranks(len(x), optimizer, rng)
+                self._agree_across_ranks(x.shape[0], optimizer, rng)
             if resumed is not None and self._report_resume(resumed):
                 return history
             # under MPI every rank must take the same branch: there Ctrl-C ends the job at once
@@ -244,7 +247,7 @@ class Trainer:
         """What identifies this run to its checkpoints: the data size and the fit arguments that shape the
         trajectory (``epochs`` may grow on a resume; μ counts where a velocity uses it)."""
         uses_momentum = "velocity" in OPTIMIZERS[self.optimizer_name].buffers
-        return {"samples": n, "validation_samples": None if validation is None else len(validation[0]),
+        return {"samples": n, "validation_samples": None if validation is None else validation[0].shape[0],
                 "sample_weight": weighted,
                 "batch_size": self.batch_size, "optimizer": self.optimizer_name, "lr": self.lr,
                 "momentum": self.momentum if uses_momentum else None,
@@ -317,7 +320,7 @@ class Trainer:
             raise ValueError("validation_data must be a pair (X_val, Y_val)")
         xv, _ = inputs.check_inputs(validation_data[0], self.net.sizes[0], self.net.ops, self.net.dtype,
                                     what="validation X")
-        return xv, self.net.check_targets(validation_data[1], len(xv), what="validation Y")
+        return xv, self.net.check_targets(validation_data[1], xv.shape[0], what="validation Y")
 
     def _shuffle_rng(self) -> np.random.Generator:
         """The generator of the epochs' orders: from ``seed`` when given, else the network's generator of its
@@ -339,11 +342,12 @@ class Trainer:
         return int(seed[0])
 
     def _epochs(self, x, target, weights, validation, optimizer, rng, history, interrupt, first: int) -> None:
-        net, ops, n, bs = self.net, self.net.ops, len(x), self.batch_size
+        net, ops, n, bs = self.net, self.net.ops, x.shape[0], self.batch_size
         program = self._program(x, target, weights, optimizer)
         xs, ts, wts = x, target, weights
+        sparse = is_sparse(x)
         if self.shuffle and program is None:
-            xs, ts, wts = net.shuffle_buffers(x, target, weights)
+            xs, ts, wts = net.shuffle_buffers(None if sparse else x, target, weights)
         in_order = ops.row_index(n) if program is not None and not self.shuffle else None
         loss_sum = ops.zeros((1,), net.dtype)
         state = [net.parameters()] + optimizer.state_arrays()
@@ -362,7 +366,10 @@ class Trainer:
             self._restart_settings = optimizer.settings()
             order = ops.permutation(n, rng) if self.shuffle else in_order
             if self.shuffle and program is None:
-                ops.take_rows(x, order, out=xs)
+                if sparse:
+                    xs = _ShuffledRows(x, order)
+                else:
+                    ops.take_rows(x, order, out=xs)
                 if ts is not None:
                     ops.take_rows(target, order, out=ts)
                 if wts is not None:
@@ -449,14 +456,14 @@ class Trainer:
         """This fit's compiled program, None for the step-by-step loop; ``net.training_path`` says which."""
         net = self.net
         self._buckets = None if self.comm is None else GradientBuckets(net, self.comm)
-        program, reason = None, self._eager_reason(weights)
+        program, reason = None, self._eager_reason(x, weights)
         if not reason:
             program, reason = net.ops.training_program(self._plan(x, target, optimizer))
         net.training_path = "compiled" if program is not None else f"eager: {reason}"
         self._chunk = program.granule if program is not None else 1
         return program
 
-    def _eager_reason(self, weights: Any) -> str:
+    def _eager_reason(self, x: Any, weights: Any) -> str:
         """Why this fit runs step by step whatever the backend ("" where it need not)."""
         if self.compiled is False:
             return "compiled=False"
@@ -464,6 +471,8 @@ class Trainer:
             return "distributed training sums the gradient across ranks after every batch"
         if weights is not None:
             return "sample_weight is given (the compiled steps weigh every sample equally)"
+        if is_sparse(x):
+            return "X is sparse (the compiled steps gather rows of a dense X)"
         return ""
 
     def _plan(self, x: Any, target: Any, optimizer: Optimizer) -> ProgramPlan:
@@ -472,12 +481,12 @@ class Trainer:
         net = self.net
         return ProgramPlan(sizes=list(net.sizes), activations=net.layer_activations, cost=net.cost,
                            dtype=net.dtype, params=net.parameters(), grad=net.gradient(), n_weights=net.n_weights,
-                           optimizer=optimizer, x=x, target=target, batch_size=min(self.batch_size, len(x)))
+                           optimizer=optimizer, x=x, target=target, batch_size=min(self.batch_size, x.shape[0]))
 
     def _require_compiled(self, x: Any, target: Any, weights: Any) -> None:
         """compiled=True: ValueError saying why where this fit cannot run compiled (before anything changes:
         the plan gets an optimizer of its own)."""
-        reason = self._eager_reason(weights)
+        reason = self._eager_reason(x, weights)
         if not reason:
             net = self.net
             stand_in = OPTIMIZERS[self.optimizer_name](net.ops, net.parameters(), net.n_weights)
@@ -549,6 +558,17 @@ class Trainer:
         if self.progress:
             text = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
             print(f"epoch {epoch}/{self.epochs}  {text}", file=sys.stderr, flush=True)
+
+
+class _ShuffledRows:
+    """The rows of a sparse CSR ``x`` in the epoch's ``order``, gathered a mini-batch at a time: ``[lo:hi]`` is
+    x[order[lo:hi]] (O(the batch's nonzeros)), so no shuffled copy of the data set is made."""
+
+    def __init__(self, x: Any, order: Any) -> None:
+        self.x, self.order = x, order
+
+    def __getitem__(self, rows: slice) -> Any:
+        return self.x[self.order[rows]]
 
 
 class Monitor:

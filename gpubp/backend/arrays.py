@@ -17,6 +17,12 @@ def is_device_array(x: Any) -> bool:
     return hasattr(x, "__cuda_array_interface__")
 
 
+def is_sparse(x: Any) -> bool:
+    """Whether ``x`` is a sparse matrix: SciPy's (host) or ``cupyx.scipy.sparse``'s (GPU), told by its class's
+    module so that neither library is imported to ask."""
+    return type(x).__module__.startswith(("scipy.sparse.", "cupyx.scipy.sparse."))
+
+
 def array_module(x: Any) -> Any:
     """The array module of ``x``: CuPy for a GPU array, else NumPy (CuPy is never imported for host data)."""
     if is_device_array(x):

@@ -119,6 +119,26 @@ class CupyOps(Ops):
         with self._on_device():
             return x.sum(axis=0, out=out)
 
+    # ---- sparse input: cuSPARSE through cupyx.scipy.sparse ------------------------------------------
+    def sparse_rows(self, x: Any, dtype: Any) -> Array:
+        """``x`` as a cupyx CSR matrix of ``dtype`` on this device: a SciPy matrix converted on the host (CSR,
+        ``dtype``) and uploaded once; a cupyx one converted here (no copy when it is one already)."""
+        from cupyx.scipy import sparse
+
+        with self._on_device():
+            if not sparse.issparse(x):
+                return sparse.csr_matrix(super().sparse_rows(x, dtype))
+            x = x.tocsr()
+            return x if x.dtype == dtype else x.astype(dtype)
+
+    def sparse_forward(self, a: Array, W: Array, out: Array) -> Array:
+        with self._on_device():
+            return super().sparse_forward(a, W, out)
+
+    def sparse_weight_gradient(self, delta: Array, a: Array, out: Array) -> Array:
+        with self._on_device():
+            return super().sparse_weight_gradient(delta, a, out)
+
     # ---- kernel launches ----------------------------------------------------------------------------
     def _launch(self, name: str, threads: int, args: tuple) -> None:
         """Run kernel ``name`` on this device with enough blocks for ``threads`` (grid-stride beyond)."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from ..activations import Activation
-from . import cpu_kernels
+from . import cpu_kernels, sparse_kernels
 from .cpu_kernels import ActivationKernels
 from .kernels import LOG_EPS
 from .numba_program import FLOATS as _FLOATS
@@ -195,6 +195,22 @@ class NumbaOps(Ops):
         if kernels is None or not _NUMBA_BLAS or a is None or z is None or not _fusable(delta, W, z, a, out) \
                 or not _matrices(delta, W, z, a, out) or not kernels.layer_backward(delta, W, z, a, out):
             return super().layer_backward(delta, W, activation, z, a, out)
+        return out
+
+    # ---- sparse input: the CSR kernels of ``sparse_kernels`` ------------------------------------------
+    def sparse_forward(self, a: Array, W: Array, out: Array) -> Array:
+        """out = a Wᵀ for a CSR ``a`` in one pass over W, row by row (sparse_kernels.csr_forward)."""
+        if not _fusable(W, out, a.data) or out.shape != (a.shape[0], W.shape[0]) or W.shape[1] != a.shape[1]:
+            return super().sparse_forward(a, W, out)
+        sparse_kernels.csr_forward(a.indptr, a.indices, a.data, W, out)
+        return out
+
+    def sparse_weight_gradient(self, delta: Array, a: Array, out: Array) -> Array:
+        """BP4 δᵀ a for a CSR ``a``, zeroed and scattered straight into ``out`` (sparse_kernels)."""
+        if not _fusable(delta, out, a.data) or out.shape != (delta.shape[1], a.shape[1]) \
+                or delta.shape[0] != a.shape[0]:
+            return super().sparse_weight_gradient(delta, a, out)
+        sparse_kernels.csr_weight_gradient(a.indptr, a.indices, a.data, delta, out)
         return out
 
     def layer_gradients(self, delta: Array, a_prev: Array, nabla_w: Array, nabla_b: Array) -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from ..activations import Activation
+from .arrays import is_sparse
 from .kernels import COST_IDS, LOG_EPS
 
 if TYPE_CHECKING:
@@ -234,11 +235,35 @@ class Ops:
         y = self.dense_target(target, a) if cost.needs_target else None
         return xp.asarray(cost.fn(a, y), dtype=a.dtype).sum()
 
+    # ---- sparse input: a⁰ = X as a CSR matrix (layer 1's forward and BP4 only; BP2 stops above it) ----
+    def sparse_rows(self, x: Any, dtype: Any) -> Array:
+        """``x``, a sparse matrix of any SciPy format (or a cupyx one), as a CSR matrix of ``dtype`` on this
+        device: SciPy's here (no copy when it is one already; another format is converted, O(nnz))."""
+        import scipy.sparse
+
+        if not type(x).__module__.startswith("scipy."):
+            x = x.get()  # a cupyx matrix: to the host
+        return scipy.sparse.csr_matrix(x, dtype=dtype)
+
+    def sparse_forward(self, a: Array, W: Array, out: Array) -> Array:
+        """out = a Wᵀ for a sparse CSR ``a`` (z¹ = a⁰ W¹ᵀ without the bias)."""
+        out[...] = a @ W.T
+        return out
+
+    def sparse_weight_gradient(self, delta: Array, a: Array, out: Array) -> Array:
+        """BP4 for a sparse CSR ``a``: out = δᵀ a (∂C/∂W¹ = δ¹ᵀ a⁰), as (aᵀ δ)ᵀ: the sparse product on the left."""
+        out[...] = (a.T @ delta).T
+        return out
+
     # ---- whole layers: the network's calls (a backend may fuse each into one) -------------------------
     def layer_forward(self, a_prev: Array, W: Array, b: Array, activation: Activation, z: Array,
                       a: Array) -> Array:
-        """zˡ = aˡ⁻¹ Wˡᵀ + bˡ into ``z`` and aˡ = σ(zˡ) into ``a``; returns ``a``."""
-        self.gemm(a_prev, W.T, out=z)
+        """zˡ = aˡ⁻¹ Wˡᵀ + bˡ into ``z`` and aˡ = σ(zˡ) into ``a``; returns ``a``. ``a_prev`` may be a sparse
+        CSR a⁰ (``sparse_rows``)."""
+        if is_sparse(a_prev):
+            self.sparse_forward(a_prev, W, out=z)
+        else:
+            self.gemm(a_prev, W.T, out=z)
         return self.bias_activation(z, b, activation, a)
 
     def layer_backward(self, delta: Array, W: Array, activation: Activation, z: Array, a: Array,
@@ -248,9 +273,13 @@ class Ops:
         return self.backprop_activation(activation, z, a, out, out)
 
     def layer_gradients(self, delta: Array, a_prev: Array, nabla_w: Array, nabla_b: Array) -> None:
-        """BP3: Σₓ δˡ into ``nabla_b`` and BP4: δˡᵀ aˡ⁻¹ into ``nabla_w`` (sums of ∂Cₓ/∂b and ∂Cₓ/∂W)."""
+        """BP3: Σₓ δˡ into ``nabla_b`` and BP4: δˡᵀ aˡ⁻¹ into ``nabla_w`` (sums of ∂Cₓ/∂b and ∂Cₓ/∂W);
+        ``a_prev`` may be a sparse CSR a⁰."""
         self.sum_rows(delta, out=nabla_b)
-        self.gemm(delta.T, a_prev, out=nabla_w)
+        if is_sparse(a_prev):
+            self.sparse_weight_gradient(delta, a_prev, out=nabla_w)
+        else:
+            self.gemm(delta.T, a_prev, out=nabla_w)
 
     # ---- optimizers over the flat parameter buffer ------------------------------------------------
     # ``params`` holds all weights first (``n_weights`` of them), then all biases; L2 weight decay

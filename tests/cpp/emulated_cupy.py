@@ -52,6 +52,11 @@ float64; CUPY_TF32 does not reach it, env NVIDIA_TF32_OVERRIDE=0 turns its TF32 
 current device's memory fails as an illegal address; the product is device work on the current stream
 (captured in a CUDA graph like a kernel launch).
 
+Sparse matrices. ``cupyx.scipy.sparse`` has ``csr_matrix`` (and ``csc_matrix``, its transpose) with CuPy's
+dtypes (bool, float32, float64, complex; others raise ValueError) and int32 ``indices``/``indptr``: made from a
+SciPy or CuPy sparse matrix, ``@`` a dense device array, rows gathered by a device index array or a slice,
+``.T``, ``astype``, ``get``; operands of another device are refused as for dense arrays.
+
 Stream capture (CUDA graphs), as strict as CUDA. ``Stream.begin_capture()`` / ``end_capture() -> Graph`` and
 ``graph.launch(stream=None)`` as in CuPy 14 (``cupy.cuda.graph.Graph``); the default stream cannot capture.
 While a stream captures, the work issued to it (kernel launches, matmuls, elementwise operations and
@@ -1258,6 +1263,132 @@ _device_module = types.ModuleType("cupy.cuda.device")
 _device_module.get_cublas_handle = lambda: Device(_current()).cublas_handle
 
 
+# ---- cupyx.scipy.sparse: CSR matrices (and their transposes, CSC) on an emulated device --------------------
+#: the dtypes CuPy's sparse matrices take (cuSPARSE's): anything else is refused, as CuPy refuses it
+SPARSE_DTYPES = tuple(np.dtype(t) for t in (np.bool_, np.float32, np.float64, np.complex64, np.complex128))
+
+
+class _CompressedMatrix:
+    """What ``cupyx.scipy.sparse.csr_matrix`` and ``csc_matrix`` share: ``data``, ``indices`` and ``indptr``
+    (int32, as CuPy's) as emulated arrays of the device that was current when the matrix was made. Made from a
+    SciPy sparse matrix (uploaded) or from another emulated one (converted); products and row gathers run
+    SciPy's on the host views."""
+
+    format = ""
+    ndim = 2
+
+    def __init__(self, arg1, shape=None, dtype=None, copy=False) -> None:
+        import scipy.sparse
+
+        if isinstance(arg1, _CompressedMatrix):
+            _device_op([arg1.data], f"cupyx.scipy.sparse.{self.format}_matrix")
+            host = arg1._host()
+        elif scipy.sparse.issparse(arg1):
+            host = arg1
+        else:
+            raise TypeError(f"cupyx.scipy.sparse.{self.format}_matrix (emulated) takes a SciPy or CuPy sparse "
+                            f"matrix; got {type(arg1).__name__}")
+        host = host.asformat(self.format)
+        dtype = np.dtype(host.dtype if dtype is None else dtype)
+        if dtype not in SPARSE_DTYPES:
+            raise ValueError("Only bool, float32, float64, complex64 and complex128 are supported")
+        self._set(asarray(host.data, dtype), asarray(host.indices, np.int32), asarray(host.indptr, np.int32),
+                  host.shape)
+
+    def _set(self, data, indices, indptr, shape) -> "_CompressedMatrix":
+        self.data, self.indices, self.indptr, self.shape = data, indices, indptr, tuple(shape)
+        return self
+
+    @classmethod
+    def _of(cls, data, indices, indptr, shape) -> "_CompressedMatrix":
+        """A matrix of these device arrays as they are (no copy)."""
+        return cls.__new__(cls)._set(data, indices, indptr, shape)
+
+    def _host(self):
+        """The SciPy matrix over this one's arrays (host views: no copy)."""
+        import scipy.sparse
+
+        make = scipy.sparse.csr_matrix if self.format == "csr" else scipy.sparse.csc_matrix
+        _issue_now()  # the work queued before this read comes first
+        return make((_plain(self.data), _plain(self.indices), _plain(self.indptr)), shape=self.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1])
+
+    def get(self, stream=None):
+        """A SciPy copy on the host."""
+        _refuse_in_capture("copying to the host")
+        return self._host().copy()
+
+    def astype(self, t):
+        _device_op([self.data], "cupyx.scipy.sparse astype")
+        return type(self)._of(self.data.astype(t), self.indices.copy(), self.indptr.copy(), self.shape)
+
+    def tocsr(self, copy=False):
+        return csr_matrix(self)
+
+    def tocsc(self, copy=False):
+        return csc_matrix(self)
+
+    def __matmul__(self, other):
+        """The product with a dense device array (cuSPARSE's SpMM), a new dense array."""
+        if not isinstance(other, ndarray):
+            raise TypeError(f"cupyx.scipy.sparse @ (emulated) takes a CuPy array; got {type(other).__name__}")
+        _device_op([self.data, other], "cupyx.scipy.sparse matmul")
+        return _wrap(np.asarray(self._host() @ _plain(other)))
+
+    def __len__(self) -> int:
+        raise TypeError("sparse matrix length is ambiguous; use getnnz() or shape[0]")
+
+
+class csr_matrix(_CompressedMatrix):
+    format = "csr"
+
+    @property
+    def T(self) -> "csc_matrix":
+        """The transpose: the CSC matrix over the same arrays."""
+        return csc_matrix._of(self.data, self.indices, self.indptr, self.shape[::-1])
+
+    def __getitem__(self, key):
+        """Rows: a slice, or an integer device array (a gather of those rows, in that order)."""
+        if isinstance(key, slice):
+            rows = self._host()[key]
+        else:
+            _refuse_host([key], "cupyx.scipy.sparse.csr_matrix.__getitem__")
+            if not isinstance(key, ndarray) or key.ndim != 1 or key.dtype.kind not in "iu":
+                raise IndexError(f"csr_matrix (emulated) indexes rows by a slice or a 1-D integer array; got {key!r}")
+            _device_op([self.data, key], "cupyx.scipy.sparse.csr_matrix.__getitem__")
+            rows = self._host()[_plain(key)]
+        return csr_matrix(rows)
+
+
+class csc_matrix(_CompressedMatrix):
+    format = "csc"
+
+    @property
+    def T(self) -> csr_matrix:
+        return csr_matrix._of(self.data, self.indices, self.indptr, self.shape[::-1])
+
+
+def _issparse(x) -> bool:
+    return isinstance(x, _CompressedMatrix)
+
+
+csr_matrix.__module__ = "cupyx.scipy.sparse._csr"
+csc_matrix.__module__ = "cupyx.scipy.sparse._csc"
+sparse = types.ModuleType("cupyx.scipy.sparse")
+sparse.__dict__.update(csr_matrix=csr_matrix, csc_matrix=csc_matrix, issparse=_issparse)
+cupyx_scipy = types.ModuleType("cupyx.scipy")
+cupyx_scipy.sparse = sparse
+cupyx = types.ModuleType("cupyx")
+cupyx.scipy = cupyx_scipy
+
+
 nccl = types.ModuleType("cupy.cuda.nccl")
 nccl.__dict__.update(available=True, NcclError=NcclError, NcclCommunicator=NcclCommunicator,
                      get_unique_id=_get_unique_id, get_version=lambda: 22707, NCCL_SUM=0,
@@ -1273,9 +1404,11 @@ cuda.__dict__.update(Device=Device, device=_device_module, runtime=runtime, Stre
 
 
 def modules() -> dict[str, types.ModuleType]:
-    """What to put in ``sys.modules`` for ``import cupy`` and ``from cupy.cuda import nccl`` to find this."""
+    """What to put in ``sys.modules`` for ``import cupy``, ``from cupy.cuda import nccl`` and
+    ``import cupyx.scipy.sparse`` to find this."""
     return {"cupy": sys.modules[__name__], "cupy.cuda": cuda, "cupy.cuda.nccl": nccl, "cupy.cuda.graph": graph,
-            "cupy.cuda.device": _device_module, **_backends}
+            "cupy.cuda.device": _device_module, **_backends,
+            "cupyx": cupyx, "cupyx.scipy": cupyx_scipy, "cupyx.scipy.sparse": sparse}
 
 
 def install(monkeypatch, build_dir: Path) -> types.ModuleType:
