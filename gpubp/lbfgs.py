@@ -61,11 +61,11 @@ class Objective:
                  decay_per_sample: bool, chunk: int) -> None:
         self.net, self.x, self.target, self.weights = net, x, target, weights
         ops = net.ops
-        self.total = float(len(x)) if weights is None else ops.item(weights.sum(dtype=np.float64))
+        self.total = float(x.shape[0]) if weights is None else ops.item(weights.sum(dtype=np.float64))
         if self.total <= 0:
             raise ValueError("the sample weights sum to 0: the weighted mean cost is undefined")
         self.decay = weight_decay / self.total if decay_per_sample else weight_decay
-        self.chunks = [(start, min(start + chunk, len(x))) for start in range(0, len(x), chunk)]
+        self.chunks = [(start, min(start + chunk, x.shape[0])) for start in range(0, x.shape[0], chunk)]
         with ops.activate():
             self.grad = ops.empty(net.parameters().shape, net.dtype)
             #: Σₓ wₓCₓ, then Σ‖Wˡ‖²: read back together

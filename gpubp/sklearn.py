@@ -272,8 +272,8 @@ class _BaseMLP(BaseEstimator):
         net = self.network_
         with net.ops.activate(), finite_checked(X):
             x, _ = inputs.check_inputs(X, net.sizes[0], net.ops, net.dtype)
-            objective = Objective(net, x, net.check_targets(targets, len(x)),
-                                  inputs.check_sample_weight(sample_weight, len(x), net.ops, net.dtype),
+            objective = Objective(net, x, net.check_targets(targets, x.shape[0]),
+                                  inputs.check_sample_weight(sample_weight, x.shape[0], net.ops, net.dtype),
                                   0.0, False, EVAL_CHUNK)
             with net.ops.errstate():
                 objective(net.ops.to_numpy(net.parameters()))

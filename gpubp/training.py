@@ -199,7 +199,7 @@ class Trainer:
         """``optimizer="lbfgs"``: scipy's L-BFGS-B over the full batch (``gpubp.lbfgs``), each of its iterations
         an epoch of the history, the callbacks and the progress output. ``net.optimizer`` is left as it was."""
         net, ops = self.net, self.net.ops
-        net.check_fit_memory(self.optimizer_name, min(self.batch_size, len(x)))
+        net.check_fit_memory(self.optimizer_name, min(self.batch_size, x.shape[0]))
         settings = {**LBFGS.defaults, "weight_decay": self.weight_decay, **self.schedule, **self.options}
         objective = lbfgs.Objective(net, x, target, weights, settings["weight_decay"],
                                     settings["decay_per_sample"], self.batch_size)

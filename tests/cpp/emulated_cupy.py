@@ -307,6 +307,8 @@ runtime = types.SimpleNamespace(
 # ---- arrays -------------------------------------------------------------------------------------------
 #: live allocations: start address -> (bytes, device); what a raw device pointer (NCCL) may point into
 _allocations: dict[int, tuple[int, int]] = {}
+#: start address -> the array owning that device memory (weakly: as long as the program holds it)
+_owners: "weakref.WeakValueDictionary[int, np.ndarray]" = weakref.WeakValueDictionary()
 
 
 def _register(root: np.ndarray, device: int) -> None:
@@ -316,7 +318,17 @@ def _register(root: np.ndarray, device: int) -> None:
         _context(device)
         ran_on["alloc", device] += 1
         _allocations[start] = (root.nbytes, device)
+        _owners[start] = root
         weakref.finalize(root, _allocations.pop, start, None)
+
+
+def _owner_of(ptr: int) -> np.ndarray | None:
+    """The array whose device memory holds ``ptr``: queued work that reads raw pointers keeps it alive, as
+    CuPy's stream-ordered memory pool does not reuse freed memory before the work queued on it has run."""
+    for start, (size, _) in _allocations.items():
+        if start <= ptr < start + size:
+            return _owners.get(start)
+    return None
 
 
 def _device_of_pointer(ptr: int, nbytes: int) -> int:
@@ -1236,8 +1248,9 @@ def _gemm_ex(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ld
         computeType == CUBLAS_COMPUTE_32F_FAST_TF32
         or (computeType == CUBLAS_COMPUTE_32F and mode == TF32_TENSOR_OP_MATH))
     read = _tf32 if tf32 else np.asarray
+    owners = [_owner_of(ptr) for ptr in (A, B, C)]
 
-    def work() -> None:
+    def work(owners=owners) -> None:  # the operands stay allocated until this work has run
         product = np.matmul(read(a), read(b))  # float32 sums for float32 (BLAS sgemm), float64 for float64
         c[...] = alpha * product + beta * c if beta else (product if alpha == 1 else alpha * product)
 
