@@ -3,7 +3,7 @@ each fit in a process of its own.
 
 The data are drawn with a seed: 20,000 documents over a vocabulary of 100,000 words, 100 word draws per
 document (0.1 % density before repeated words merge), 20 classes. Each class owns a slice of 5,000 words; a
-document draws 30 % of its words from its class's slice and the rest from the whole vocabulary, both with a
+document draws 3 % of its words from its class's slice and the rest from the whole vocabulary, both with a
 Zipf-like word frequency. Values are tf-idf (term count times log inverse document frequency), rows
 L2-normalised, float32, one CSR matrix for both contenders; a stratified split of 16,000 / 4,000.
 
@@ -13,11 +13,13 @@ epoch runs), random_state=0; gpubp with its default float32 on the CPU (Numba ba
 input's float32.
 
 A round runs each contender once, in a fresh process (imports and one-off costs outside the timed fit: an
-untimed warm-up fit of one epoch on the first 1,000 training rows comes first), the order alternating every
-round; ``--rounds`` rounds. Recorded per fit: wall and CPU seconds, test accuracy, and memory: the process's
-peak resident set (``ru_maxrss``) after the data and the warm-up (the baseline, including Numba's compiled
-code) and after the timed fit, and the tracemalloc peak of a second fit of one epoch (NumPy's and SciPy's
-allocations above what the process held before it). Ratios are medians of per-round ratios; the raw JSON
+untimed warm-up fit of one epoch on the first 1,000 training rows and 1,000 columns comes first, so that the
+parameter-sized arrays are not allocated before the timed fit), the order alternating every round;
+``--rounds`` rounds. The data are drawn once by the parent and read by each child from an .npz file, so the
+child's memory holds only the matrix. Recorded per fit: wall and CPU seconds, test accuracy, and memory: the
+process's peak resident set (``ru_maxrss``) after loading the data and the warm-up (the baseline, including
+the libraries and Numba's compiled code) and after the timed fit, and the tracemalloc peak of a second fit of
+one epoch (Python, NumPy and SciPy allocations made during that fit; Numba's own allocations are not traced). Ratios are medians of per-round ratios; the raw JSON
 goes to bench/results/ with the load average before and after.
 
     python bench/sparse_compare.py [--rounds 2] [--epochs 5]
@@ -32,6 +34,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 import warnings
@@ -41,7 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-N_SAMPLES, N_FEATURES, WORDS_PER_ROW, N_CLASSES, CLASS_SHARE = 20_000, 100_000, 100, 20, 0.3
+N_SAMPLES, N_FEATURES, WORDS_PER_ROW, N_CLASSES, CLASS_SHARE = 20_000, 100_000, 100, 20, 0.03
 PARAMS = dict(hidden_layer_sizes=(100,), activation="relu", solver="adam", batch_size=200, learning_rate_init=1e-3,
               alpha=1e-4, tol=0.0, early_stopping=False, random_state=0)
 CONTENDERS = ("sklearn", "gpubp")
@@ -87,13 +90,34 @@ def max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(contender: str, epochs: int) -> dict:
+def save_data(path: Path) -> None:
+    """Write ``tfidf_data()`` to the .npz file ``path``."""
+    import numpy as np
+
+    X_train, X_test, y_train, y_test = tfidf_data()
+    np.savez(path, y_train=y_train, y_test=y_test,
+             **{f"{name}_{part}": getattr(X, part) for name, X in (("train", X_train), ("test", X_test))
+                for part in ("data", "indices", "indptr")})
+
+
+def load_data(path: Path) -> tuple[Any, Any, Any, Any]:
+    """(X_train, X_test, y_train, y_test) as ``save_data`` wrote them."""
+    import numpy as np
+    from scipy import sparse
+
+    with np.load(path) as f:
+        X_train, X_test = (sparse.csr_matrix((f[f"{name}_data"], f[f"{name}_indices"], f[f"{name}_indptr"]),
+                                             shape=(len(f[f"y_{name}"]), N_FEATURES)) for name in ("train", "test"))
+        return X_train, X_test, f["y_train"], f["y_test"]
+
+
+def worker(contender: str, epochs: int, data: Path) -> dict:
     """One timed fit in this process after an untimed warm-up; then a traced fit of one epoch."""
     from sklearn.exceptions import ConvergenceWarning
 
     warnings.simplefilter("ignore", ConvergenceWarning)
-    X_train, X_test, y_train, y_test = tfidf_data()
-    estimator(contender, 1).fit(X_train[:1000], y_train[:1000])
+    X_train, X_test, y_train, y_test = load_data(data)
+    estimator(contender, 1).fit(X_train[:1000, :1000], y_train[:1000])
     rss_before = max_rss_mib()
     model = estimator(contender, epochs)
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -112,30 +136,37 @@ def worker(contender: str, epochs: int) -> dict:
             "nnz_train": int(X_train.nnz), "density": X_train.nnz / (X_train.shape[0] * X_train.shape[1])}
 
 
+def run_worker(contender: str, epochs: int, data: Path) -> dict:
+    """``worker`` in a fresh process; its record with the load average after it."""
+    out = subprocess.run([sys.executable, __file__, "--worker", contender, str(data), "--epochs", str(epochs)],
+                         capture_output=True, text=True, check=True).stdout
+    record = {**json.loads(out.strip().splitlines()[-1]), "load_average": os.getloadavg()}
+    print(f"{contender:8s} {record['seconds']:7.2f} s  accuracy {record['test_accuracy']:.4f}  maxrss "
+          f"{record['max_rss_before_fit_mib']:.0f} -> {record['max_rss_after_fit_mib']:.0f} MiB  tracemalloc "
+          f"{record['tracemalloc_peak_one_epoch_mib']:.0f} MiB  load {record['load_average'][0]:.2f}", flush=True)
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--worker", metavar="CONTENDER", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=2, metavar=("CONTENDER", "DATA"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.epochs)))
+        print(json.dumps(worker(args.worker[0], args.epochs, Path(args.worker[1]))))
         return 0
 
     from gpubp.benchmark.records import write_results
 
     load_before = os.getloadavg()
     runs: dict[str, list[dict]] = {c: [] for c in CONTENDERS}
-    for round_ in range(args.rounds):
-        for contender in CONTENDERS if round_ % 2 == 0 else CONTENDERS[::-1]:
-            out = subprocess.run([sys.executable, __file__, "--worker", contender, "--epochs", str(args.epochs)],
-                                 capture_output=True, text=True, check=True).stdout
-            last = json.loads(out.strip().splitlines()[-1])
-            runs[contender].append({**last, "load_average": os.getloadavg()})
-            print(f"round {round_ + 1} {contender:8s} {last['seconds']:7.2f} s  accuracy {last['test_accuracy']:.4f}  "
-                  f"maxrss {last['max_rss_before_fit_mib']:.0f} -> {last['max_rss_after_fit_mib']:.0f} MiB  "
-                  f"tracemalloc {last['tracemalloc_peak_one_epoch_mib']:.0f} MiB  load {os.getloadavg()[0]:.2f}",
-                  flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        data = Path(folder) / "tfidf.npz"
+        save_data(data)
+        for round_ in range(args.rounds):
+            for contender in CONTENDERS if round_ % 2 == 0 else CONTENDERS[::-1]:
+                runs[contender].append(run_worker(contender, args.epochs, data))
     keys = ("seconds", "cpu_seconds", "seconds_per_epoch", "test_accuracy", "max_rss_before_fit_mib",
             "max_rss_after_fit_mib", "max_rss_growth_mib", "tracemalloc_peak_one_epoch_mib")
     summary: dict[str, Any] = {c: {k: statistics.median(r[k] for r in runs[c]) for k in keys} for c in CONTENDERS}
